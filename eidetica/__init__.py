@@ -1,0 +1,21 @@
+"""eidetica: signed, content-addressed Merkle-DAG trees with CRDT documents, on trio."""
+
+from eidetica import errors
+from eidetica.errors import EideticaError
+from eidetica.protocol.entry import Entry
+from eidetica.storage.docstore import DocStore
+from eidetica.storage.instance import CommitHook, Instance, open_instance
+from eidetica.storage.transaction import AtomicOp
+from eidetica.storage.tree import Tree
+
+__all__ = [
+    "AtomicOp",
+    "CommitHook",
+    "DocStore",
+    "EideticaError",
+    "Entry",
+    "Instance",
+    "Tree",
+    "errors",
+    "open_instance",
+]

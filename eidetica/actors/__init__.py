@@ -1,0 +1,1 @@
+"""Running parts: the sync supervisor and its actors (built in a later issue)."""

@@ -1,0 +1,91 @@
+"""Typed exceptions shared by every layer.
+
+Every exception eidetica raises derives from :class:`EideticaError`, so a caller can
+catch the library's failures with one clause and still tell them apart by type.
+"""
+
+from __future__ import annotations
+
+
+class EideticaError(Exception):
+    """Base of every error this library raises."""
+
+
+class InvalidEntry(EideticaError):
+    """An entry failed validation; the message names the rule it broke."""
+
+
+class MalformedEntry(InvalidEntry):
+    """The bytes do not decode to an entry, or are not in canonical form."""
+
+
+class EntryTooLarge(InvalidEntry):
+    """The entry, or one of its parts, is over a limit in ``protocol.limits``."""
+
+
+class BadSignature(InvalidEntry):
+    """The signature does not verify against the author's key."""
+
+
+class IdMismatch(InvalidEntry):
+    """The id claimed for an entry is not the hash of its bytes."""
+
+
+class ShapeError(InvalidEntry):
+    """The entry is well-formed bytes but breaks a structural rule (parents, height...)."""
+
+
+class MissingParents(InvalidEntry):
+    """The entry names parents that are neither stored nor in the same batch."""
+
+    def __init__(self, message: str, missing: frozenset[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class WrongTree(InvalidEntry):
+    """The entry belongs to another tree than the one it was offered for."""
+
+
+class PermissionDenied(InvalidEntry):
+    """The author's key may not make this write under the tree's settings."""
+
+
+class InvalidSettings(InvalidEntry):
+    """A settings write would leave an auth map with a bad key or permission name."""
+
+
+class InvalidPermission(EideticaError):
+    """A permission name is not one of ``read``, ``write`` or ``admin``."""
+
+
+class InvalidKey(EideticaError):
+    """A public key string is not of the form ``ed25519:<base64 of 32 bytes>``."""
+
+
+class InvalidValue(EideticaError):
+    """A value cannot be stored in a document (not JSON-like, or a non-finite float)."""
+
+
+class InvalidPath(EideticaError):
+    """A document path is empty or has an empty segment."""
+
+
+class InvalidStoreName(EideticaError):
+    """A store name is empty, too long, or reserved (names starting with ``_``)."""
+
+
+class TreeNotFound(EideticaError):
+    """This node holds no tree with that root id."""
+
+
+class EntryNotFound(EideticaError):
+    """This node holds no entry with that id."""
+
+
+class StorageError(EideticaError):
+    """The storage backend failed or holds data it cannot read."""
+
+
+class TransactionClosed(EideticaError):
+    """A transaction was used after it committed or was discarded."""

@@ -1,0 +1,1 @@
+"""Tests; a package so test modules can share helpers by import."""

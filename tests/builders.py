@@ -1,0 +1,82 @@
+"""Builders of signed test DAGs that need no instance."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+
+from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry
+from eidetica.protocol.keys import SigningKey
+from eidetica.storage.crdt import SetOp, encode_ops
+
+STORE = "d"
+
+
+def root_entry(key: SigningKey, name: str = "test") -> Entry:
+    """A valid root entry naming ``key`` as admin."""
+    ops = [SetOp(("auth",), {key.public_key: "admin"}), SetOp(("name",), name)]
+    return create_entry(
+        key,
+        tree=None,
+        parents=(),
+        height=0,
+        stores=[StoreWrite(SETTINGS_STORE, (), encode_ops(ops))],
+        entropy=os.urandom(16),
+    )
+
+
+def build_dag(key: SigningKey, shape: Sequence[Sequence[int]]) -> list[Entry]:
+    """A root followed by one entry per item of ``shape``.
+
+    ``shape[i]`` lists the indexes (into the result, 0 being the root) of entry
+    ``i + 1``'s parents. Every non-root entry writes ``d.k<i> = i`` to store ``d``,
+    naming as store parents those of its parents that wrote ``d``: the entries are
+    valid for the verifier, not only well-formed.
+    """
+    entries = [root_entry(key)]
+    for index, parent_indexes in enumerate(shape, start=1):
+        parents = [entries[i] for i in sorted(set(parent_indexes))]
+        store_parents = [p.id for p in parents if p.store(STORE) is not None]
+        data = encode_ops([SetOp((f"k{index % 7}",), index)])
+        entries.append(
+            create_entry(
+                key,
+                tree=entries[0].id,
+                parents=[p.id for p in parents],
+                height=max(p.height for p in parents) + 1,
+                stores=[StoreWrite(STORE, tuple(store_parents), data)],
+            )
+        )
+    return entries
+
+
+def expected_tips(entries: Sequence[Entry]) -> list[str]:
+    """Tips computed from scratch: the entries nobody names as a parent."""
+    referenced = {p for e in entries for p in e.parents}
+    return sorted(e.id for e in entries if e.id not in referenced)
+
+
+@st.composite
+def dag_shapes(draw: st.DrawFn, max_entries: int = 16) -> list[list[int]]:
+    """Random DAG shapes for :func:`build_dag`: chains, forks and merges."""
+    count = draw(st.integers(min_value=1, max_value=max_entries))
+    return [
+        draw(st.lists(st.integers(0, index - 1), min_size=1, max_size=3, unique=True))
+        for index in range(1, count + 1)
+    ]
+
+
+def topological_order(entries: Sequence[Entry], rng: random.Random) -> list[Entry]:
+    """A random order of ``entries`` in which every parent comes before its children."""
+    remaining = {e.id: e for e in entries}
+    placed: set[str] = set()
+    order: list[Entry] = []
+    while remaining:
+        ready = sorted(i for i, e in remaining.items() if placed.issuperset(e.parents))
+        chosen = remaining.pop(rng.choice(ready))
+        placed.add(chosen.id)
+        order.append(chosen)
+    return order
