@@ -1,0 +1,1 @@
+"""Data at rest: backends, the DAG index, trees, transactions and documents."""

@@ -1,0 +1,107 @@
+"""The storage backend interface that memory and SQLite implement alike.
+
+A backend stores verified entries and keeps the indexes the rest of the library asks
+about: tree and store tips, heights, parents, and entries in (height, id) order.
+It never judges an entry; callers verify before they put. Methods are synchronous:
+each is a short local operation, and keeping them free of checkpoints means a trio
+cancellation can never interrupt a write half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from eidetica.protocol.entry import SETTINGS_STORE, Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An entry ready to store, with what verification derived about it."""
+
+    entry: Entry
+    settings_head: tuple[str, ...]
+    """The settings entries in force at this entry, itself included if it changes settings."""
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    """What the DAG walks and the verifier need to know of a stored entry, without its bytes."""
+
+    id: str
+    tree: str
+    height: int
+    parents: tuple[str, ...]
+    stores: tuple[str, ...]
+    settings_head: tuple[str, ...]
+
+    @property
+    def changes_settings(self) -> bool:
+        return SETTINGS_STORE in self.stores
+
+    @classmethod
+    def of(cls, record: Record) -> EntryMeta:
+        entry = record.entry
+        return cls(
+            id=entry.id,
+            tree=entry.tree_id,
+            height=entry.height,
+            parents=entry.parents,
+            stores=tuple(write.name for write in entry.stores),
+            settings_head=record.settings_head,
+        )
+
+
+OrderKey = tuple[int, str]
+"""(height, id): the order entries are folded and listed in."""
+
+
+class Backend(Protocol):
+    """Where entries live. Every implementation passes ``tests/storage/test_backend.py``."""
+
+    def put(self, records: Sequence[Record]) -> list[str]:
+        """Store the records in one transaction; return the ids that were new.
+
+        Idempotent: a record already stored is skipped. Tips stay right in any arrival
+        order, a child before its parent included.
+        """
+        ...
+
+    def get(self, entry_id: str) -> Entry | None:
+        """The stored entry with this id."""
+        ...
+
+    def meta(self, entry_ids: Iterable[str]) -> dict[str, EntryMeta]:
+        """Metadata of those of ``entry_ids`` that are stored."""
+        ...
+
+    def has(self, entry_ids: Iterable[str]) -> set[str]:
+        """Those of ``entry_ids`` that are stored."""
+        ...
+
+    def trees(self) -> list[str]:
+        """Root ids of every tree with a stored root entry, sorted."""
+        ...
+
+    def tips(self, tree: str) -> list[str]:
+        """Stored entries of ``tree`` that no stored entry names as a parent, sorted."""
+        ...
+
+    def store_tips(self, tree: str, store: str) -> list[str]:
+        """Entries writing ``store`` that no stored write to it names as a parent, sorted."""
+        ...
+
+    def tree_entries(self, tree: str, after: OrderKey | None = None) -> Iterator[Entry]:
+        """Entries of ``tree`` in (height, id) order, which is parents first."""
+        ...
+
+    def store_entries(
+        self, tree: str, store: str, after: OrderKey | None = None
+    ) -> Iterator[Entry]:
+        """Entries writing ``store`` in (height, id) order, from just after ``after``."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's resources; it is not used afterwards."""
+        ...

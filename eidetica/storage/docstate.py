@@ -1,0 +1,95 @@
+"""Cached document states, so reading a document never refolds its whole history.
+
+A store's state is its entries' operations folded in (height, id) order. The cache
+keeps the folded state with the key of the last entry in it. An entry stored later
+with a higher key (every local commit, most received ones) is applied on top; one
+that sorts earlier (a late arrival from a concurrent branch) rewinds the fold to the
+newest checkpoint before it and replays from there. Checkpoints are taken every
+:data:`CHECKPOINT_EVERY` entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from eidetica.protocol.entry import Entry
+from eidetica.storage.backend import Backend, OrderKey
+from eidetica.storage.crdt import Document, apply_ops, copy_value, decode_ops
+
+CHECKPOINT_EVERY = 1024
+
+
+@dataclass
+class _Fold:
+    state: Document = field(default_factory=dict)
+    last: OrderKey | None = None
+    applied: int = 0
+    checkpoints: list[tuple[OrderKey, int, Document]] = field(default_factory=list)
+    pending: list[Entry] = field(default_factory=list)
+    rewind_to: OrderKey | None = None
+    shared: bool = False
+    """The state has been handed to a reader and must be copied before the next change."""
+
+
+class DocStates:
+    """Folded document states of every store a reader has asked for."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._folds: dict[tuple[str, str], _Fold] = {}
+
+    def stored(self, entry: Entry) -> None:
+        """Tell the cache that ``entry`` is now stored."""
+        for write in entry.stores:
+            fold = self._folds.get((entry.tree_id, write.name))
+            if fold is None:
+                continue
+            if fold.last is None or entry.key > fold.last:
+                fold.pending.append(entry)
+            elif fold.rewind_to is None or entry.key < fold.rewind_to:
+                fold.rewind_to = entry.key
+
+    def state(self, tree: str, store: str) -> Document:
+        """The current state of one store. Shared with the cache: never mutate it."""
+        fold = self._folds.get((tree, store))
+        if fold is None:
+            fold = self._folds[tree, store] = _Fold()
+            self._replay(tree, store, fold)
+        elif fold.rewind_to is not None:
+            self._rewind(fold, fold.rewind_to)
+            self._replay(tree, store, fold)
+        elif fold.pending:
+            fold.pending.sort(key=lambda e: e.key)
+            for entry in fold.pending:
+                self._apply(fold, entry, store)
+            fold.pending.clear()
+        fold.shared = True
+        return fold.state
+
+    def _rewind(self, fold: _Fold, before: OrderKey) -> None:
+        while fold.checkpoints and fold.checkpoints[-1][0] >= before:
+            fold.checkpoints.pop()
+        if fold.checkpoints:
+            fold.last, fold.applied, snapshot = fold.checkpoints[-1]
+            fold.state = copy_value(snapshot)
+        else:
+            fold.last, fold.applied, fold.state = None, 0, {}
+        fold.shared = False
+        fold.pending.clear()
+        fold.rewind_to = None
+
+    def _replay(self, tree: str, store: str, fold: _Fold) -> None:
+        for entry in self._backend.store_entries(tree, store, after=fold.last):
+            self._apply(fold, entry, store)
+
+    def _apply(self, fold: _Fold, entry: Entry, store: str) -> None:
+        write = entry.store(store)
+        assert write is not None, "only entries writing the store are folded into it"
+        if fold.shared:
+            fold.state = copy_value(fold.state)
+            fold.shared = False
+        apply_ops(fold.state, decode_ops(write.data))
+        fold.last = entry.key
+        fold.applied += 1
+        if fold.applied % CHECKPOINT_EVERY == 0:
+            fold.checkpoints.append((entry.key, fold.applied, copy_value(fold.state)))

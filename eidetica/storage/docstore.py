@@ -1,0 +1,111 @@
+"""DocStore: the nested key/value document users read and write.
+
+A :class:`DocStore` from ``await tree.doc(name)`` is a snapshot: later commits do not
+change it. Inside a transaction, ``op.doc(name)`` gives a :class:`DocStore` whose
+``set`` and ``delete`` are staged in the transaction and visible to its own ``get``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from eidetica.errors import TransactionClosed
+from eidetica.storage.crdt import (
+    MISSING,
+    DeleteOp,
+    Document,
+    Op,
+    SetOp,
+    apply_ops,
+    check_value,
+    copy_value,
+    lookup,
+    parse_path,
+)
+
+PathLike = str | Sequence[str]
+
+
+class DocStore:
+    """A document: ``get`` like ``dict.get`` over dotted paths; ``set``/``delete`` only
+    inside a transaction."""
+
+    def __init__(self, name: str, state: Document) -> None:
+        self.name = name
+        self._state = state
+
+    def get(self, path: PathLike, default: Any = None) -> Any:
+        """The value at ``path`` (a copy), or ``default`` if it is missing or deleted."""
+        value = lookup(self._state, parse_path(path))
+        return default if value is MISSING else copy_value(value)
+
+    def __contains__(self, path: PathLike) -> bool:
+        return lookup(self._state, parse_path(path)) is not MISSING
+
+    def to_dict(self) -> Document:
+        """The whole document, as a fresh dict."""
+        result: Document = copy_value(self._state)
+        return result
+
+    def set(self, path: PathLike, value: Any) -> None:
+        """Stage ``value`` at ``path``; only inside a transaction."""
+        raise TransactionClosed("documents are read-only outside a transaction")
+
+    def delete(self, path: PathLike) -> None:
+        """Stage the removal of ``path``; only inside a transaction."""
+        raise TransactionClosed("documents are read-only outside a transaction")
+
+    def __repr__(self) -> str:
+        return f"DocStore({self.name!r})"
+
+
+class StagedDoc(DocStore):
+    """A document inside a transaction: writes are recorded as operations.
+
+    The committed state is loaded only when the transaction first reads, so a
+    transaction that only writes costs no copy of the document.
+    """
+
+    def __init__(self, name: str, load: Callable[[], Document], is_open: Callable[[], bool]):
+        super().__init__(name, {})
+        self._load = load
+        self._is_open = is_open
+        self._loaded = False
+        self.ops: list[Op] = []
+
+    def get(self, path: PathLike, default: Any = None) -> Any:
+        self._materialize()
+        return super().get(path, default)
+
+    def __contains__(self, path: PathLike) -> bool:
+        self._materialize()
+        return super().__contains__(path)
+
+    def to_dict(self) -> Document:
+        self._materialize()
+        return super().to_dict()
+
+    def set(self, path: PathLike, value: Any) -> None:
+        self._stage(SetOp(parse_path(path), _checked(value)))
+
+    def delete(self, path: PathLike) -> None:
+        self._stage(DeleteOp(parse_path(path)))
+
+    def _stage(self, op: Op) -> None:
+        if not self._is_open():
+            raise TransactionClosed(f"the transaction writing {self.name!r} has ended")
+        self.ops.append(op)
+        if self._loaded:
+            apply_ops(self._state, [op])
+
+    def _materialize(self) -> None:
+        if not self._loaded:
+            self._state = copy_value(self._load())
+            apply_ops(self._state, self.ops)
+            self._loaded = True
+
+
+def _checked(value: Any) -> Any:
+    check_value(value)
+    return copy_value(value)

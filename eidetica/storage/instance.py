@@ -1,0 +1,147 @@
+"""Instance: one node's storage, device key, trees and commit hooks (the seed's BaseDB)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from eidetica.errors import TreeNotFound
+from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry, validate_entry
+from eidetica.protocol.keys import SigningKey
+from eidetica.protocol.limits import ENTROPY_BYTES
+from eidetica.storage.backend import Backend
+from eidetica.storage.crdt import Document, SetOp, encode_ops
+from eidetica.storage.device import load_or_create_device_key
+from eidetica.storage.docstate import DocStates
+from eidetica.storage.memory import MemoryBackend
+from eidetica.storage.settings import SettingsIndex
+from eidetica.storage.sqlite import SqliteBackend
+from eidetica.storage.tree import Tree
+from eidetica.storage.verify import BatchVerifier
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "eidetica.db"
+
+CommitHook = Callable[[Tree, Entry], None]
+"""Called with the tree and the entry after every local commit. Hooks must be quick and
+must not block: a sync hook only posts a notice. An exception is logged and ignored."""
+
+
+class Instance:
+    """A node's store of trees. Open one with :func:`open_instance`."""
+
+    def __init__(self, backend: Backend, key: SigningKey) -> None:
+        self.backend = backend
+        self.device_key = key
+        self.doc_states = DocStates(backend)
+        self.settings_index = SettingsIndex()
+        self._hooks: list[CommitHook] = []
+        self._locks: dict[str, trio.Lock] = {}
+
+    @property
+    def public_key(self) -> str:
+        """This node's device key, as ``ed25519:<base64>``."""
+        return self.device_key.public_key
+
+    async def create_tree(self, name: str, settings: dict[str, Any] | None = None) -> Tree:
+        """A new tree named ``name`` whose only admin is this node's key."""
+        initial: Document = {**(settings or {}), "name": name}
+        initial.setdefault("auth", {})[self.public_key] = "admin"
+        ops = [SetOp((key,), value) for key, value in sorted(initial.items())]
+        root = create_entry(
+            self.device_key,
+            tree=None,
+            parents=(),
+            height=0,
+            stores=[StoreWrite(SETTINGS_STORE, (), encode_ops(ops))],
+            entropy=os.urandom(ENTROPY_BYTES),
+        )
+        tree = Tree(self, root.id)
+        self.store_local(tree, root)
+        self.run_hooks(tree, root)
+        return tree
+
+    async def open_tree(self, root_id: str) -> Tree:
+        """A tree this node holds, or :class:`TreeNotFound`."""
+        meta = self.backend.meta([root_id]).get(root_id)
+        if meta is None or meta.tree != root_id:
+            raise TreeNotFound(f"no tree with root {root_id!r} on this node")
+        return Tree(self, root_id)
+
+    async def trees(self) -> list[Tree]:
+        """Every tree this node holds, by root id."""
+        return [Tree(self, root_id) for root_id in self.backend.trees()]
+
+    async def import_entries(self, items: Iterable[bytes | Entry]) -> list[str]:
+        """Verify entries from elsewhere and store them in one batch; return new ids.
+
+        Every entry is checked in full (bytes, signature, parents, permissions) first;
+        if any fails, its typed error is raised and none of the batch is stored.
+        """
+        entries = [validate_entry(i.raw if isinstance(i, Entry) else i) for i in items]
+        records = BatchVerifier(self.backend, self.settings_index).verify(entries)
+        added = self.backend.put(records)
+        for record in records:
+            self.doc_states.stored(record.entry)
+        return added
+
+    def store_local(self, tree: Tree, entry: Entry) -> None:
+        """Verify and store an entry this node just signed (no signature check needed)."""
+        record = BatchVerifier(self.backend, self.settings_index).check(entry, tree.root_id)
+        self.backend.put([record])
+        self.doc_states.stored(entry)
+
+    def lock_for(self, root_id: str) -> trio.Lock:
+        """The lock that serializes commits on one tree."""
+        lock = self._locks.get(root_id)
+        if lock is None:
+            lock = self._locks[root_id] = trio.Lock()
+        return lock
+
+    def add_commit_hook(self, hook: CommitHook) -> None:
+        """Run ``hook`` after every local commit from now on."""
+        self._hooks.append(hook)
+
+    def remove_commit_hook(self, hook: CommitHook) -> None:
+        """Stop running ``hook``."""
+        self._hooks.remove(hook)
+
+    def run_hooks(self, tree: Tree, entry: Entry) -> None:
+        """Run every commit hook; a failure is logged, never raised."""
+        for hook in list(self._hooks):
+            try:
+                hook(tree, entry)
+            except Exception:
+                log.exception("commit hook %r failed for entry %s", hook, entry.id)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+@asynccontextmanager
+async def open_instance(path: str | os.PathLike[str] | None) -> AsyncIterator[Instance]:
+    """Open the node stored in directory ``path`` (SQLite), or an in-memory one for None.
+
+    The directory and its device key are created on first open and reused after.
+    """
+    instance = _open(path)
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def _open(path: str | os.PathLike[str] | None) -> Instance:
+    if path is None:
+        return Instance(MemoryBackend(), SigningKey.generate())
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = load_or_create_device_key(directory)
+    return Instance(SqliteBackend(directory / DATABASE_FILE), key)

@@ -1,0 +1,285 @@
+"""The SQLite backend: the embedded default, one WAL-mode file per node.
+
+Entries are stored once as their canonical bytes, in a table whose integer keys grow
+with every insert. The indexes beside it (per-DAG order, tips) are keyed by small
+integers and heights, so inserting an entry appends to a few B-tree pages instead of
+touching random ones: the cost of a commit is the pages it writes. Ids are stored as
+their 32 raw bytes, whose order is the order of their hex form.
+
+The tips of each DAG and the metadata of recently stored entries are also kept in
+memory, so the reads every commit makes cost no query. Only this backend writes the
+file while it is open; a rolled-back batch drops those caches.
+
+A "DAG" here is a tree (store ``""``) or one store in a tree; each gets a number in
+``dags``. Tips are kept per DAG on every insert. An entry that names a parent not yet
+stored leaves a row in ``dangling``, so the parent does not become a tip when it comes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from eidetica.errors import MalformedEntry, StorageError
+from eidetica.protocol.entry import Entry, load_entry
+from eidetica.storage.backend import EntryMeta, OrderKey, Record
+
+SCHEMA_VERSION = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dags (
+    number INTEGER PRIMARY KEY,
+    tree BLOB NOT NULL,
+    store TEXT NOT NULL,
+    UNIQUE (tree, store)
+);
+CREATE TABLE IF NOT EXISTS entries (
+    number INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    dag INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    parents BLOB NOT NULL,
+    stores TEXT NOT NULL,
+    settings_head BLOB NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ordered (
+    dag INTEGER NOT NULL, height INTEGER NOT NULL, id BLOB NOT NULL, entry INTEGER NOT NULL,
+    PRIMARY KEY (dag, height, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tips (
+    dag INTEGER NOT NULL, id BLOB NOT NULL, PRIMARY KEY (dag, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dangling (
+    dag INTEGER NOT NULL, id BLOB NOT NULL, PRIMARY KEY (dag, id)
+) WITHOUT ROWID;
+"""
+
+_ID_BYTES = 32
+_TREE = ""  # the store name that stands for the tree's own DAG
+_RECENT_METAS = 4096
+
+
+def _pack(ids: Iterable[str]) -> bytes:
+    return b"".join(bytes.fromhex(i) for i in ids)
+
+
+def _unpack(blob: bytes) -> tuple[str, ...]:
+    return tuple(blob[i : i + _ID_BYTES].hex() for i in range(0, len(blob), _ID_BYTES))
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(text.split(" ")) if text else ()
+
+
+class SqliteBackend:
+    """Entries and their indexes in one SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA cache_size = -65536")  # 64 MiB
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+        self._dags: dict[tuple[str, str], int] = {}
+        self._tip_sets: dict[int, set[str]] = {}
+        self._recent: dict[str, EntryMeta] = {}
+        self._dangling = self._db.execute("SELECT count(*) FROM dangling").fetchone()[0]
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif row[0] != str(SCHEMA_VERSION):
+            raise StorageError(f"database schema {row[0]} is not {SCHEMA_VERSION}")
+
+    def _dag(self, tree: str, store: str, *, create: bool = False) -> int | None:
+        """The number of a DAG; made on first use when ``create``."""
+        number = self._dags.get((tree, store))
+        if number is None:
+            key = (bytes.fromhex(tree), store)
+            row = self._db.execute(
+                "SELECT number FROM dags WHERE tree = ? AND store = ?", key
+            ).fetchone()
+            if row is None:
+                if not create:
+                    return None
+                row = self._db.execute(
+                    "INSERT INTO dags (tree, store) VALUES (?, ?) RETURNING number", key
+                ).fetchone()
+            number = self._dags[tree, store] = row[0]
+        return number
+
+    def put(self, records: Sequence[Record]) -> list[str]:
+        added: list[str] = []
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for record in records:
+                if self._insert(record):
+                    added.append(record.entry.id)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            self._forget()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StorageError(f"storing {len(records)} entries failed: {exc}") from exc
+            raise
+        return added
+
+    def _forget(self) -> None:
+        """Drop every cache: after a rollback they may hold what was never stored."""
+        self._dags.clear()
+        self._tip_sets.clear()
+        self._recent.clear()
+        self._dangling = self._db.execute("SELECT count(*) FROM dangling").fetchone()[0]
+
+    def _remember(self, meta: EntryMeta) -> None:
+        if len(self._recent) >= _RECENT_METAS:
+            del self._recent[next(iter(self._recent))]
+        self._recent[meta.id] = meta
+
+    def _insert(self, record: Record) -> bool:
+        entry = record.entry
+        tree = entry.tree_id
+        raw_id = bytes.fromhex(entry.id)
+        tree_dag = self._dag(tree, _TREE, create=True)
+        row = self._db.execute(
+            "INSERT INTO entries (id, dag, height, parents, stores, settings_head, raw)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING number",
+            (
+                raw_id,
+                tree_dag,
+                entry.height,
+                _pack(entry.parents),
+                " ".join(write.name for write in entry.stores),
+                _pack(record.settings_head),
+                entry.raw,
+            ),
+        ).fetchone()
+        if row is None:
+            return False
+        self._link(tree_dag, row[0], entry.id, entry.height, entry.parents)  # type: ignore[arg-type]
+        for write in entry.stores:
+            store_dag = self._dag(tree, write.name, create=True)
+            self._link(store_dag, row[0], entry.id, entry.height, write.parents)  # type: ignore[arg-type]
+        self._remember(EntryMeta.of(record))
+        return True
+
+    def _link(
+        self, dag: int, number: int, entry_id: str, height: int, parents: tuple[str, ...]
+    ) -> None:
+        db = self._db
+        raw_id = bytes.fromhex(entry_id)
+        tips = self._dag_tips(dag)
+        db.execute("INSERT INTO ordered VALUES (?, ?, ?, ?)", (dag, height, raw_id, number))
+        for parent in parents:
+            raw_parent = bytes.fromhex(parent)
+            if parent in tips:
+                tips.discard(parent)
+                db.execute("DELETE FROM tips WHERE dag = ? AND id = ?", (dag, raw_parent))
+            elif parent not in self._recent and not self._stored(raw_parent):
+                db.execute("INSERT OR IGNORE INTO dangling VALUES (?, ?)", (dag, raw_parent))
+                self._dangling += 1
+        if (
+            self._dangling
+            and db.execute("DELETE FROM dangling WHERE dag = ? AND id = ?", (dag, raw_id)).rowcount
+        ):
+            self._dangling -= 1
+            return  # a stored child already names this entry
+        db.execute("INSERT INTO tips VALUES (?, ?)", (dag, raw_id))
+        tips.add(entry_id)
+
+    def _stored(self, raw_id: bytes) -> bool:
+        return bool(self._db.execute("SELECT 1 FROM entries WHERE id = ?", (raw_id,)).fetchone())
+
+    def _dag_tips(self, dag: int) -> set[str]:
+        tips = self._tip_sets.get(dag)
+        if tips is None:
+            rows = self._db.execute("SELECT id FROM tips WHERE dag = ?", (dag,))
+            tips = self._tip_sets[dag] = {row[0].hex() for row in rows}
+        return tips
+
+    def get(self, entry_id: str) -> Entry | None:
+        row = self._db.execute(
+            "SELECT raw FROM entries WHERE id = ?", (bytes.fromhex(entry_id),)
+        ).fetchone()
+        return None if row is None else self._decode(row[0])
+
+    def meta(self, entry_ids: Iterable[str]) -> dict[str, EntryMeta]:
+        found: dict[str, EntryMeta] = {}
+        query = (
+            "SELECT d.tree, e.height, e.parents, e.stores, e.settings_head"
+            " FROM entries e JOIN dags d ON d.number = e.dag WHERE e.id = ?"
+        )
+        for entry_id in entry_ids:
+            recent = self._recent.get(entry_id)
+            if recent is not None:
+                found[entry_id] = recent
+                continue
+            row = self._db.execute(query, (bytes.fromhex(entry_id),)).fetchone()
+            if row is not None:
+                found[entry_id] = EntryMeta(
+                    id=entry_id,
+                    tree=row[0].hex(),
+                    height=row[1],
+                    parents=_unpack(row[2]),
+                    stores=_split(row[3]),
+                    settings_head=_unpack(row[4]),
+                )
+        return found
+
+    def has(self, entry_ids: Iterable[str]) -> set[str]:
+        return {i for i in entry_ids if i in self._recent or self._stored(bytes.fromhex(i))}
+
+    def trees(self) -> list[str]:
+        rows = self._db.execute("SELECT tree FROM dags WHERE store = '' ORDER BY tree")
+        return [row[0].hex() for row in rows]
+
+    def tips(self, tree: str) -> list[str]:
+        return self._tips(tree, _TREE)
+
+    def store_tips(self, tree: str, store: str) -> list[str]:
+        return self._tips(tree, store)
+
+    def _tips(self, tree: str, store: str) -> list[str]:
+        dag = self._dag(tree, store)
+        return [] if dag is None else sorted(self._dag_tips(dag))
+
+    def tree_entries(self, tree: str, after: OrderKey | None = None) -> Iterator[Entry]:
+        return self._ordered(tree, _TREE, after)
+
+    def store_entries(
+        self, tree: str, store: str, after: OrderKey | None = None
+    ) -> Iterator[Entry]:
+        return self._ordered(tree, store, after)
+
+    def _ordered(self, tree: str, store: str, after: OrderKey | None) -> Iterator[Entry]:
+        dag = self._dag(tree, store)
+        if dag is None:
+            return iter(())
+        height, entry_id = after if after is not None else (-1, "")
+        rows = self._db.execute(
+            "SELECT e.raw FROM ordered o JOIN entries e ON e.number = o.entry"
+            " WHERE o.dag = ? AND (o.height, o.id) > (?, ?) ORDER BY o.height, o.id",
+            (dag, height, bytes.fromhex(entry_id)),
+        )
+        return (self._decode(row[0]) for row in rows)
+
+    @staticmethod
+    def _decode(raw: bytes) -> Entry:
+        try:
+            return load_entry(bytes(raw))
+        except MalformedEntry as exc:
+            raise StorageError(f"database holds an unreadable entry: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()

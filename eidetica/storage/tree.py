@@ -1,0 +1,91 @@
+"""Tree: a handle on one Merkle-DAG this node holds, for reading and for transactions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from eidetica.errors import EntryNotFound
+from eidetica.protocol.auth import parse_permission
+from eidetica.protocol.entry import SETTINGS_STORE, Entry, check_store_name
+from eidetica.protocol.keys import check_public_key
+from eidetica.storage.crdt import copy_value
+from eidetica.storage.docstore import DocStore
+
+if TYPE_CHECKING:
+    from eidetica.storage.instance import Instance
+    from eidetica.storage.transaction import AtomicOp
+
+
+class Tree:
+    """A tree, named by the id of its root entry. Cheap to make; holds no state."""
+
+    __slots__ = ("instance", "root_id")
+
+    def __init__(self, instance: Instance, root_id: str) -> None:
+        self.instance = instance
+        self.root_id = root_id
+
+    async def tips(self) -> list[str]:
+        """Ids of the entries no other entry builds on yet, sorted."""
+        return self.instance.backend.tips(self.root_id)
+
+    async def doc(self, name: str) -> DocStore:
+        """A snapshot of document store ``name`` (empty if nothing wrote to it)."""
+        check_store_name(name)
+        return DocStore(name, self.instance.doc_states.state(self.root_id, name))
+
+    async def settings(self) -> dict[str, Any]:
+        """The tree's settings document as of its tips: ``name``, ``auth`` and more."""
+        result: dict[str, Any] = copy_value(
+            self.instance.doc_states.state(self.root_id, SETTINGS_STORE)
+        )
+        return result
+
+    async def entry(self, entry_id: str) -> Entry:
+        """One entry of this tree, or :class:`EntryNotFound`."""
+        entry = self.instance.backend.get(entry_id)
+        if entry is None or entry.tree_id != self.root_id:
+            raise EntryNotFound(f"tree {self.root_id} holds no entry {entry_id!r}")
+        return entry
+
+    async def entries(self) -> list[Entry]:
+        """Every entry of the tree, parents before children."""
+        return list(self.instance.backend.tree_entries(self.root_id))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AtomicOp]:
+        """Stage writes; a clean exit commits them as one signed entry, an error discards
+        them. The entry's parents are the tips at commit time."""
+        from eidetica.storage.transaction import AtomicOp  # noqa: PLC0415 (import cycle)
+
+        op = AtomicOp(self)
+        try:
+            yield op
+        except BaseException:
+            op.discard()
+            raise
+        await op.commit()
+
+    async def grant(self, key: str, permission: str) -> None:
+        """Give ``key`` (or ``"*"`` for anyone) ``read``, ``write`` or ``admin``."""
+        if key != "*":
+            check_public_key(key)
+        level = parse_permission(permission)
+        async with self.transaction() as op:
+            op.settings().set(("auth", key), level.label)
+
+    async def revoke(self, key: str) -> None:
+        """Take away whatever permission ``key`` was granted directly."""
+        async with self.transaction() as op:
+            op.settings().delete(("auth", key))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tree) and other.root_id == self.root_id
+
+    def __hash__(self) -> int:
+        return hash(self.root_id)
+
+    def __repr__(self) -> str:
+        return f"Tree({self.root_id[:16]}...)"

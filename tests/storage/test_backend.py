@@ -1,0 +1,134 @@
+"""The backend contract, held against memory and SQLite alike."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eidetica.errors import StorageError
+from eidetica.protocol.entry import Entry
+from eidetica.protocol.keys import SigningKey
+from eidetica.storage.backend import Backend, Record
+from eidetica.storage.dag import ancestors
+from eidetica.storage.memory import MemoryBackend
+from eidetica.storage.sqlite import SqliteBackend
+from tests.builders import STORE, build_dag, dag_shapes, expected_tips
+
+KEY = SigningKey(bytes(range(32)))
+SHAPE = [[0], [1], [1], [2, 3], [4], [4]]  # a fork after 1, merged at 4, forked again
+
+
+def records(entries: list[Entry]) -> list[Record]:
+    return [Record(entry, ()) for entry in entries]
+
+
+def expected_store_tips(entries: list[Entry]) -> list[str]:
+    writers = [e for e in entries if e.store(STORE) is not None]
+    referenced = {p for e in writers for p in e.store(STORE).parents}  # type: ignore[union-attr]
+    return sorted(e.id for e in writers if e.id not in referenced)
+
+
+def test_put_is_idempotent_and_reports_new_ids(backend: Backend) -> None:
+    entries = build_dag(KEY, SHAPE)
+    assert backend.put(records(entries[:3])) == [e.id for e in entries[:3]]
+    assert backend.put(records(entries)) == [e.id for e in entries[3:]]
+    assert backend.put(records(entries)) == []
+    assert backend.tips(entries[0].id) == expected_tips(entries)
+
+
+def test_reads_return_what_was_stored(backend: Backend) -> None:
+    entries = build_dag(KEY, SHAPE)
+    root = entries[0].id
+    backend.put(records(entries))
+    assert backend.get(entries[3].id) == entries[3]
+    assert backend.get("0" * 64) is None
+    assert backend.has([entries[1].id, "0" * 64]) == {entries[1].id}
+    assert backend.trees() == [root]
+    meta = backend.meta([entries[4].id])[entries[4].id]
+    assert (meta.tree, meta.height, meta.parents) == (root, 3, entries[4].parents)
+    assert meta.stores == (STORE,)
+    listed = list(backend.tree_entries(root))
+    assert sorted(listed, key=lambda e: e.key) == listed
+    assert {e.id for e in listed} == {e.id for e in entries}
+
+
+def test_store_entries_resume_after_a_key(backend: Backend) -> None:
+    entries = build_dag(KEY, SHAPE)
+    backend.put(records(entries))
+    writers = sorted((e for e in entries if e.store(STORE)), key=lambda e: e.key)
+    assert list(backend.store_entries(entries[0].id, STORE)) == writers
+    assert list(backend.store_entries(entries[0].id, STORE, after=writers[2].key)) == writers[3:]
+    assert list(backend.store_entries(entries[0].id, "absent")) == []
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=dag_shapes(), seed=st.integers(0, 2**32))
+def test_tips_are_right_in_any_arrival_order(
+    tmp_path: Path, shape: list[list[int]], seed: int
+) -> None:
+    entries = build_dag(KEY, shape)
+    shuffled = entries[:]
+    random.Random(seed).shuffle(shuffled)
+    db = tmp_path / f"{seed}.db"
+    db.unlink(missing_ok=True)
+    for backend in (MemoryBackend(), SqliteBackend(db)):
+        for entry in shuffled:  # one at a time: children often before their parents
+            backend.put([Record(entry, ())])
+        root = entries[0].id
+        assert backend.tips(root) == expected_tips(entries)
+        assert backend.store_tips(root, STORE) == expected_store_tips(entries)
+        backend.close()
+
+
+@given(shape=dag_shapes(), data=st.data())
+def test_ancestors_match_reachability(shape: list[list[int]], data: st.DataObject) -> None:
+    entries = build_dag(KEY, shape)
+    backend = MemoryBackend()
+    backend.put(records(entries))
+    ids = [e.id for e in entries]
+    heads = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=3))
+    stop = data.draw(st.lists(st.sampled_from(ids), max_size=3))
+    parents = {e.id: e.parents for e in entries}
+
+    def reach(start: list[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = list(start)
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo.extend(parents[current])
+        return seen
+
+    found = ancestors(backend, heads, stop)
+    assert set(found) == reach(heads) - reach(stop)
+    heights = {e.id: e.height for e in entries}
+    assert [heights[i] for i in found] == sorted(heights[i] for i in found)
+
+
+def test_sqlite_batch_is_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = build_dag(KEY, SHAPE)
+    backend = SqliteBackend(tmp_path / "b.db")
+    insert = SqliteBackend._insert
+    calls = 0
+
+    def failing_fourth_insert(self: SqliteBackend, record: Record) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise sqlite3.OperationalError("disk I/O error")
+        return insert(self, record)
+
+    monkeypatch.setattr(SqliteBackend, "_insert", failing_fourth_insert)
+    with pytest.raises(StorageError, match="disk I/O error"):
+        backend.put(records(entries))
+    monkeypatch.undo()
+    assert backend.has(e.id for e in entries) == set()
+    assert backend.tips(entries[0].id) == []
+    assert len(backend.put(records(entries))) == len(entries)
+    backend.close()
