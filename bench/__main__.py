@@ -1,0 +1,36 @@
+"""Run every benchmark in turn (``python -m bench``) or one of them (``python -m bench NAME``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from bench import bulk_store, commits, doc_read, hash_choice
+
+BENCHMARKS: dict[str, Callable[[], None]] = {
+    "commits": commits.main,
+    "doc_read": doc_read.main,
+    "bulk_store": bulk_store.main,
+    "hash_choice": hash_choice.main,
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        return 2
+    start = time.perf_counter()
+    for name in names:
+        began = time.perf_counter()
+        print(f"=== {name} ===")
+        BENCHMARKS[name]()
+        print(f"({name} took {time.perf_counter() - began:.1f} s)\n")
+    print(f"total {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
