@@ -25,7 +25,7 @@ from eidetica.errors import (
     ShapeError,
 )
 from eidetica.protocol import limits
-from eidetica.protocol.keys import SigningKey, check_public_key, verify
+from eidetica.protocol.keys import SIGNATURE_BYTES, SigningKey, check_public_key, verify
 
 FORMAT_VERSION = 1
 ENTRY_DOMAIN = b"eidetica/entry/v1\x00"
@@ -95,7 +95,16 @@ class Entry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=
     def unsigned_bytes(self) -> bytes:
         """The canonical bytes with an empty signature: what the author signs, after
         :data:`ENTRY_DOMAIN`."""
+        raw = self.raw
+        if len(self.signature) == SIGNATURE_BYTES and raw.endswith(self.signature):
+            # The signature is the last field, a bin8 of 64 bytes: swap it for an empty
+            # bin rather than encode the entry again.
+            return raw[: -len(_SIGNED_TAIL) - SIGNATURE_BYTES] + _EMPTY_BIN
         return _ENCODER.encode(msgspec.structs.replace(self, signature=b""))
+
+
+_SIGNED_TAIL = b"\xc4\x40"  # bin8 header of a 64-byte signature
+_EMPTY_BIN = b"\xc4\x00"
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -144,7 +153,10 @@ def create_entry(
         author=key.public_key,
         signature=b"",
     )
-    entry = msgspec.structs.replace(unsigned, signature=key.sign(ENTRY_DOMAIN, unsigned.raw))
+    unsigned_raw = unsigned.raw
+    signature = key.sign(ENTRY_DOMAIN, unsigned_raw)
+    entry = msgspec.structs.replace(unsigned, signature=signature)
+    entry.__dict__["raw"] = unsigned_raw[: -len(_EMPTY_BIN)] + _SIGNED_TAIL + signature
     if len(entry.raw) > limits.MAX_ENTRY_BYTES:
         raise EntryTooLarge(f"entry is {len(entry.raw)} bytes, over {limits.MAX_ENTRY_BYTES}")
     check_shape(entry)

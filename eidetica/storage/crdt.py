@@ -116,8 +116,16 @@ def decode_ops(data: bytes) -> list[Op]:
     return ops
 
 
-def apply_ops(state: Document, ops: Iterable[Op]) -> None:
-    """Apply operations to ``state`` in place, in order."""
+def apply_ops(state: Document, ops: Iterable[Op], owned: Owned | None = None) -> Document:
+    """Apply operations in order and return the resulting document.
+
+    Without ``owned``, ``state`` is changed in place and returned. With it, only the
+    dicts in ``owned`` may be changed in place: any other dict on an operation's path is
+    shared with a snapshot, so it is copied (shallowly) first and the copy is owned from
+    then on. A changed root comes back as a new dict.
+    """
+    if owned is not None:
+        state = _owned(state, owned)
     for op in ops:
         *parents, leaf = op.path
         node = state
@@ -125,7 +133,12 @@ def apply_ops(state: Document, ops: Iterable[Op]) -> None:
             for segment in parents:
                 child = node.get(segment)
                 if not isinstance(child, dict):
-                    child = node[segment] = {}
+                    child = {}
+                    if owned is not None:
+                        owned[id(child)] = child
+                elif owned is not None:
+                    child = _owned(child, owned)
+                node[segment] = child
                 node = child
             node[leaf] = copy_value(op.value)
         else:
@@ -133,9 +146,24 @@ def apply_ops(state: Document, ops: Iterable[Op]) -> None:
                 child = node.get(segment)
                 if not isinstance(child, dict):
                     break
+                if owned is not None:
+                    child = node[segment] = _owned(child, owned)
                 node = child
             else:
                 node.pop(leaf, None)
+    return state
+
+
+Owned = dict[int, Document]
+"""The dicts a copy-on-write fold may change in place, by id (holding them keeps ids unique)."""
+
+
+def _owned(node: Document, owned: Owned) -> Document:
+    if id(node) in owned:
+        return node
+    copy = dict(node)
+    owned[id(copy)] = copy
+    return copy
 
 
 def lookup(state: Document, path: Path) -> Any:

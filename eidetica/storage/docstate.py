@@ -6,6 +6,10 @@ with a higher key (every local commit, most received ones) is applied on top; on
 that sorts earlier (a late arrival from a concurrent branch) rewinds the fold to the
 newest checkpoint before it and replays from there. Checkpoints are taken every
 :data:`CHECKPOINT_EVERY` entries.
+
+States are shared, never copied whole: a reader's snapshot, and a checkpoint, are the
+state's root as it was, and the fold copies only the dicts on the paths it changes
+afterwards (copy-on-write), so a write after a read costs the path, not the document.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from dataclasses import dataclass, field
 
 from eidetica.protocol.entry import Entry
 from eidetica.storage.backend import Backend, OrderKey
-from eidetica.storage.crdt import Document, apply_ops, copy_value, decode_ops
+from eidetica.storage.crdt import Document, Owned, apply_ops, decode_ops
 
 CHECKPOINT_EVERY = 1024
+MAX_PENDING = 4096
+"""Past this many unread new entries, the cache stops holding them and replays from storage."""
 
 
 @dataclass
@@ -26,9 +32,11 @@ class _Fold:
     applied: int = 0
     checkpoints: list[tuple[OrderKey, int, Document]] = field(default_factory=list)
     pending: list[Entry] = field(default_factory=list)
+    behind: bool = False
+    """Entries after ``last`` were stored but not kept in ``pending``: replay them."""
     rewind_to: OrderKey | None = None
-    shared: bool = False
-    """The state has been handed to a reader and must be copied before the next change."""
+    owned: Owned = field(default_factory=dict)
+    """Dicts of ``state`` that no snapshot or checkpoint shares (see ``apply_ops``)."""
 
 
 class DocStates:
@@ -45,7 +53,11 @@ class DocStates:
             if fold is None:
                 continue
             if fold.last is None or entry.key > fold.last:
-                fold.pending.append(entry)
+                if fold.behind or len(fold.pending) >= MAX_PENDING:
+                    fold.pending.clear()
+                    fold.behind = True
+                else:
+                    fold.pending.append(entry)
             elif fold.rewind_to is None or entry.key < fold.rewind_to:
                 fold.rewind_to = entry.key
 
@@ -58,38 +70,40 @@ class DocStates:
         elif fold.rewind_to is not None:
             self._rewind(fold, fold.rewind_to)
             self._replay(tree, store, fold)
+        elif fold.behind:
+            self._replay(tree, store, fold)
         elif fold.pending:
             fold.pending.sort(key=lambda e: e.key)
             for entry in fold.pending:
                 self._apply(fold, entry, store)
             fold.pending.clear()
-        fold.shared = True
+        fold.owned.clear()  # the reader shares the state from now on
         return fold.state
 
     def _rewind(self, fold: _Fold, before: OrderKey) -> None:
         while fold.checkpoints and fold.checkpoints[-1][0] >= before:
             fold.checkpoints.pop()
         if fold.checkpoints:
-            fold.last, fold.applied, snapshot = fold.checkpoints[-1]
-            fold.state = copy_value(snapshot)
+            fold.last, fold.applied, fold.state = fold.checkpoints[-1]
         else:
             fold.last, fold.applied, fold.state = None, 0, {}
-        fold.shared = False
+        fold.owned.clear()
         fold.pending.clear()
+        fold.behind = False
         fold.rewind_to = None
 
     def _replay(self, tree: str, store: str, fold: _Fold) -> None:
+        fold.pending.clear()
+        fold.behind = False
         for entry in self._backend.store_entries(tree, store, after=fold.last):
             self._apply(fold, entry, store)
 
     def _apply(self, fold: _Fold, entry: Entry, store: str) -> None:
         write = entry.store(store)
         assert write is not None, "only entries writing the store are folded into it"
-        if fold.shared:
-            fold.state = copy_value(fold.state)
-            fold.shared = False
-        apply_ops(fold.state, decode_ops(write.data))
+        fold.state = apply_ops(fold.state, decode_ops(write.data), fold.owned)
         fold.last = entry.key
         fold.applied += 1
         if fold.applied % CHECKPOINT_EVERY == 0:
-            fold.checkpoints.append((entry.key, fold.applied, copy_value(fold.state)))
+            fold.checkpoints.append((entry.key, fold.applied, fold.state))
+            fold.owned.clear()  # the checkpoint shares the state from now on

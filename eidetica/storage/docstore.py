@@ -16,6 +16,7 @@ from eidetica.storage.crdt import (
     DeleteOp,
     Document,
     Op,
+    Owned,
     SetOp,
     apply_ops,
     check_value,
@@ -63,15 +64,15 @@ class DocStore:
 class StagedDoc(DocStore):
     """A document inside a transaction: writes are recorded as operations.
 
-    The committed state is loaded only when the transaction first reads, so a
-    transaction that only writes costs no copy of the document.
+    The committed state is loaded only when the transaction first reads, and is shared
+    with the cache: staged writes copy only the dicts on their paths.
     """
 
     def __init__(self, name: str, load: Callable[[], Document], is_open: Callable[[], bool]):
         super().__init__(name, {})
         self._load = load
         self._is_open = is_open
-        self._loaded = False
+        self._owned: Owned | None = None  # set once the committed state is loaded
         self.ops: list[Op] = []
 
     def get(self, path: PathLike, default: Any = None) -> Any:
@@ -96,14 +97,13 @@ class StagedDoc(DocStore):
         if not self._is_open():
             raise TransactionClosed(f"the transaction writing {self.name!r} has ended")
         self.ops.append(op)
-        if self._loaded:
-            apply_ops(self._state, [op])
+        if self._owned is not None:
+            self._state = apply_ops(self._state, [op], self._owned)
 
     def _materialize(self) -> None:
-        if not self._loaded:
-            self._state = copy_value(self._load())
-            apply_ops(self._state, self.ops)
-            self._loaded = True
+        if self._owned is None:
+            self._owned = {}
+            self._state = apply_ops(self._load(), self.ops, self._owned)
 
 
 def _checked(value: Any) -> Any:

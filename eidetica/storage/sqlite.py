@@ -7,8 +7,9 @@ touching random ones: the cost of a commit is the pages it writes. Ids are store
 their 32 raw bytes, whose order is the order of their hex form.
 
 The tips of each DAG and the metadata of recently stored entries are also kept in
-memory, so the reads every commit makes cost no query. Only this backend writes the
-file while it is open; a rolled-back batch drops those caches.
+memory, so the reads every commit makes cost no query. The file is opened in
+exclusive locking mode, so no other process reads or writes it while it is open and
+the caches stay true; a rolled-back batch drops them.
 
 A "DAG" here is a tree (store ``""``) or one store in a tree; each gets a number in
 ``dags``. Tips are kept per DAG on every insert. An entry that names a parent not yet
@@ -18,6 +19,7 @@ stored leaves a row in ``dangling``, so the parent does not become a tip when it
 from __future__ import annotations
 
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS dangling (
 _ID_BYTES = 32
 _TREE = ""  # the store name that stands for the tree's own DAG
 _RECENT_METAS = 4096
+_BUSY_SECONDS = 0.5
 
 
 def _pack(ids: Iterable[str]) -> bytes:
@@ -79,17 +82,26 @@ class SqliteBackend:
 
     def __init__(self, path: str | Path) -> None:
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS
+            )
+            # One process owns a node's file while it is open: the in-memory caches
+            # rely on it, and SQLite skips its per-transaction shared-memory locking.
+            self._db.execute("PRAGMA locking_mode = EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA cache_size = -65536")  # 64 MiB
             self._db.executescript(_SCHEMA)
             self._check_version()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StorageError(f"{path} is in use by another process") from exc
+            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
         self._dags: dict[tuple[str, str], int] = {}
         self._tip_sets: dict[int, set[str]] = {}
-        self._recent: dict[str, EntryMeta] = {}
+        self._recent: OrderedDict[str, EntryMeta] = OrderedDict()
         self._dangling = self._db.execute("SELECT count(*) FROM dangling").fetchone()[0]
 
     def _check_version(self) -> None:
@@ -144,7 +156,7 @@ class SqliteBackend:
 
     def _remember(self, meta: EntryMeta) -> None:
         if len(self._recent) >= _RECENT_METAS:
-            del self._recent[next(iter(self._recent))]
+            self._recent.popitem(last=False)
         self._recent[meta.id] = meta
 
     def _insert(self, record: Record) -> bool:

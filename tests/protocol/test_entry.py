@@ -68,7 +68,7 @@ def test_encode_decode_round_trip(stores: list[StoreWrite], height: int) -> None
     decoded = validate_entry(entry.raw, expected_id=entry.id)
     assert decoded == entry
     assert decoded.id == entry.id
-    assert decoded.raw == entry.raw
+    assert decoded.raw == entry.raw == msgspec.msgpack.encode(entry)
 
 
 @given(shape=dag_shapes(max_entries=4), data=st.data())

@@ -13,6 +13,7 @@ from eidetica.storage.crdt import (
     DeleteOp,
     Document,
     Op,
+    Owned,
     SetOp,
     apply_ops,
     copy_value,
@@ -104,3 +105,17 @@ def test_copies_are_equal_and_independent(value: Any) -> None:
 def test_invalid_document_data_is_typed_error(data: bytes) -> None:
     with pytest.raises(MalformedEntry):
         decode_ops(data)
+
+
+@given(batches=st.lists(ops, max_size=6))
+def test_copy_on_write_never_changes_a_shared_state(batches: list[list[Op]]) -> None:
+    state: Document = {}
+    owned: Owned = {}
+    shared: list[tuple[Document, Document]] = []
+    for batch in batches:
+        state = apply_ops(state, batch, owned)
+        shared.append((state, copy_value(state)))  # hand the state out...
+        owned.clear()  # ...so nothing in it may change in place any more
+    for handed_out, as_it_was in shared:
+        assert handed_out == as_it_was
+    assert state == fold(*(op for batch in batches for op in batch))

@@ -210,3 +210,15 @@ async def test_commits_on_one_tree_are_serialized(inst: eidetica.Instance) -> No
     assert [e.height for e in entries] == list(range(21))  # one chain, no forks
     assert len(await tree.tips()) == 1
     assert (await tree.doc("d")).to_dict() == {f"w{n}": n for n in range(20)}
+
+
+async def test_a_node_directory_is_owned_by_one_opener(tmp_path: Path) -> None:
+    directory = tmp_path / "node"
+    async with eidetica.open_instance(directory) as inst:
+        await inst.create_tree(name="t")
+        with pytest.raises(StorageError, match="in use"):
+            async with eidetica.open_instance(directory):
+                pass
+        assert len(await inst.trees()) == 1  # the owner is unaffected
+    async with eidetica.open_instance(directory) as inst:  # free again once closed
+        assert len(await inst.trees()) == 1
