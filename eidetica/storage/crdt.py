@@ -52,7 +52,16 @@ def parse_path(path: str | Sequence[str]) -> Path:
     segments = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
     if not segments or any(not isinstance(s, str) or not s for s in segments):
         raise InvalidPath(f"a path needs one or more non-empty segments: {path!r}")
+    if len(segments) > limits.MAX_DOC_DEPTH:
+        raise InvalidPath(f"a path has at most {limits.MAX_DOC_DEPTH} segments")
     return segments
+
+
+def check_set(path: Path, value: Any) -> None:
+    """Raise unless setting ``value`` at ``path`` keeps the document within
+    ``MAX_DOC_DEPTH`` levels: the path's segments and the value's nesting add up, so
+    no document, however many writes built it, can nest deeper than the limit."""
+    check_value(value, depth=len(path))
 
 
 def check_value(value: Any, depth: int = 0) -> None:
@@ -108,7 +117,7 @@ def decode_ops(data: bytes) -> list[Op]:
         for op in ops:
             parse_path(op.path)
             if isinstance(op, SetOp):
-                check_value(op.value)
+                check_set(op.path, op.value)
     except (InvalidPath, InvalidValue) as exc:
         raise MalformedEntry(f"document data holds an invalid operation: {exc}") from exc
     if encode_ops(ops) != data:

@@ -19,7 +19,7 @@ from eidetica.storage.crdt import (
     Owned,
     SetOp,
     apply_ops,
-    check_value,
+    check_set,
     copy_value,
     lookup,
     parse_path,
@@ -88,7 +88,9 @@ class StagedDoc(DocStore):
         return super().to_dict()
 
     def set(self, path: PathLike, value: Any) -> None:
-        self._stage(SetOp(parse_path(path), _checked(value)))
+        segments = parse_path(path)
+        check_set(segments, value)
+        self._stage(SetOp(segments, copy_value(value)))
 
     def delete(self, path: PathLike) -> None:
         self._stage(DeleteOp(parse_path(path)))
@@ -104,8 +106,3 @@ class StagedDoc(DocStore):
         if self._owned is None:
             self._owned = {}
             self._state = apply_ops(self._load(), self.ops, self._owned)
-
-
-def _checked(value: Any) -> Any:
-    check_value(value)
-    return copy_value(value)

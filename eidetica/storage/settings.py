@@ -11,10 +11,14 @@ store parents, so the settings DAG mirrors the tree's ancestry.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
-from eidetica.storage.crdt import Document, apply_ops, copy_value, decode_ops
+from eidetica.storage.crdt import Document, apply_ops, decode_ops
+
+MAX_STATES = 256
+"""Settings states kept; older ones are refolded when asked for again."""
 
 Lookup = Callable[[str], Entry]
 """Finds an entry by id among stored ones and those of the batch being verified."""
@@ -26,63 +30,74 @@ def settings_parents(entry: Entry) -> tuple[str, ...]:
     return write.parents if write is not None else ()
 
 
-def settings_ops(entry: Entry) -> Document:
-    """Apply this entry's settings operations to an empty document (its settings delta)."""
-    state: Document = {}
-    write = entry.store(SETTINGS_STORE)
-    if write is not None:
-        apply_ops(state, decode_ops(write.data))
-    return state
-
-
 class SettingsIndex:
-    """Caches settings ancestries and states; both are immutable facts about ids."""
+    """Settings states by settings tips, in a bounded cache.
 
-    def __init__(self) -> None:
-        self._ancestors: dict[str, frozenset[str]] = {}
-        self._states: dict[frozenset[str], Document] = {}
+    Neighbouring states share structure (copy-on-write, as document folds do), so a
+    long settings history costs memory for what changed, not a copy per change.
+    Ancestry in the settings DAG is answered by walks that stop at the height of the
+    entry asked about, never by stored closures.
+    """
+
+    def __init__(self, max_states: int = MAX_STATES) -> None:
+        self._states: OrderedDict[frozenset[str], Document] = OrderedDict()
+        self._max_states = max_states
 
     def tips_as_of(self, heads: Iterable[tuple[str, ...]], lookup: Lookup) -> tuple[str, ...]:
         """The settings tips of an entry whose parents have these settings heads."""
         candidates = set().union(*heads)
         if len(candidates) > 1:
-            covered = set().union(*(self.ancestors(c, lookup) for c in candidates))
-            candidates -= covered
+            candidates = {
+                c for c in candidates if not any(self._precedes(c, d, lookup) for d in candidates)
+            }
         return tuple(sorted(candidates))
 
-    def ancestors(self, settings_id: str, lookup: Lookup) -> frozenset[str]:
-        """Every settings entry older than ``settings_id`` in the settings DAG."""
-        stack = [settings_id]
+    def _precedes(self, older: str, newer: str, lookup: Lookup) -> bool:
+        """Whether ``older`` is a settings ancestor of ``newer``."""
+        if older == newer:
+            return False
+        floor = lookup(older).height
+        seen: set[str] = set()
+        stack = list(settings_parents(lookup(newer)))
         while stack:
-            current = stack[-1]
-            if current in self._ancestors:
-                stack.pop()
+            current = stack.pop()
+            if current == older:
+                return True
+            if current in seen:
                 continue
-            parents = settings_parents(lookup(current))
-            pending = [p for p in parents if p not in self._ancestors]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            self._ancestors[current] = frozenset(parents).union(
-                *(self._ancestors[p] for p in parents)
-            )
-        return self._ancestors[settings_id]
+            seen.add(current)
+            entry = lookup(current)
+            if entry.height > floor:
+                stack.extend(settings_parents(entry))
+        return False
 
     def state(self, tips: tuple[str, ...], lookup: Lookup) -> Document:
         """The settings document in force at these settings tips (do not mutate it)."""
         key = frozenset(tips)
         cached = self._states.get(key)
         if cached is not None:
+            self._states.move_to_end(key)
             return cached
         state = self._extend_parent_state(tips, lookup)
         if state is None:
-            members = key.union(*(self.ancestors(tip, lookup) for tip in tips))
             state = {}
-            for entry in sorted((lookup(i) for i in members), key=lambda e: e.key):
-                apply_ops(state, decode_ops(_settings_data(entry)))
+            for entry in sorted(self._members(tips, lookup), key=lambda e: e.key):
+                state = apply_ops(state, decode_ops(_settings_data(entry)))
         self._states[key] = state
+        if len(self._states) > self._max_states:
+            self._states.popitem(last=False)
         return state
+
+    def _members(self, tips: Iterable[str], lookup: Lookup) -> list[Entry]:
+        """The settings entries at and below ``tips``."""
+        found: dict[str, Entry] = {}
+        stack = list(tips)
+        while stack:
+            current = stack.pop()
+            if current not in found:
+                entry = found[current] = lookup(current)
+                stack.extend(settings_parents(entry))
+        return list(found.values())
 
     def _extend_parent_state(self, tips: tuple[str, ...], lookup: Lookup) -> Document | None:
         """On a linear settings history, the parent's state plus one entry's operations."""
@@ -93,9 +108,7 @@ class SettingsIndex:
         parent_state = self._states.get(frozenset(parents)) if parents else {}
         if parent_state is None:
             return None
-        state: Document = copy_value(parent_state)
-        apply_ops(state, decode_ops(_settings_data(entry)))
-        return state
+        return apply_ops(parent_state, decode_ops(_settings_data(entry)), owned={})
 
 
 def _settings_data(entry: Entry) -> bytes:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from eidetica.errors import TransactionClosed
+from eidetica.errors import TransactionClosed, TreeNotFound
+from eidetica.protocol import limits
 from eidetica.protocol.entry import (
     SETTINGS_STORE,
     Entry,
@@ -13,6 +15,7 @@ from eidetica.protocol.entry import (
     check_store_name,
     create_entry,
 )
+from eidetica.storage.backend import EntryMeta
 from eidetica.storage.crdt import encode_ops
 from eidetica.storage.docstore import DocStore, StagedDoc
 
@@ -56,6 +59,11 @@ class AtomicOp:
             )
         return doc
 
+    @property
+    def is_open(self) -> bool:
+        """Whether writes may still be staged (not yet committed or discarded)."""
+        return self._phase is _Phase.OPEN
+
     def discard(self) -> None:
         """Drop everything staged; the transaction can no longer be used."""
         if self._phase is _Phase.OPEN:
@@ -82,18 +90,42 @@ class AtomicOp:
         instance = self.tree.instance
         root = self.tree.root_id
         async with instance.lock_for(root):
-            backend = instance.backend
-            writes = [
-                StoreWrite(name, tuple(backend.store_tips(root, name)), encode_ops(doc.ops))
-                for name, doc in self._docs.items()
-                if doc.ops
-            ]
-            if not writes:
+            if not any(doc.ops for doc in self._docs.values()):
                 return None
-            tips = backend.tips(root)
-            height = max(meta.height for meta in backend.meta(tips).values()) + 1
+            backend = instance.backend
+            metas = backend.meta(backend.tips(root))
+            if not metas:
+                raise TreeNotFound(f"no tree with root {root!r} on this node")
+            parents = _newest(metas.values())
+            height = max(meta.height for meta in parents) + 1
+            writes = []
+            for name, doc in self._docs.items():
+                if not doc.ops:
+                    continue
+                if name == SETTINGS_STORE:
+                    store_parents = instance.settings_tips(parents)
+                else:  # the store's tips, as far as they fit below the new entry
+                    store_parents = tuple(
+                        meta.id
+                        for meta in _newest(backend.meta(backend.store_tips(root, name)).values())
+                        if meta.height < height
+                    )
+                writes.append(StoreWrite(name, store_parents, encode_ops(doc.ops)))
             entry = create_entry(
-                instance.device_key, tree=root, parents=tips, height=height, stores=writes
+                instance.device_key,
+                tree=root,
+                parents=[meta.id for meta in parents],
+                height=height,
+                stores=writes,
             )
             instance.store_local(self.tree, entry)
             return entry
+
+
+def _newest(metas: Iterable[EntryMeta]) -> list[EntryMeta]:
+    """At most ``MAX_PARENTS`` of ``metas``, the highest by (height, id).
+
+    A commit merges every tip it can; past the limit it merges the newest, and the
+    next commit merges more, so no number of concurrent branches blocks writing.
+    """
+    return sorted(metas, key=lambda meta: (meta.height, meta.id))[-limits.MAX_PARENTS :]

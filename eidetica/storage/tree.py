@@ -66,7 +66,8 @@ class Tree:
         except BaseException:
             op.discard()
             raise
-        await op.commit()
+        if op.is_open:  # the block may have committed or discarded it itself
+            await op.commit()
 
     async def grant(self, key: str, permission: str) -> None:
         """Give ``key`` (or ``"*"`` for anyone) ``read``, ``write`` or ``admin``."""

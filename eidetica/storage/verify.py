@@ -22,7 +22,7 @@ from eidetica.errors import (
 from eidetica.protocol.auth import check_auth_map, check_write
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.backend import Backend, EntryMeta, Record
-from eidetica.storage.crdt import Document, apply_ops, copy_value, decode_ops
+from eidetica.storage.crdt import Document, apply_ops, decode_ops
 from eidetica.storage.settings import SettingsIndex
 
 
@@ -56,16 +56,15 @@ class BatchVerifier:
             expected = max(meta.height for meta in parents) + 1
             if entry.height != expected:
                 raise ShapeError(f"entry {entry.id} has height {entry.height}, not {expected}")
-            tips = self._settings.tips_as_of((m.settings_head for m in parents), self._lookup)
-            governing = self._settings.state(tips, self._lookup)
+            tips = self._settings.tips_as_of((m.settings_head for m in parents), self.lookup)
+            governing = self._settings.state(tips, self.lookup)
             check_write(governing, entry.author, changes_settings=changes_settings)
         for write in entry.stores:
             ops = decode_ops(write.data)
             if write.name == SETTINGS_STORE:
                 if write.parents != tips:
                     raise ShapeError(f"entry {entry.id} must name the settings tips {tips}")
-                updated = copy_value(governing)
-                apply_ops(updated, ops)
+                updated = apply_ops(governing, ops, owned={})
                 try:
                     check_auth_map(updated)
                 except (InvalidKey, InvalidPermission) as exc:
@@ -94,7 +93,8 @@ class BatchVerifier:
                 raise WrongTree(f"entry {entry.id} names {meta.id} of another tree")
         return metas
 
-    def _lookup(self, entry_id: str) -> Entry:
+    def lookup(self, entry_id: str) -> Entry:
+        """An entry accepted in this batch, or a stored one."""
         record = self._accepted.get(entry_id)
         if record is not None:
             return record.entry

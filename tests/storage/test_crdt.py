@@ -119,3 +119,24 @@ def test_copy_on_write_never_changes_a_shared_state(batches: list[list[Op]]) -> 
     for handed_out, as_it_was in shared:
         assert handed_out == as_it_was
     assert state == fold(*(op for batch in batches for op in batch))
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_path_and_value_together_bound_the_depth() -> None:
+    assert decode_ops(encode_ops([SetOp(("a",), nested(63))]))
+    assert decode_ops(encode_ops([SetOp(("a",) * 64, 1)]))
+    for too_deep in [
+        SetOp(("a",), nested(64)),
+        SetOp(("a",) * 65, 1),
+        SetOp(("a",) * 32, nested(33)),
+    ]:
+        with pytest.raises(MalformedEntry, match=r"deeper|segments"):
+            decode_ops(encode_ops([too_deep]))
+    with pytest.raises(MalformedEntry):
+        decode_ops(encode_ops([DeleteOp(("a",) * 100_000)]))

@@ -203,9 +203,10 @@ async def test_commits_on_one_tree_are_serialized(inst: eidetica.Instance) -> No
             op.doc("d").set(f"w{number}", number)
             await trio.lowlevel.checkpoint()  # let the others stage in between
 
-    async with trio.open_nursery() as nursery:
-        for number in range(20):
-            nursery.start_soon(writer, number)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for number in range(20):
+                nursery.start_soon(writer, number)
     entries = await tree.entries()
     assert [e.height for e in entries] == list(range(21))  # one chain, no forks
     assert len(await tree.tips()) == 1

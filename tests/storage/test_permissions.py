@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +14,9 @@ from eidetica.errors import (
     InvalidSettings,
     PermissionDenied,
     ShapeError,
+    WrongTree,
 )
-from eidetica.protocol.entry import SETTINGS_STORE, StoreWrite, create_entry
+from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry
 from eidetica.storage.crdt import SetOp, encode_ops
 
 
@@ -169,3 +171,50 @@ async def test_root_author_must_be_admin_of_its_own_tree(inst: eidetica.Instance
         with pytest.raises(PermissionDenied):
             await fresh.import_entries([root])
         assert await fresh.trees() == []
+
+
+async def test_concurrent_settings_changes_merge(tmp_path: Path) -> None:
+    async with eidetica.open_instance(tmp_path / "a") as a, eidetica.open_instance(None) as b:
+        tree = await a.create_tree(name="t")
+        await tree.grant(b.public_key, "admin")
+        theirs = await copy_tree(tree, b)
+        await tree.grant("*", "read")  # two admins change settings concurrently
+        await theirs.grant(a.public_key, "admin")
+        async with theirs.transaction() as op:
+            op.settings().set("name", "renamed")
+        await copy_tree(theirs, a)
+        await copy_tree(tree, b)
+        expected = await tree.settings()
+        assert expected["name"] == "renamed" and expected["auth"]["*"] == "read"
+        assert await theirs.settings() == expected
+        await tree.grant(b.public_key, "write")  # built on both settings branches
+        await copy_tree(tree, b)
+        assert (await theirs.settings())["auth"][b.public_key] == "write"
+        root_id = tree.root_id
+    async with eidetica.open_instance(tmp_path / "a") as a:  # cold caches
+        reopened = await a.open_tree(root_id)
+        await reopened.grant("*", "write")
+        assert (await reopened.settings())["auth"]["*"] == "write"
+
+
+async def test_heights_and_trees_of_parents_are_checked(inst: eidetica.Instance) -> None:
+    tree = await inst.create_tree(name="t")
+    other = await inst.create_tree(name="other")
+    (root,) = await tree.entries()
+    (other_root,) = await other.entries()
+
+    def entry(parents: list[str], height: int) -> Entry:
+        data = encode_ops([SetOp(("x",), 1)])
+        return create_entry(
+            inst.device_key,
+            tree=root.id,
+            parents=parents,
+            height=height,
+            stores=[StoreWrite("d", (), data)],
+        )
+
+    with pytest.raises(ShapeError, match="height"):
+        await inst.import_entries([entry([root.id], 2)])
+    with pytest.raises(WrongTree):
+        await inst.import_entries([entry([other_root.id], 1)])
+    assert await tree.tips() == [root.id]

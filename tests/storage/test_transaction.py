@@ -9,7 +9,16 @@ import trio
 import trio.testing
 
 import eidetica
-from eidetica.errors import InvalidPath, InvalidStoreName, InvalidValue, TransactionClosed
+from eidetica.errors import (
+    InvalidPath,
+    InvalidStoreName,
+    InvalidValue,
+    TransactionClosed,
+    TreeNotFound,
+)
+from eidetica.protocol import limits
+from eidetica.protocol.entry import StoreWrite, create_entry
+from eidetica.storage.crdt import SetOp, encode_ops
 
 
 async def test_clean_exit_commits_exactly_one_entry_on_the_tips(inst: eidetica.Instance) -> None:
@@ -107,8 +116,8 @@ async def test_snapshot_does_not_change_under_later_commits(inst: eidetica.Insta
     snapshot = await tree.doc("d")
     async with tree.transaction() as op:
         op.doc("d").set("x.n", 2)
-    assert snapshot.get("x") == {"n": 1}
-    assert (await tree.doc("d")).get("x") == {"n": 2}
+    assert (await tree.doc("d")).get("x") == {"n": 2}  # the fold has moved on...
+    assert snapshot.get("x") == {"n": 1}  # ...and the snapshot has not
     with pytest.raises(TransactionClosed):
         snapshot.set("x", 3)
 
@@ -184,3 +193,45 @@ async def test_commit_cancelled_while_waiting_for_the_lock_stores_nothing(
     assert await tree.tips() == tips
     with pytest.raises(TransactionClosed):
         op.doc("d").set("x", 2)
+
+
+async def test_committing_or_discarding_inside_the_block_is_allowed(
+    inst: eidetica.Instance,
+) -> None:
+    tree = await inst.create_tree(name="t")
+    async with tree.transaction() as op:
+        op.doc("d").set("x", 1)
+        entry = await op.commit()
+    assert entry is not None and await tree.tips() == [entry.id]
+    async with tree.transaction() as op:
+        op.doc("d").set("x", 2)
+        op.discard()
+    assert (await tree.doc("d")).get("x") == 1
+
+
+async def test_commit_on_an_unknown_tree_is_typed_error(inst: eidetica.Instance) -> None:
+    with pytest.raises(TreeNotFound):
+        async with eidetica.Tree(inst, "0" * 64).transaction() as op:
+            op.doc("d").set("x", 1)
+
+
+async def test_more_tips_than_an_entry_can_name_still_commit(inst: eidetica.Instance) -> None:
+    tree = await inst.create_tree(name="wide")
+    (root,) = await tree.entries()
+    siblings = [
+        create_entry(
+            inst.device_key,
+            tree=root.id,
+            parents=[root.id],
+            height=1,
+            stores=[StoreWrite("d", (), encode_ops([SetOp((f"k{i}",), i)]))],
+        )
+        for i in range(limits.MAX_PARENTS + 20)
+    ]
+    await inst.import_entries(siblings)
+    for _ in range(2):
+        async with tree.transaction() as op:
+            op.doc("d").set("merged", True)
+    assert op.entry is not None
+    assert len(await tree.tips()) == 1  # the second commit merged what the first could not
+    assert (await tree.doc("d")).get("k0") == 0
