@@ -6,13 +6,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import bulk_store, commits, doc_read, hash_choice
+from bench import bulk_store, commits, doc_read, hash_choice, reconcile
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "commits": commits.main,
     "doc_read": doc_read.main,
     "bulk_store": bulk_store.main,
     "hash_choice": hash_choice.main,
+    "reconcile": reconcile.main,
 }
 
 

@@ -89,3 +89,47 @@ class StorageError(EideticaError):
 
 class TransactionClosed(EideticaError):
     """A transaction was used after it committed or was discarded."""
+
+
+class ProtocolError(EideticaError):
+    """A peer sent something the protocol does not allow; ``code`` names it on the wire."""
+
+    code = "malformed"
+
+
+class MalformedMessage(ProtocolError):
+    """The bytes are not a valid message: bad syntax, a wrong type, a value out of bounds."""
+
+    code = "malformed"
+
+
+class MessageTooLarge(ProtocolError):
+    """The message is over ``limits.MAX_MESSAGE_BYTES``; it was not decoded."""
+
+    code = "too-large"
+
+
+class UnknownVersion(ProtocolError):
+    """The envelope names a protocol version this node does not speak."""
+
+    code = "unknown-version"
+
+
+class UnknownMessage(ProtocolError):
+    """The message type is not one this node knows, or not one it expects here."""
+
+    code = "unknown-message"
+
+
+class HandshakeFailed(ProtocolError):
+    """The peer did not prove its key: bad signature, replay, expired, or out of order."""
+
+    code = "unauthenticated"
+
+
+class RemoteError(ProtocolError):
+    """The peer answered with an error; ``code`` is the code it sent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"peer answered {code}: {message}")
+        self.code = code

@@ -1,4 +1,4 @@
-"""Size limits on entries, checked before anything else touches their contents.
+"""Size limits on entries and messages, checked before anything else touches their contents.
 
 The limits bound the memory and time a hostile peer can make a node spend on one
 entry. They are part of the protocol: an entry over a limit is invalid everywhere.
@@ -23,3 +23,27 @@ ENTROPY_BYTES = 16
 
 MAX_DOC_DEPTH = 64
 """Nesting depth of a document value, so folding cannot recurse without bound."""
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""One encoded message, in either codec; checked before decoding starts."""
+
+MAX_ENTRIES_PER_BATCH = 1024
+"""Entries in one message (a page of a larger transfer)."""
+
+MAX_IDS_PER_MESSAGE = 4096
+"""Ids in one list of a message (tips, needs)."""
+
+MAX_KEY_CHARS = 64
+"""A public key string (``ed25519:`` and 44 base64 characters)."""
+
+MAX_TEXT_CHARS = 1024
+"""Free text in a message, such as an error's explanation."""
+
+NONCE_BYTES = 32
+"""A handshake challenge."""
+
+MAX_FILTER_BYTES = 1024 * 1024
+"""The bits of one Bloom filter summary."""
+
+MAX_FILTER_HASHES = 32
+"""Hash functions of one Bloom filter."""

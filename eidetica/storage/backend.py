@@ -96,6 +96,10 @@ class Backend(Protocol):
         """Entries of ``tree`` in (height, id) order, which is parents first."""
         ...
 
+    def tree_ids(self, tree: str, min_height: int = 0) -> Iterator[str]:
+        """Ids of the entries of ``tree`` from ``min_height`` up, in (height, id) order."""
+        ...
+
     def store_entries(
         self, tree: str, store: str, after: OrderKey | None = None
     ) -> Iterator[Entry]:

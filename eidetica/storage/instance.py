@@ -6,16 +6,18 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from eidetica.errors import TreeNotFound
+from eidetica.errors import InvalidEntry, MissingParents, PermissionDenied, TreeNotFound
 from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry, validate_entry
+from eidetica.protocol.intake import Intake, Rejection
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
-from eidetica.storage.backend import Backend
+from eidetica.storage.backend import Backend, EntryMeta
 from eidetica.storage.crdt import Document, SetOp, encode_ops
 from eidetica.storage.device import load_or_create_device_key
 from eidetica.storage.docstate import DocStates
@@ -34,6 +36,19 @@ CommitHook = Callable[[Tree, Entry], None]
 must not block: a sync hook only posts a notice. An exception is logged and ignored."""
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What became of a batch of received entries."""
+
+    stored: list[str]
+    """Ids newly stored, parents first."""
+    rejected: list[Rejection]
+    held: int
+    """Entries of the tree now waiting in the holding area for their parents."""
+    missing: list[str]
+    """Parents those held entries wait for."""
+
+
 class Instance:
     """A node's store of trees. Open one with :func:`open_instance`."""
 
@@ -42,6 +57,7 @@ class Instance:
         self.device_key = key
         self.doc_states = DocStates(backend)
         self.settings_index = SettingsIndex()
+        self.intake = Intake()
         self._hooks: list[CommitHook] = []
         self._locks: dict[str, trio.Lock] = {}
 
@@ -92,8 +108,51 @@ class Instance:
             self.doc_states.stored(record.entry)
         return added
 
+    async def receive(
+        self, tree: str, raws: Iterable[bytes], ids: Iterable[str | None] | None = None
+    ) -> Receipt:
+        """Entries a peer sent for ``tree``: each is verified before it is stored.
+
+        Unlike :meth:`import_entries`, a bad entry does not fail the batch: it is
+        refused with its reason (and so are entries built on it) and the good ones are
+        stored. Entries whose parents have not arrived wait in the holding area and
+        are stored when they do; ``missing`` names the parents still awaited.
+        """
+        rejected = self.intake.offer(tree, raws, ids)
+        ready = self.intake.release(tree, self.backend.has)
+        verifier = BatchVerifier(self.backend, self.settings_index)
+        records = []
+        refused: set[str] = set()
+        for entry in ready:
+            try:
+                if refused.intersection(entry.parents):
+                    raise MissingParents(f"entry {entry.id} builds on a refused entry", frozenset())
+                records.append(verifier.check(entry, tree))
+            except InvalidEntry as exc:
+                refused.add(entry.id)
+                rejected.append(Rejection(entry.id, exc))
+        stored = self.backend.put(records)
+        for record in records:
+            self.doc_states.stored(record.entry)
+        for rejection in rejected:
+            log.warning("refused entry %s for tree %s: %s", rejection.id, tree, rejection.reason)
+        return Receipt(
+            stored=stored,
+            rejected=rejected,
+            held=self.intake.held(tree),
+            missing=sorted(self.intake.missing(tree, self.backend.has)),
+        )
+
+    def settings_tips(self, parents: Iterable[EntryMeta]) -> tuple[str, ...]:
+        """The settings tips of an entry with these (stored) parents."""
+        lookup = BatchVerifier(self.backend, self.settings_index).lookup
+        return self.settings_index.tips_as_of((m.settings_head for m in parents), lookup)
+
     def store_local(self, tree: Tree, entry: Entry) -> None:
-        """Verify and store an entry this node just signed (no signature check needed)."""
+        """Verify and store an entry this node just signed. Its signature is not checked
+        again, so only this node's own entries may come this way."""
+        if entry.author != self.public_key:
+            raise PermissionDenied(f"{entry.author} is not this node's key; use receive()")
         record = BatchVerifier(self.backend, self.settings_index).check(entry, tree.root_id)
         self.backend.put([record])
         self.doc_states.stored(entry)

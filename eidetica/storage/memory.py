@@ -21,6 +21,10 @@ class _OrderedIds:
     def add(self, key: OrderKey) -> None:
         bisect.insort(self.keys, key)
 
+    def from_height(self, height: int) -> Iterator[str]:
+        start = bisect.bisect_left(self.keys, (height, ""))
+        return (self.keys[i][1] for i in range(start, len(self.keys)))
+
     def after(self, key: OrderKey | None) -> list[str]:
         start = 0 if key is None else bisect.bisect_right(self.keys, key)
         return [entry_id for _, entry_id in self.keys[start:]]
@@ -94,6 +98,10 @@ class MemoryBackend:
     def tree_entries(self, tree: str, after: OrderKey | None = None) -> Iterator[Entry]:
         dag = self._trees.get(tree)
         return iter([self._entries[i] for i in dag.ordered.after(after)] if dag else [])
+
+    def tree_ids(self, tree: str, min_height: int = 0) -> Iterator[str]:
+        dag = self._trees.get(tree)
+        return dag.ordered.from_height(min_height) if dag else iter(())
 
     def store_entries(
         self, tree: str, store: str, after: OrderKey | None = None

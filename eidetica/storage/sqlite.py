@@ -140,8 +140,11 @@ class SqliteBackend:
                     added.append(record.entry.id)
             db.execute("COMMIT")
         except BaseException as exc:
-            db.execute("ROLLBACK")
-            self._forget()
+            try:
+                db.execute("ROLLBACK")
+                self._forget()
+            except sqlite3.DatabaseError as rollback_error:
+                raise StorageError(f"rolling back failed: {rollback_error}") from exc
             if isinstance(exc, sqlite3.DatabaseError):
                 raise StorageError(f"storing {len(records)} entries failed: {exc}") from exc
             raise
@@ -199,8 +202,9 @@ class SqliteBackend:
                 tips.discard(parent)
                 db.execute("DELETE FROM tips WHERE dag = ? AND id = ?", (dag, raw_parent))
             elif parent not in self._recent and not self._stored(raw_parent):
-                db.execute("INSERT OR IGNORE INTO dangling VALUES (?, ?)", (dag, raw_parent))
-                self._dangling += 1
+                self._dangling += db.execute(
+                    "INSERT OR IGNORE INTO dangling VALUES (?, ?)", (dag, raw_parent)
+                ).rowcount
         if (
             self._dangling
             and db.execute("DELETE FROM dangling WHERE dag = ? AND id = ?", (dag, raw_id)).rowcount
@@ -253,7 +257,10 @@ class SqliteBackend:
         return {i for i in entry_ids if i in self._recent or self._stored(bytes.fromhex(i))}
 
     def trees(self) -> list[str]:
-        rows = self._db.execute("SELECT tree FROM dags WHERE store = '' ORDER BY tree")
+        rows = self._db.execute(
+            "SELECT d.tree FROM dags d JOIN entries e ON e.id = d.tree"
+            " WHERE d.store = '' ORDER BY d.tree"
+        )
         return [row[0].hex() for row in rows]
 
     def tips(self, tree: str) -> list[str]:
@@ -268,6 +275,16 @@ class SqliteBackend:
 
     def tree_entries(self, tree: str, after: OrderKey | None = None) -> Iterator[Entry]:
         return self._ordered(tree, _TREE, after)
+
+    def tree_ids(self, tree: str, min_height: int = 0) -> Iterator[str]:
+        dag = self._dag(tree, _TREE)
+        if dag is None:
+            return iter(())
+        rows = self._db.execute(
+            "SELECT id FROM ordered WHERE dag = ? AND height >= ? ORDER BY height, id",
+            (dag, min_height),
+        )
+        return (row[0].hex() for row in rows)
 
     def store_entries(
         self, tree: str, store: str, after: OrderKey | None = None

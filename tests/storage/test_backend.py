@@ -11,12 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eidetica.errors import StorageError
+from eidetica.protocol.dagview import walk
 from eidetica.protocol.entry import Entry
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.backend import Backend, Record
-from eidetica.storage.dag import ancestors
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.sqlite import SqliteBackend
+from eidetica.storage.treeview import TreeView
 from tests.builders import STORE, build_dag, dag_shapes, expected_tips
 
 KEY = SigningKey(bytes(range(32)))
@@ -86,7 +87,7 @@ def test_tips_are_right_in_any_arrival_order(
 
 
 @given(shape=dag_shapes(), data=st.data())
-def test_ancestors_match_reachability(shape: list[list[int]], data: st.DataObject) -> None:
+def test_walk_matches_reachability(shape: list[list[int]], data: st.DataObject) -> None:
     entries = build_dag(KEY, shape)
     backend = MemoryBackend()
     backend.put(records(entries))
@@ -105,7 +106,7 @@ def test_ancestors_match_reachability(shape: list[list[int]], data: st.DataObjec
                 todo.extend(parents[current])
         return seen
 
-    found = ancestors(backend, heads, stop)
+    found = walk(TreeView(backend, entries[0].id), heads, stop)
     assert set(found) == reach(heads) - reach(stop)
     heights = {e.id: e.height for e in entries}
     assert [heights[i] for i in found] == sorted(heights[i] for i in found)
@@ -132,3 +133,48 @@ def test_sqlite_batch_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Mon
     assert backend.tips(entries[0].id) == []
     assert len(backend.put(records(entries))) == len(entries)
     backend.close()
+
+
+def test_trees_lists_only_stored_roots(backend: Backend) -> None:
+    entries = build_dag(KEY, SHAPE)
+    backend.put(records(entries[1:]))  # everything but the root
+    assert backend.trees() == []
+    backend.put(records(entries[:1]))
+    assert backend.trees() == [entries[0].id]
+
+
+def test_sqlite_rollback_of_a_batch_extending_a_dag_keeps_caches_true(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = build_dag(KEY, SHAPE)
+    backend = SqliteBackend(tmp_path / "b.db")
+    backend.put(records(entries[:3]))
+    root = entries[0].id
+    tips, store_tips = backend.tips(root), backend.store_tips(root, STORE)
+
+    def failing_insert(self: SqliteBackend, record: Record) -> bool:
+        raise sqlite3.OperationalError("disk full")
+
+    insert = SqliteBackend._insert
+    calls = 0
+
+    def fail_on_second(self: SqliteBackend, record: Record) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            return failing_insert(self, record)
+        return insert(self, record)
+
+    monkeypatch.setattr(SqliteBackend, "_insert", fail_on_second)
+    with pytest.raises(StorageError):
+        backend.put(records(entries[3:]))
+    monkeypatch.undo()
+    assert backend.tips(root) == tips
+    assert backend.store_tips(root, STORE) == store_tips
+    assert backend.meta([entries[3].id]) == {}
+    assert backend.put(records(entries[3:])) == [e.id for e in entries[3:]]
+    assert backend.tips(root) == expected_tips(entries)
+    backend.close()
+    reopened = SqliteBackend(tmp_path / "b.db")
+    assert reopened.tips(root) == expected_tips(entries)
+    reopened.close()

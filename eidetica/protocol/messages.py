@@ -1,0 +1,169 @@
+"""The sync protocol's messages: frozen, typed, in one tagged union.
+
+Every message travels in an :class:`Envelope` that names the protocol version and,
+for transports that multiplex, a request id. Field types carry their limits
+(:mod:`eidetica.protocol.limits`), so a message that decodes is already within
+bounds; see ``docs/protocol.md`` for each message with a JSON example.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from eidetica.protocol import limits
+
+PROTOCOL_VERSION = 1
+
+EntryId = Annotated[str, msgspec.Meta(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
+PublicKey = Annotated[str, msgspec.Meta(max_length=limits.MAX_KEY_CHARS)]
+Nonce = Annotated[bytes, msgspec.Meta(min_length=limits.NONCE_BYTES, max_length=limits.NONCE_BYTES)]
+Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+Ids = Annotated[tuple[EntryId, ...], msgspec.Meta(max_length=limits.MAX_IDS_PER_MESSAGE)]
+RawEntry = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_ENTRY_BYTES)]
+RawEntries = Annotated[tuple[RawEntry, ...], msgspec.Meta(max_length=limits.MAX_ENTRIES_PER_BATCH)]
+Text = Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT_CHARS)]
+
+
+class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
+    """Base of every message: frozen, strict, tagged by its ``type`` field."""
+
+
+# Handshake (see handshake.py): four messages; both sides prove their key.
+
+
+class HandshakeInit(_Message, frozen=True, tag="handshake_init"):
+    """Initiator -> responder: who I claim to be, and a challenge for you."""
+
+    public_key: PublicKey
+    challenge: Nonce
+    time: int
+    """The initiator's clock, in whole seconds; the responder checks it is recent."""
+
+
+class HandshakeReply(_Message, frozen=True, tag="handshake_reply"):
+    """Responder -> initiator: who I am, my signature over the transcript, my challenge."""
+
+    public_key: PublicKey
+    challenge: Nonce
+    signature: Signature
+
+
+class HandshakeFinish(_Message, frozen=True, tag="handshake_finish"):
+    """Initiator -> responder: my signature over the transcript, answering your challenge."""
+
+    signature: Signature
+    challenge: Nonce
+    """The responder's challenge being answered, so the responder can find the handshake."""
+
+
+class HandshakeDone(_Message, frozen=True, tag="handshake_done"):
+    """Responder -> initiator: the handshake succeeded; ``session`` names it from now on."""
+
+    session: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+
+
+# Reconciliation (see reconcile.py).
+
+
+class Summary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A Bloom filter of the sender's entries of height ``min_height`` and above."""
+
+    min_height: Annotated[int, msgspec.Meta(ge=0)]
+    hashes: Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_FILTER_HASHES)]
+    salt: Annotated[bytes, msgspec.Meta(max_length=16)]
+    bits: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_FILTER_BYTES)]
+
+
+class SyncRequest(_Message, frozen=True, tag="sync"):
+    """Initiator -> responder: my tips of ``tree`` and what I hold near them; send me
+    what I lack, and tell me what you lack."""
+
+    tree: EntryId
+    tips: Ids
+    summary: Summary
+    haves: Ids = ()
+    """Entries the initiator holds below the summary (and ones it believes common)."""
+    need: Ids = ()
+    """Ids the initiator learned it lacks (parents of entries it received)."""
+    resume: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    """The ``resume`` of the previous page's response, to continue that plan."""
+
+
+class SyncResponse(_Message, frozen=True, tag="sync_response"):
+    """Responder -> initiator: a page of entries the initiator lacks, parents first."""
+
+    tree: EntryId
+    tips: Ids
+    entries: RawEntries
+    more: bool
+    """More entries follow: ask again (with the new tips) for the next page."""
+    summary: Summary | None = None
+    """The responder's own summary, when it lacks some of the initiator's tips."""
+    haves: Ids = ()
+    """Entries the responder holds below its summary."""
+    resume: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    """With ``more``: send this back to get the next page of the same plan."""
+
+
+class SendEntries(_Message, frozen=True, tag="send_entries"):
+    """Either side -> the other: entries the receiver lacks, parents first (the seed's
+    SendEntries). Also used to push a new commit."""
+
+    tree: EntryId
+    entries: RawEntries
+    need: Ids = ()
+    """Ids the sender learned it lacks; the answer carries them (and their ancestry)."""
+
+
+class Ack(_Message, frozen=True, tag="ack"):
+    """Answer to SendEntries: what was stored, rejected and held, and what is needed."""
+
+    stored: Annotated[int, msgspec.Meta(ge=0)]
+    rejected: Annotated[int, msgspec.Meta(ge=0)]
+    held: Annotated[int, msgspec.Meta(ge=0)]
+    need: Ids = ()
+    """Parents the receiver still lacks: send them."""
+    entries: RawEntries = ()
+    """Entries the sender asked for with ``need``."""
+
+
+class ErrorReply(_Message, frozen=True, tag="error"):
+    """A typed failure: ``code`` is one of :data:`ERROR_CODES`."""
+
+    code: Annotated[str, msgspec.Meta(max_length=32)]
+    message: Text
+
+
+ERROR_CODES = (
+    "malformed",
+    "unknown-version",
+    "unknown-message",
+    "too-large",
+    "unauthenticated",
+    "forbidden",
+    "not-found",
+    "rejected",
+    "internal",
+)
+
+Message = (
+    HandshakeInit
+    | HandshakeReply
+    | HandshakeFinish
+    | HandshakeDone
+    | SyncRequest
+    | SyncResponse
+    | SendEntries
+    | Ack
+    | ErrorReply
+)
+
+
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What goes on the wire: a version, an optional request id, one message."""
+
+    v: int
+    body: Message
+    id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None

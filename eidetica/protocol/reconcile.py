@@ -1,0 +1,320 @@
+"""The reconciliation planner: what to ask for and what to send, both ways at once.
+
+One sync is two round trips (see ``docs/protocol.md``):
+
+1. The initiator sends :class:`SyncRequest` with its tips and a summary of what it
+   holds near them. The responder answers with the entries the initiator lacks,
+   parents first, in pages; with its own tips; and, when it lacks some of the
+   initiator's tips, its own summary.
+2. The initiator sends what the responder lacks in :class:`SendEntries` pages; the
+   :class:`Ack` names parents still missing, which the next page (or a last, empty
+   one) carries.
+
+When one side knows all of the other's tips, the difference is exact: everything
+between its tips and theirs. Otherwise the walk stops at entries the other side's
+summary or haves say it holds. A summary's false positive makes a side send too
+little, never too much, and ``need`` repairs it.
+
+Everything here is pure: it reads a :class:`DagView` and returns messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from eidetica.protocol import limits
+from eidetica.protocol.dagview import DagView, walk
+from eidetica.protocol.messages import Ack, SendEntries, Summary, SyncRequest, SyncResponse
+from eidetica.protocol.summary import WINDOW_HEIGHTS, summarize, summary_holds
+
+PAGE_BYTES = 8 * 1024 * 1024
+"""Entry bytes in one page, well under ``limits.MAX_MESSAGE_BYTES`` even as base64."""
+
+MAX_HAVES = 64
+
+
+def summary_floor(view: DagView, common: Iterable[str] = ()) -> int:
+    """Where a summary of ``view`` starts: a window below the highest tip, and deep
+    enough to include the entries believed common with the peer (its sync cursor)."""
+    heights = [node.height for node in view.nodes(view.tips()).values()]
+    floor = max(0, max(heights, default=0) - WINDOW_HEIGHTS)
+    common_heights = [node.height for node in view.nodes(common).values()]
+    return min([floor, *common_heights])
+
+
+def haves_below(view: DagView, floor: int, common: Iterable[str] = ()) -> tuple[str, ...]:
+    """Entries at exponentially spaced heights below ``floor`` (each a quarter further
+    than the last, so a peer's walk overshoots the real divergence by at most about a
+    quarter), plus ``common``.
+
+    Any held entry is an ancestor of some tip, so one entry per height will do. A peer
+    that knows one of them stops its walk there; without them it would send all the
+    history below the summary.
+    """
+    haves = dict.fromkeys(view.nodes(common))
+    distance = 1
+    while floor - distance >= 0 and len(haves) < MAX_HAVES:
+        found = next(iter(view.ids_from(floor - distance)), None)
+        if found is not None:
+            haves[found] = None
+        distance = max(distance + 1, distance * 5 // 4)
+    if floor > 0 and len(haves) < MAX_HAVES:
+        root = next(iter(view.ids_from(0)), None)
+        if root is not None:
+            haves[root] = None
+    return tuple(haves)
+
+
+def make_request(
+    view: DagView,
+    tree: str,
+    *,
+    common: Iterable[str] = (),
+    need: Iterable[str] = (),
+    resume: bytes = b"",
+    salt: bytes | None = None,
+) -> SyncRequest:
+    """The initiator's request: my tips, my summary, and what I know I need."""
+    common = list(common)
+    floor = summary_floor(view, common)
+    return SyncRequest(
+        tree=tree,
+        tips=tuple(view.tips()),
+        summary=summarize(view, min_height=floor, salt=salt),
+        haves=haves_below(view, floor, common),
+        need=tuple(sorted(set(need)))[: limits.MAX_IDS_PER_MESSAGE],
+        resume=resume,
+    )
+
+
+def lacking(
+    view: DagView, tips: Sequence[str], summary: Summary | None, haves: Sequence[str] = ()
+) -> list[str]:
+    """Ids of entries this side holds that a peer with these tips, summary and haves
+    lacks, parents first."""
+    known = view.nodes(tips)
+    if len(known) == len(tips):  # the peer is behind: the difference is exact
+        return walk(view, view.tips(), stop=tips)
+    held = summary_holds(summary, view) if summary is not None else None
+    return walk(view, view.tips(), stop=[*known, *haves], held=held)
+
+
+def pages(
+    view: DagView, ids: Sequence[str], *, max_entries: int = limits.MAX_ENTRIES_PER_BATCH
+) -> Iterator[list[bytes]]:
+    """The entries' bytes in pages bounded by count and :data:`PAGE_BYTES`."""
+    page: list[bytes] = []
+    size = 0
+    for start in range(0, len(ids), max_entries):
+        for raw in view.raw(ids[start : start + max_entries]):
+            if page and (len(page) == max_entries or size + len(raw) > PAGE_BYTES):
+                yield page
+                page, size = [], 0
+            page.append(raw)
+            size += len(raw)
+    if page:
+        yield page
+
+
+@dataclass
+class _Plan:
+    peer: str
+    tree: str
+    remaining: list[str]
+
+
+class Responder:
+    """Answers sync requests, keeping a bounded number of multi-page plans so that a
+    large transfer is planned once, not once per page."""
+
+    def __init__(self, *, max_plans: int = 64, max_entries: int = limits.MAX_ENTRIES_PER_BATCH):
+        self._plans: OrderedDict[bytes, _Plan] = OrderedDict()
+        self._max_plans = max_plans
+        self._max_entries = max_entries
+
+    def answer(self, view: DagView, request: SyncRequest, *, peer: str) -> SyncResponse:
+        """The response to one request from ``peer`` (a proven key)."""
+        plan = self._plans.pop(request.resume, None) if request.resume else None
+        if plan is None or plan.peer != peer or plan.tree != request.tree:
+            plan = _Plan(peer, request.tree, self._plan(view, request))
+        elif request.need:
+            plan.remaining = _merge(view, plan.remaining, request.need)
+        page, remaining = _take(view, plan.remaining, self._max_entries)
+        resume = b""
+        if remaining:
+            resume = os.urandom(16)
+            plan.remaining = remaining
+            self._plans[resume] = plan
+            while len(self._plans) > self._max_plans:
+                self._plans.popitem(last=False)
+        known_tips = view.nodes(request.tips)
+        summary = None
+        haves: tuple[str, ...] = ()
+        if not remaining and len(known_tips) < len(request.tips):
+            # The initiator has entries we lack; it reads our summary after the last page.
+            floor = summary_floor(view)
+            summary = summarize(view, min_height=floor)
+            haves = haves_below(view, floor)
+        return SyncResponse(
+            tree=request.tree,
+            tips=tuple(view.tips()),
+            entries=page,
+            more=bool(remaining),
+            summary=summary,
+            haves=haves,
+            resume=resume,
+        )
+
+    def _plan(self, view: DagView, request: SyncRequest) -> list[str]:
+        ids = lacking(view, request.tips, request.summary, request.haves)
+        return _merge(view, ids, request.need) if request.need else ids
+
+
+def answer_need(view: DagView, need: Iterable[str]) -> tuple[bytes, ...]:
+    """The entries named in ``need`` that this side holds, parents first."""
+    return tuple(view.raw(_merge(view, [], need)))
+
+
+def _merge(view: DagView, ids: list[str], extra: Iterable[str]) -> list[str]:
+    """``ids`` and the held ones of ``extra``, in (height, id) order."""
+    nodes = view.nodes({*ids, *extra})
+    return sorted(nodes, key=lambda entry_id: (nodes[entry_id].height, entry_id))
+
+
+def _take(view: DagView, ids: list[str], max_entries: int) -> tuple[tuple[bytes, ...], list[str]]:
+    """The bytes of the first page of ``ids`` (by count and bytes), and the ids left."""
+    page: list[bytes] = []
+    size = 0
+    for raw in view.raw(ids[:max_entries]):
+        if page and size + len(raw) > PAGE_BYTES:
+            break
+        page.append(raw)
+        size += len(raw)
+    return tuple(page), ids[len(page) :]
+
+
+def send_pages(
+    view: DagView, tree: str, ids: Sequence[str], need: Iterable[str] = ()
+) -> Iterator[SendEntries]:
+    """``SendEntries`` messages carrying ``ids``; the first also names what we need."""
+    need_ids = tuple(sorted(set(need)))[: limits.MAX_IDS_PER_MESSAGE]
+    first = True
+    for page in pages(view, ids):
+        yield SendEntries(tree=tree, entries=tuple(page), need=need_ids if first else ())
+        first = False
+    if first and need_ids:
+        yield SendEntries(tree=tree, entries=(), need=need_ids)
+
+
+MAX_REPAIRS = 3
+"""Rounds spent asking for missing parents before a sync gives up on them."""
+
+
+class SyncRound:
+    """The initiator's side of one full, two-way sync of one tree.
+
+    Drive it with :meth:`first`, then hand each answer to :meth:`next` together with
+    the ids the initiator still lacks after storing the answer's entries; send what it
+    returns until it returns ``None``.
+    """
+
+    def __init__(
+        self, view: DagView, tree: str, *, common: Iterable[str] = (), salt: bytes | None = None
+    ) -> None:
+        self._view = view
+        self._tree = tree
+        self._common = list(common)
+        self._salt = salt
+        self._outgoing: Iterator[SendEntries] | None = None
+        self.repairs = 0
+        """Round trips spent fetching parents a summary's false positive held back."""
+        self.round_trips = 0
+        self.complete = False
+        """True once both sides hold everything the other offered."""
+        self.peer_tips: tuple[str, ...] = ()
+
+    def first(self) -> SyncRequest:
+        """The opening request."""
+        self.round_trips = 1
+        return make_request(self._view, self._tree, common=self._common, salt=self._salt)
+
+    def next(
+        self, answer: SyncResponse | Ack, missing: Iterable[str]
+    ) -> SyncRequest | SendEntries | None:
+        """The next message to send after ``answer``, or ``None`` when the round is over."""
+        missing = sorted(set(missing))
+        if isinstance(answer, SyncResponse):
+            message = self._after_response(answer, missing)
+        else:
+            message = self._after_ack(answer, missing)
+        if message is not None:
+            self.round_trips += 1
+        return message
+
+    def _after_response(
+        self, answer: SyncResponse, missing: list[str]
+    ) -> SyncRequest | SendEntries | None:
+        self.peer_tips = answer.tips
+        if answer.more:
+            return make_request(
+                self._view,
+                self._tree,
+                common=self._common,
+                need=missing,
+                resume=answer.resume,
+                salt=self._salt,
+            )
+        ids = lacking(self._view, answer.tips, answer.summary, answer.haves)
+        self._outgoing = send_pages(self._view, self._tree, ids)
+        # A peer's tip we still lack was withheld by a false positive of our summary
+        # with no descendant to give it away: ask for it.
+        held_tips = self._view.nodes(answer.tips)
+        missing = sorted({*missing, *(t for t in answer.tips if t not in held_tips)})
+        return self._continue(peer_need=(), missing=missing)
+
+    def _after_ack(self, answer: Ack, missing: list[str]) -> SendEntries | None:
+        return self._continue(peer_need=answer.need, missing=missing)
+
+    def _continue(self, peer_need: Sequence[str], missing: list[str]) -> SendEntries | None:
+        need = tuple(missing[: limits.MAX_IDS_PER_MESSAGE])
+        if peer_need or (missing and self._outgoing is None):
+            # Parents the peer lacks go before anything else; so does our own need
+            # when there is nothing left to send.
+            return self._repair(peer_need, need)
+        page = next(self._outgoing, None) if self._outgoing is not None else None
+        if page is not None:
+            return SendEntries(tree=self._tree, entries=page.entries, need=need)
+        self._outgoing = None
+        if missing:
+            return self._repair((), need)
+        self.complete = True
+        return None
+
+    def _repair(self, peer_need: Sequence[str], need: tuple[str, ...]) -> SendEntries | None:
+        if self.repairs >= MAX_REPAIRS:
+            return None
+        self.repairs += 1
+        entries = answer_need(self._view, peer_need)[: limits.MAX_ENTRIES_PER_BATCH]
+        return SendEntries(tree=self._tree, entries=entries, need=need)
+
+
+def acknowledge(
+    view: DagView,
+    message: SendEntries,
+    *,
+    stored: int,
+    rejected: int,
+    held: int,
+    missing: Iterable[str],
+) -> Ack:
+    """The responder's answer to ``SendEntries``, once it has stored what it could."""
+    return Ack(
+        stored=stored,
+        rejected=rejected,
+        held=held,
+        need=tuple(sorted(set(missing)))[: limits.MAX_IDS_PER_MESSAGE],
+        entries=answer_need(view, message.need)[: limits.MAX_ENTRIES_PER_BATCH],
+    )

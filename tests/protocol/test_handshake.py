@@ -1,0 +1,633 @@
+"""The handshake: both keys proven, nothing replayable, memory bounded.
+
+Like h11's tests, a :class:`PeerPair` joins an :class:`Initiator` and a
+:class:`Responder` by a fake link that can record, replay or alter messages, with no
+event loop and no real clock or randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eidetica.errors import HandshakeFailed
+from eidetica.protocol import codec
+from eidetica.protocol.entry import ENTRY_DOMAIN
+from eidetica.protocol.handshake import (
+    HANDSHAKE_DOMAIN,
+    Initiator,
+    Proven,
+    RandomBytes,
+    Responder,
+    Transcript,
+)
+from eidetica.protocol.keys import SigningKey
+from eidetica.protocol.messages import (
+    HandshakeDone,
+    HandshakeFinish,
+    HandshakeInit,
+    HandshakeReply,
+)
+
+PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+ALICE = SigningKey(bytes(range(32)))
+BOB = SigningKey(bytes([7] * 32))
+CAROL = SigningKey(bytes([8] * 32))
+MALLORY = SigningKey(bytes([9] * 32))
+T0 = 1_700_000_000.0
+
+HandshakeMessage = HandshakeInit | HandshakeReply | HandshakeFinish | HandshakeDone
+M = TypeVar("M", HandshakeInit, HandshakeReply, HandshakeFinish, HandshakeDone)
+
+
+def seeded_random(label: str) -> RandomBytes:
+    """A deterministic stand-in for ``os.urandom``: a fresh value on every call."""
+    counter = itertools.count()
+
+    def random_bytes(size: int) -> bytes:
+        return hashlib.sha256(f"{label}/{next(counter)}".encode()).digest()[:size]
+
+    return random_bytes
+
+
+def constant_random(byte: int) -> RandomBytes:
+    """The same bytes every time: for the fixed example of docs/protocol.md."""
+    return lambda size: bytes([byte]) * size
+
+
+class Tamper(Protocol):
+    """What the link does to each message in transit."""
+
+    def __call__(self, message: M) -> M: ...
+
+
+def untouched(message: M) -> M:
+    return message
+
+
+class PeerPair:
+    """An initiator and a responder joined by a link that records what crosses it and
+    may alter it. ``now`` is the clock both sides read; tests move it."""
+
+    def __init__(
+        self,
+        initiator: Initiator | None = None,
+        responder: Responder | None = None,
+        *,
+        now: float = T0,
+        tamper: Tamper = untouched,
+    ) -> None:
+        self.initiator = initiator or Initiator(ALICE, now=now, random_bytes=seeded_random("alice"))
+        self.responder = responder or Responder(BOB, random_bytes=seeded_random("bob"))
+        self.now = now
+        self.tamper = tamper
+        self.sent: list[HandshakeMessage] = []
+
+    def send(self, message: M) -> M:
+        message = self.tamper(message)
+        self.sent.append(message)
+        return message
+
+    def exchange_init(self) -> HandshakeReply:
+        """Init across, Reply back (not yet delivered to the initiator)."""
+        init = self.send(self.initiator.start())
+        return self.send(self.responder.receive_init(init, now=self.now))
+
+    def exchange_finish(self, reply: HandshakeReply) -> Proven:
+        """Reply delivered, Finish across, Done back and delivered."""
+        finish = self.send(self.initiator.receive_reply(reply))
+        proven = self.responder.receive_finish(finish, now=self.now)
+        self.initiator.receive_done(self.send(proven.done))
+        return proven
+
+    def run(self) -> Proven:
+        return self.exchange_finish(self.exchange_init())
+
+
+def recorded_handshake(responder: Responder | None = None) -> tuple[PeerPair, Proven]:
+    pair = PeerPair(responder=responder)
+    return pair, pair.run()
+
+
+def transcript_of(init: HandshakeInit, reply: HandshakeReply) -> Transcript:
+    return Transcript(
+        initiator_key=init.public_key,
+        responder_key=reply.public_key,
+        init_challenge=init.challenge,
+        reply_challenge=reply.challenge,
+        init_time=init.time,
+    )
+
+
+# Success
+
+
+def test_handshake_proves_both_keys_and_agrees_on_a_session() -> None:
+    pair, proven = recorded_handshake()
+    assert proven.peer_key == ALICE.public_key
+    assert pair.initiator.peer_key == BOB.public_key
+    assert pair.initiator.session == proven.session
+    assert len(proven.session) == 32
+    assert [type(message) for message in pair.sent] == [
+        HandshakeInit,
+        HandshakeReply,
+        HandshakeFinish,
+        HandshakeDone,
+    ]
+
+
+def test_receive_done_returns_the_responders_proven_key() -> None:
+    pair = PeerPair()
+    finish = pair.initiator.receive_reply(pair.exchange_init())
+    proven = pair.responder.receive_finish(finish, now=T0)
+    assert pair.initiator.receive_done(proven.done) == BOB.public_key
+
+
+def test_every_handshake_gets_its_own_session() -> None:
+    responder = Responder(BOB, random_bytes=seeded_random("bob"))
+    first = PeerPair(responder=responder).run()
+    second = PeerPair(
+        Initiator(ALICE, now=T0, random_bytes=seeded_random("alice again")), responder
+    ).run()
+    assert first.session != second.session
+    assert responder.pending_count == 0
+
+
+def test_a_pinned_key_that_answers_succeeds() -> None:
+    initiator = Initiator(
+        ALICE, now=T0, expected_key=BOB.public_key, random_bytes=seeded_random("alice")
+    )
+    assert PeerPair(initiator).run().peer_key == ALICE.public_key
+
+
+# Replays
+
+
+def test_replayed_finish_is_rejected() -> None:
+    pair, _ = recorded_handshake()
+    finish = pair.sent[2]
+    assert isinstance(finish, HandshakeFinish)
+    with pytest.raises(HandshakeFailed, match="no handshake awaits"):
+        pair.responder.receive_finish(finish, now=T0 + 1)
+
+
+def test_replayed_init_is_rejected_within_the_window() -> None:
+    pair, _ = recorded_handshake()
+    init = pair.sent[0]
+    assert isinstance(init, HandshakeInit)
+    for later in (0.0, 30.0, 60.0):
+        with pytest.raises(HandshakeFailed, match="replayed init"):
+            pair.responder.receive_init(init, now=T0 + later)
+
+
+def test_replayed_init_after_the_window_is_rejected_as_too_old() -> None:
+    pair, _ = recorded_handshake()
+    init = pair.sent[0]
+    assert isinstance(init, HandshakeInit)
+    with pytest.raises(HandshakeFailed, match="from now"):
+        pair.responder.receive_init(init, now=T0 + 61)
+    assert pair.responder.spent_count == 0
+
+
+@pytest.mark.parametrize("skew", [-61.0, 61.0, -3600.0, 86400.0, -T0])
+def test_init_time_outside_the_window_is_rejected(skew: float) -> None:
+    initiator = Initiator(ALICE, now=T0 + skew, random_bytes=seeded_random("alice"))
+    with pytest.raises(HandshakeFailed, match="from now"):
+        PeerPair(initiator, now=T0).run()
+
+
+@pytest.mark.parametrize("skew", [-60.0, -1.0, 1.0, 60.0])
+def test_init_time_inside_the_window_is_accepted(skew: float) -> None:
+    initiator = Initiator(ALICE, now=T0 + skew, random_bytes=seeded_random("alice"))
+    assert PeerPair(initiator, now=T0).run().peer_key == ALICE.public_key
+
+
+def test_finish_after_the_pending_handshake_expired_is_rejected() -> None:
+    pair = PeerPair()
+    reply = pair.exchange_init()
+    pair.now = T0 + 61
+    with pytest.raises(HandshakeFailed, match="no handshake awaits"):
+        pair.exchange_finish(reply)
+
+
+def test_finish_at_the_end_of_the_window_is_accepted() -> None:
+    pair = PeerPair()
+    reply = pair.exchange_init()
+    pair.now = T0 + 60
+    assert pair.exchange_finish(reply).peer_key == ALICE.public_key
+
+
+@pytest.mark.parametrize("random_label", ["bob", "carol"])
+def test_whole_transcript_replayed_to_another_responder_is_rejected(random_label: str) -> None:
+    """With the same random source, Carol even issues Bob's challenge again; the
+    signature still fails, because it names Bob's key, not Carol's."""
+    pair, _ = recorded_handshake()
+    init, _, finish, _ = pair.sent
+    assert isinstance(init, HandshakeInit)
+    assert isinstance(finish, HandshakeFinish)
+    carol = Responder(CAROL, random_bytes=seeded_random(random_label))
+    carol.receive_init(init, now=T0)
+    with pytest.raises(HandshakeFailed):
+        carol.receive_finish(finish, now=T0)
+
+
+def test_a_failed_finish_uses_up_the_pending_handshake() -> None:
+    pair = PeerPair()
+    reply = pair.exchange_init()
+    finish = pair.initiator.receive_reply(reply)
+    forged = msgspec.structs.replace(finish, signature=bytes(64))
+    with pytest.raises(HandshakeFailed, match="does not verify"):
+        pair.responder.receive_finish(forged, now=T0)
+    with pytest.raises(HandshakeFailed, match="no handshake awaits"):
+        pair.responder.receive_finish(finish, now=T0)
+
+
+# Forgeries
+
+
+def test_reply_signed_by_another_key_than_it_claims_is_rejected() -> None:
+    pair = PeerPair()
+    reply = pair.exchange_init()
+    init = pair.sent[0]
+    assert isinstance(init, HandshakeInit)
+    forged = MALLORY.sign(HANDSHAKE_DOMAIN, transcript_of(init, reply).signed_bytes("responder"))
+    with pytest.raises(HandshakeFailed, match="reply signature does not verify"):
+        pair.initiator.receive_reply(msgspec.structs.replace(reply, signature=forged))
+
+
+@pytest.mark.parametrize("signer", [MALLORY, BOB], ids=["mallory", "responder"])
+def test_finish_signed_by_another_key_than_the_inits_is_rejected(signer: SigningKey) -> None:
+    """Mallory claims to be Alice but can only sign as someone else."""
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    init = HandshakeInit(public_key=ALICE.public_key, challenge=bytes(32), time=int(T0))
+    reply = bob.receive_init(init, now=T0)
+    transcript = transcript_of(init, reply).signed_bytes("initiator")
+    finish = HandshakeFinish(
+        signature=signer.sign(HANDSHAKE_DOMAIN, transcript), challenge=reply.challenge
+    )
+    with pytest.raises(HandshakeFailed, match="finish signature does not verify"):
+        bob.receive_finish(finish, now=T0)
+
+
+def test_responders_signature_cannot_stand_in_for_the_initiators() -> None:
+    """The role is in the signed bytes: echoing the Reply's signature proves nothing."""
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    init = HandshakeInit(public_key=ALICE.public_key, challenge=bytes(32), time=int(T0))
+    reply = bob.receive_init(init, now=T0)
+    with pytest.raises(HandshakeFailed, match="finish signature does not verify"):
+        bob.receive_finish(
+            HandshakeFinish(signature=reply.signature, challenge=reply.challenge), now=T0
+        )
+
+
+@pytest.mark.parametrize(
+    "domain", [ENTRY_DOMAIN, b"", b"eidetica/handshake/v2\x00", b"eidetica/handshake/v1"]
+)
+def test_signatures_under_another_domain_are_rejected(domain: bytes) -> None:
+    pair = PeerPair()
+    reply = pair.exchange_init()
+    init = pair.sent[0]
+    assert isinstance(init, HandshakeInit)
+    transcript = transcript_of(init, reply)
+    wrong_reply = BOB.sign(domain, transcript.signed_bytes("responder"))
+    with pytest.raises(HandshakeFailed, match="does not verify"):
+        pair.initiator.receive_reply(msgspec.structs.replace(reply, signature=wrong_reply))
+
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    reply = bob.receive_init(init, now=T0)
+    wrong_finish = ALICE.sign(domain, transcript_of(init, reply).signed_bytes("initiator"))
+    with pytest.raises(HandshakeFailed, match="does not verify"):
+        bob.receive_finish(
+            HandshakeFinish(signature=wrong_finish, challenge=reply.challenge), now=T0
+        )
+
+
+def test_pinned_key_mismatch_is_rejected() -> None:
+    initiator = Initiator(
+        ALICE, now=T0, expected_key=CAROL.public_key, random_bytes=seeded_random("alice")
+    )
+    with pytest.raises(HandshakeFailed, match="expected peer"):
+        PeerPair(initiator).run()
+    assert initiator.peer_key is None
+
+
+def test_connection_to_self_is_rejected_by_the_responder() -> None:
+    responder = Responder(ALICE, random_bytes=seeded_random("alice"))
+    with pytest.raises(HandshakeFailed, match="self-connection"):
+        PeerPair(responder=responder).run()
+    assert responder.pending_count == 0
+
+
+def test_connection_to_self_is_rejected_by_the_initiator() -> None:
+    initiator = Initiator(ALICE, now=T0, random_bytes=seeded_random("alice"))
+    init = initiator.start()
+    reply = HandshakeReply(
+        public_key=ALICE.public_key,
+        challenge=bytes(32),
+        signature=ALICE.sign(
+            HANDSHAKE_DOMAIN,
+            Transcript(
+                ALICE.public_key, ALICE.public_key, init.challenge, bytes(32), init.time
+            ).signed_bytes("responder"),
+        ),
+    )
+    with pytest.raises(HandshakeFailed, match="self-connection"):
+        initiator.receive_reply(reply)
+
+
+@pytest.mark.parametrize(
+    "bad_key",
+    [
+        "",
+        "ed25519:",
+        "ed25519:not base64!",
+        "rsa:" + ALICE.public_key[len("ed25519:") :],
+        ALICE.public_key[:-2] + "h=",  # non-zero padding bits: not canonical
+        "ed25519:" + "A" * 40 + "==",  # 29 bytes
+    ],
+)
+def test_malformed_keys_in_messages_are_handshake_failures(bad_key: str) -> None:
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    init = HandshakeInit(public_key=bad_key, challenge=bytes(32), time=int(T0))
+    with pytest.raises(HandshakeFailed, match="initiator's key is malformed"):
+        bob.receive_init(init, now=T0)
+
+    pair = PeerPair()
+    reply = msgspec.structs.replace(pair.exchange_init(), public_key=bad_key)
+    with pytest.raises(HandshakeFailed, match="responder's key is malformed"):
+        pair.initiator.receive_reply(reply)
+
+
+def test_challenges_of_the_wrong_length_are_handshake_failures() -> None:
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    with pytest.raises(HandshakeFailed, match="32 bytes"):
+        bob.receive_init(
+            HandshakeInit(public_key=ALICE.public_key, challenge=bytes(31), time=int(T0)),
+            now=T0,
+        )
+    with pytest.raises(HandshakeFailed, match="32 bytes"):
+        bob.receive_finish(HandshakeFinish(signature=bytes(64), challenge=b""), now=T0)
+    with pytest.raises(HandshakeFailed, match="32 bytes"):
+        Initiator(ALICE, now=T0, random_bytes=lambda size: b"short").start()
+
+
+# Order and state
+
+
+def test_initiator_calls_out_of_order_are_rejected() -> None:
+    pair = PeerPair()
+    with pytest.raises(HandshakeFailed, match="out of order"):
+        pair.initiator.receive_reply(
+            HandshakeReply(public_key=BOB.public_key, challenge=bytes(32), signature=bytes(64))
+        )
+
+    pair = PeerPair()
+    pair.initiator.start()
+    with pytest.raises(HandshakeFailed, match="out of order"):
+        pair.initiator.receive_done(HandshakeDone(session=bytes(32)))
+
+    pair = PeerPair()
+    pair.initiator.start()
+    with pytest.raises(HandshakeFailed, match="out of order"):
+        pair.initiator.start()
+
+    pair, _ = recorded_handshake()
+    reply = pair.sent[1]
+    assert isinstance(reply, HandshakeReply)
+    with pytest.raises(HandshakeFailed, match="out of order"):
+        pair.initiator.receive_reply(reply)
+
+
+def test_a_failed_initiator_stays_failed() -> None:
+    pair = PeerPair()
+    reply = pair.exchange_init()
+    with pytest.raises(HandshakeFailed, match="does not verify"):
+        pair.initiator.receive_reply(msgspec.structs.replace(reply, signature=bytes(64)))
+    with pytest.raises(HandshakeFailed, match="out of order"):
+        pair.initiator.receive_reply(reply)
+
+
+def test_finish_without_an_init_is_rejected() -> None:
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    with pytest.raises(HandshakeFailed, match="no handshake awaits"):
+        bob.receive_finish(HandshakeFinish(signature=bytes(64), challenge=bytes(32)), now=T0)
+
+
+def test_a_message_of_the_wrong_type_is_a_handshake_failure() -> None:
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    done: Any = HandshakeDone(session=bytes(32))
+    with pytest.raises(HandshakeFailed, match="expected HandshakeInit"):
+        bob.receive_init(done, now=T0)
+    with pytest.raises(HandshakeFailed, match="expected HandshakeFinish"):
+        bob.receive_finish(done, now=T0)
+
+
+def test_done_naming_another_session_is_rejected() -> None:
+    pair = PeerPair()
+    finish = pair.initiator.receive_reply(pair.exchange_init())
+    pair.responder.receive_finish(finish, now=T0)
+    with pytest.raises(HandshakeFailed, match="different session"):
+        pair.initiator.receive_done(HandshakeDone(session=bytes(32)))
+    assert pair.initiator.session is None
+
+
+# Memory
+
+
+def test_busy_limit_bounds_memory_and_pruning_frees_it() -> None:
+    bob = Responder(BOB, max_pending=3, random_bytes=seeded_random("bob"))
+    fresh = seeded_random("flood")
+
+    def init_at(now: float) -> HandshakeInit:
+        return HandshakeInit(public_key=ALICE.public_key, challenge=fresh(32), time=int(now))
+
+    for _ in range(3):
+        bob.receive_init(init_at(T0), now=T0)
+    for _ in range(5):
+        with pytest.raises(HandshakeFailed, match="busy"):
+            bob.receive_init(init_at(T0), now=T0 + 10)
+    assert (bob.pending_count, bob.spent_count) == (3, 3)
+
+    bob.receive_init(init_at(T0 + 61), now=T0 + 61)
+    assert (bob.pending_count, bob.spent_count) == (1, 1)
+
+
+def test_spent_challenges_alone_also_hit_the_busy_limit() -> None:
+    """Completed handshakes free their pending slot, but their Init challenges stay
+    spent until the window passes, and those count against the limit too."""
+    bob = Responder(BOB, max_pending=2, random_bytes=seeded_random("bob"))
+    for label in ("one", "two"):
+        PeerPair(Initiator(ALICE, now=T0, random_bytes=seeded_random(label)), bob).run()
+    assert (bob.pending_count, bob.spent_count) == (0, 2)
+    with pytest.raises(HandshakeFailed, match="busy"):
+        PeerPair(Initiator(ALICE, now=T0, random_bytes=seeded_random("three")), bob).run()
+    later = Initiator(ALICE, now=T0 + 61, random_bytes=seeded_random("three"))
+    assert PeerPair(later, bob, now=T0 + 61).run().peer_key == ALICE.public_key
+
+
+def test_a_repeating_random_source_is_refused_not_trusted() -> None:
+    bob = Responder(BOB, random_bytes=constant_random(0x22))
+    fresh = seeded_random("alice")
+    bob.receive_init(
+        HandshakeInit(public_key=ALICE.public_key, challenge=fresh(32), time=int(T0)), now=T0
+    )
+    with pytest.raises(HandshakeFailed, match="repeated"):
+        bob.receive_init(
+            HandshakeInit(public_key=ALICE.public_key, challenge=fresh(32), time=int(T0)), now=T0
+        )
+
+
+# Tampering with anything in transit
+
+
+_KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=:!"
+
+
+_KINDS: list[type[HandshakeMessage]] = [
+    HandshakeInit,
+    HandshakeReply,
+    HandshakeFinish,
+    HandshakeDone,
+]
+
+
+def _tamper(kind: type[HandshakeMessage], field: str, change: Callable[[Any], Any]) -> Tamper:
+    def tamper(message: M) -> M:
+        if not isinstance(message, kind):
+            return message
+        return msgspec.structs.replace(message, **{field: change(getattr(message, field))})
+
+    return tamper
+
+
+def _shift(delta: int) -> Callable[[Any], Any]:
+    return lambda time: time + delta
+
+
+@st.composite
+def _byte_flips(draw: st.DrawFn) -> Callable[[Any], Any]:
+    index, mask = draw(st.integers(0, 63)), draw(st.integers(1, 255))
+
+    def flip(value: bytes) -> bytes:
+        spot = index % len(value)
+        return value[:spot] + bytes([value[spot] ^ mask]) + value[spot + 1 :]
+
+    return flip
+
+
+@st.composite
+def _key_changes(draw: st.DrawFn) -> Callable[[Any], Any]:
+    if draw(st.booleans()):
+        others = draw(st.permutations([ALICE, BOB, CAROL, MALLORY]))
+        return lambda key: next(other.public_key for other in others if other.public_key != key)
+    index, char = draw(st.integers(0, 51)), draw(st.sampled_from(_KEY_CHARS))
+
+    def edit(key: str) -> str:
+        new = char if key[index] != char else _KEY_CHARS[_KEY_CHARS.index(char) - 1]
+        return key[:index] + new + key[index + 1 :]
+
+    return edit
+
+
+@st.composite
+def tamperings(draw: st.DrawFn) -> tuple[str, Tamper]:
+    kind = draw(st.sampled_from(_KINDS))
+    field = draw(st.sampled_from(kind.__struct_fields__))
+    change: Callable[[Any], Any]
+    if field == "public_key":
+        change = draw(_key_changes())
+    elif field == "time":
+        within, beyond = st.integers(-60, 60), st.integers(-(10**12), 10**12)
+        change = _shift(draw(st.one_of(within, beyond).filter(bool)))
+    else:
+        change = draw(_byte_flips())
+    return f"{kind.__name__}.{field}", _tamper(kind, field, change)
+
+
+@given(tamperings())
+@settings(deadline=None)
+def test_tampering_with_any_field_in_transit_fails_the_handshake(
+    tampering: tuple[str, Tamper],
+) -> None:
+    _, tamper = tampering
+    pair = PeerPair(tamper=tamper)
+    with pytest.raises(HandshakeFailed):
+        pair.run()
+    assert pair.initiator.session is None
+
+
+# Wire forms
+
+
+def _example_messages() -> list[HandshakeMessage]:
+    initiator = Initiator(ALICE, now=T0, random_bytes=constant_random(0x11))
+    responder = Responder(BOB, random_bytes=constant_random(0x22))
+    pair = PeerPair(initiator, responder)
+    pair.run()
+    return pair.sent
+
+
+@pytest.mark.parametrize("wire", [codec.JSON, codec.MSGPACK], ids=["json", "msgpack"])
+@pytest.mark.parametrize("index", range(4), ids=["init", "reply", "finish", "done"])
+def test_handshake_messages_round_trip_through_both_codecs(wire: codec.Codec, index: int) -> None:
+    message = _example_messages()[index]
+    envelope = wire.decode(wire.encode(message, request_id=7))
+    assert envelope.body == message
+    assert envelope.id == 7
+
+
+def _doc_section() -> str:
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    section = re.search(r"^## \d+\. Handshake\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    assert section, "docs/protocol.md has no Handshake section"
+    return section.group(1)
+
+
+def test_documented_json_examples_are_what_the_code_sends() -> None:
+    blocks = re.findall(r"^```json\n(.*?)\n```", _doc_section(), re.MULTILINE | re.DOTALL)
+    assert blocks == [codec.JSON.encode(message).decode() for message in _example_messages()]
+
+
+def test_documented_transcripts_and_session_are_what_the_code_computes() -> None:
+    block = re.search(
+        r"^### Example\n.*?^```text\n(.*?)^```", _doc_section(), re.MULTILINE | re.DOTALL
+    )
+    assert block
+    values: dict[str, str] = {}
+    name = ""
+    for line in block.group(1).splitlines():
+        if line.startswith(" "):
+            values[name] += line.strip()
+        else:
+            name, value = line.split(maxsplit=1)
+            values[name] = value
+    init, reply, finish, done = _example_messages()
+    assert isinstance(init, HandshakeInit)
+    assert isinstance(reply, HandshakeReply)
+    assert isinstance(finish, HandshakeFinish)
+    assert isinstance(done, HandshakeDone)
+    transcript = transcript_of(init, reply)
+    assert values == {
+        "initiator.seed": bytes(range(32)).hex(),
+        "initiator.key": ALICE.public_key,
+        "responder.seed": bytes([7] * 32).hex(),
+        "responder.key": BOB.public_key,
+        "init.challenge": init.challenge.hex(),
+        "reply.challenge": reply.challenge.hex(),
+        "init.time": str(init.time),
+        "responder.transcript": transcript.signed_bytes("responder").hex(),
+        "reply.signature": reply.signature.hex(),
+        "initiator.transcript": transcript.signed_bytes("initiator").hex(),
+        "finish.signature": finish.signature.hex(),
+        "session": done.session.hex(),
+    }
