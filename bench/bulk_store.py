@@ -12,7 +12,6 @@ timing. Two figures are then timed, each into a fresh SQLite file:
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,15 +22,14 @@ import trio
 
 import eidetica
 from bench._table import print_table
-from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry
+from eidetica.protocol.entry import Entry
 from eidetica.protocol.keys import SigningKey
-from eidetica.protocol.limits import ENTROPY_BYTES
 from eidetica.storage.backend import Record
-from eidetica.storage.crdt import SetOp, encode_ops
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
 from eidetica.storage.verify import BatchVerifier
+from tests.builders import child_entry, root_entry
 
 ENTRIES = 100_000
 BATCH = 1_000
@@ -39,31 +37,6 @@ FORK_EVERY = 100
 STORE = "d"
 
 T = TypeVar("T")
-
-
-def root_entry(key: SigningKey) -> Entry:
-    """A tree's root entry naming ``key`` its admin."""
-    ops = [SetOp(("auth",), {key.public_key: "admin"}), SetOp(("name",), "bench")]
-    return create_entry(
-        key,
-        tree=None,
-        parents=(),
-        height=0,
-        stores=[StoreWrite(SETTINGS_STORE, (), encode_ops(ops))],
-        entropy=os.urandom(ENTROPY_BYTES),
-    )
-
-
-def _child(key: SigningKey, root: Entry, parents: Sequence[Entry], index: int) -> Entry:
-    store_parents = [parent.id for parent in parents if parent.store(STORE) is not None]
-    data = encode_ops([SetOp((f"k{index}",), index)])
-    return create_entry(
-        key,
-        tree=root.id,
-        parents=[parent.id for parent in parents],
-        height=max(parent.height for parent in parents) + 1,
-        stores=[StoreWrite(STORE, tuple(store_parents), data)],
-    )
 
 
 def build_entries(count: int) -> list[Entry]:
@@ -75,9 +48,9 @@ def build_entries(count: int) -> list[Entry]:
     tips = [root]
     while len(entries) < count:
         index = len(entries)
-        entry = _child(key, root, tips, index)
+        entry = child_entry(key, root, tips, f"k{index}", index)
         if index % FORK_EVERY == 0 and index + 1 < count:
-            sibling = _child(key, root, tips, index + 1)
+            sibling = child_entry(key, root, tips, f"k{index + 1}", index + 1)
             entries += [entry, sibling]
             tips = [entry, sibling]
         else:

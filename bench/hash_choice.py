@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._table import print_table
-from bench.bulk_store import root_entry
 from eidetica.protocol.entry import Entry, StoreWrite, create_entry, validate_entry
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import MAX_ENTRY_BYTES
 from eidetica.storage.crdt import SetOp, encode_ops
+from tests.builders import root_entry
 
 MIN_RUN_SECONDS = 0.05
 REPEATS = 5

@@ -36,12 +36,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bench._table import print_table
-from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry
+from eidetica.protocol.entry import Entry
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
 from eidetica.protocol.messages import Ack, SendEntries, SyncRequest, SyncResponse
 from eidetica.protocol.reconcile import Responder, SyncRound, acknowledge
-from eidetica.storage.crdt import SetOp, encode_ops
+from tests.builders import child_entry, root_entry
 from tests.protocol.peerpair import Side, Stats, carry
 
 PREFIX = 100_000
@@ -57,28 +57,11 @@ RUNS = 5
 
 def _root() -> Entry:
     """The tree's root, with fixed entropy so every run builds the same tree."""
-    ops = [SetOp(("auth",), {KEY.public_key: "admin"}), SetOp(("name",), "bench")]
-    return create_entry(
-        KEY,
-        tree=None,
-        parents=(),
-        height=0,
-        stores=[StoreWrite(SETTINGS_STORE, (), encode_ops(ops))],
-        entropy=bytes(ENTROPY_BYTES),
-    )
+    return root_entry(KEY, "bench", entropy=bytes(ENTROPY_BYTES))
 
 
 def _child(root: Entry, parents: Sequence[Entry], label: str, index: int) -> Entry:
-    """An entry writing ``<label><index>`` to document ``d``, on top of ``parents``."""
-    store_parents = [parent.id for parent in parents if parent.store(STORE) is not None]
-    data = encode_ops([SetOp((f"{label}{index}",), index)])
-    return create_entry(
-        KEY,
-        tree=root.id,
-        parents=[parent.id for parent in parents],
-        height=max(parent.height for parent in parents) + 1,
-        stores=[StoreWrite(STORE, tuple(store_parents), data)],
-    )
+    return child_entry(KEY, root, parents, f"{label}{index}", index)
 
 
 def _grow(root: Entry, tips: Sequence[Entry], label: str, fork_every: int) -> Iterator[Entry]:

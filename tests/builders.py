@@ -15,8 +15,8 @@ from eidetica.storage.crdt import SetOp, encode_ops
 STORE = "d"
 
 
-def root_entry(key: SigningKey, name: str = "test") -> Entry:
-    """A valid root entry naming ``key`` as admin."""
+def root_entry(key: SigningKey, name: str = "test", entropy: bytes | None = None) -> Entry:
+    """A valid root entry naming ``key`` as admin (random entropy unless given)."""
     ops = [SetOp(("auth",), {key.public_key: "admin"}), SetOp(("name",), name)]
     return create_entry(
         key,
@@ -24,7 +24,22 @@ def root_entry(key: SigningKey, name: str = "test") -> Entry:
         parents=(),
         height=0,
         stores=[StoreWrite(SETTINGS_STORE, (), encode_ops(ops))],
-        entropy=os.urandom(16),
+        entropy=os.urandom(16) if entropy is None else entropy,
+    )
+
+
+def child_entry(
+    key: SigningKey, root: Entry, parents: Sequence[Entry], name: str, value: int
+) -> Entry:
+    """A valid entry on ``parents`` writing ``name = value`` to store ``d``, naming as
+    store parents those of its parents that wrote ``d``."""
+    store_parents = [p.id for p in parents if p.store(STORE) is not None]
+    return create_entry(
+        key,
+        tree=root.id,
+        parents=[p.id for p in parents],
+        height=max(p.height for p in parents) + 1,
+        stores=[StoreWrite(STORE, tuple(store_parents), encode_ops([SetOp((name,), value)]))],
     )
 
 
@@ -32,24 +47,14 @@ def build_dag(key: SigningKey, shape: Sequence[Sequence[int]]) -> list[Entry]:
     """A root followed by one entry per item of ``shape``.
 
     ``shape[i]`` lists the indexes (into the result, 0 being the root) of entry
-    ``i + 1``'s parents. Every non-root entry writes ``d.k<i> = i`` to store ``d``,
+    ``i + 1``'s parents. Entry ``i`` writes ``k<i mod 7> = i`` to store ``d``,
     naming as store parents those of its parents that wrote ``d``: the entries are
     valid for the verifier, not only well-formed.
     """
     entries = [root_entry(key)]
     for index, parent_indexes in enumerate(shape, start=1):
         parents = [entries[i] for i in sorted(set(parent_indexes))]
-        store_parents = [p.id for p in parents if p.store(STORE) is not None]
-        data = encode_ops([SetOp((f"k{index % 7}",), index)])
-        entries.append(
-            create_entry(
-                key,
-                tree=entries[0].id,
-                parents=[p.id for p in parents],
-                height=max(p.height for p in parents) + 1,
-                stores=[StoreWrite(STORE, tuple(store_parents), data)],
-            )
-        )
+        entries.append(child_entry(key, entries[0], parents, f"k{index % 7}", index))
     return entries
 
 
