@@ -1,6 +1,7 @@
 """eidetica: signed, content-addressed Merkle-DAG trees with CRDT documents, on trio."""
 
 from eidetica import errors
+from eidetica.actors.sync import Sync, open_sync
 from eidetica.errors import EideticaError
 from eidetica.protocol.entry import Entry
 from eidetica.storage.docstore import DocStore
@@ -15,7 +16,9 @@ __all__ = [
     "EideticaError",
     "Entry",
     "Instance",
+    "Sync",
     "Tree",
     "errors",
     "open_instance",
+    "open_sync",
 ]

@@ -121,10 +121,21 @@ class UnknownMessage(ProtocolError):
     code = "unknown-message"
 
 
-class HandshakeFailed(ProtocolError):
-    """The peer did not prove its key: bad signature, replay, expired, or out of order."""
+class Unauthenticated(ProtocolError):
+    """A request came without a proven key (no handshake, or an unknown session)."""
 
     code = "unauthenticated"
+
+
+class HandshakeFailed(Unauthenticated):
+    """The peer did not prove its key: bad signature, replay, expired, or out of order."""
+
+
+class TreeUnavailable(ProtocolError):
+    """No tree with that id for this peer: absent, or the peer may not read it (the two
+    answers are the same on purpose)."""
+
+    code = "not-found"
 
 
 class RemoteError(ProtocolError):
@@ -133,3 +144,15 @@ class RemoteError(ProtocolError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"peer answered {code}: {message}")
         self.code = code
+
+
+class TransportError(EideticaError):
+    """A request could not be carried to a peer or its answer back."""
+
+
+class Unreachable(TransportError):
+    """No peer answers at that address (not listening, partitioned, or gone)."""
+
+
+class SyncError(EideticaError):
+    """The sync engine could not do what was asked (not running, unknown peer...)."""

@@ -51,9 +51,12 @@ class Codec:
             self._probe = msgspec.msgpack.Decoder(_Probe)
             self._decoder = msgspec.msgpack.Decoder(Envelope)
 
-    def encode(self, body: Message, request_id: int | None = None) -> bytes:
+    def encode(
+        self, body: Message, request_id: int | None = None, session: bytes | None = None
+    ) -> bytes:
         """The bytes of ``body`` in an envelope of the current version."""
-        return self._encoder.encode(Envelope(v=PROTOCOL_VERSION, body=body, id=request_id))
+        envelope = Envelope(v=PROTOCOL_VERSION, body=body, id=request_id, session=session)
+        return self._encoder.encode(envelope)
 
     def decode(self, data: bytes) -> Envelope:
         """The envelope in ``data``, or the typed error that says what is wrong with it."""

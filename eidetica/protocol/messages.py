@@ -161,9 +161,11 @@ Message = (
 )
 
 
-class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What goes on the wire: a version, an optional request id, one message."""
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What goes on the wire: a version, an optional request id and session, one message."""
 
     v: int
     body: Message
     id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    session: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)] | None = None
+    """The handshake's session, naming the proven key a request comes from."""

@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from eidetica.errors import InvalidEntry, MissingParents, PermissionDenied, TreeNotFound
+from eidetica.errors import (
+    InvalidEntry,
+    MissingParents,
+    PermissionDenied,
+    SyncError,
+    TreeNotFound,
+)
 from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry, validate_entry
 from eidetica.protocol.intake import Intake, Rejection
 from eidetica.protocol.keys import SigningKey
@@ -180,8 +186,26 @@ class Instance:
             except Exception:
                 log.exception("commit hook %r failed for entry %s", hook, entry.id)
 
+    def sync(self, **options: Any) -> AbstractAsyncContextManager[Any]:
+        """The sync engine over this node, for an ``async with`` block (see
+        ``eidetica.actors.sync.open_sync`` for the options)."""
+        if _sync_opener is None:
+            raise SyncError("the sync engine is not loaded: import eidetica")
+        return _sync_opener(self, **options)
+
     def close(self) -> None:
         self.backend.close()
+
+
+SyncOpener = Callable[..., AbstractAsyncContextManager[Any]]
+_sync_opener: SyncOpener | None = None
+
+
+def register_sync(opener: SyncOpener) -> None:
+    """Let ``Instance.sync`` open the engine. The actors layer calls this on import, so
+    storage never imports upward."""
+    global _sync_opener  # noqa: PLW0603
+    _sync_opener = opener
 
 
 @asynccontextmanager

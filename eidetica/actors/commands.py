@@ -1,0 +1,107 @@
+"""The commands the supervisor takes: the seed's SyncCommand set, typed.
+
+Commands that need an answer carry a :class:`Reply`; the rest are fire-and-forget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from eidetica.actors.reply import Reply
+from eidetica.protocol.entry import Entry
+
+
+class _Command(msgspec.Struct, frozen=True):
+    """Base of every supervisor command."""
+
+
+class StartServer(_Command, frozen=True):
+    address: str
+    reply: Reply[str]
+
+
+class StopServer(_Command, frozen=True):
+    address: str
+    reply: Reply[None]
+
+
+class ConnectToPeer(_Command, frozen=True):
+    address: str
+    reply: Reply[str]
+
+
+class AddPeer(_Command, frozen=True):
+    peer: str
+    address: str
+    reply: Reply[None]
+
+
+class RemovePeer(_Command, frozen=True):
+    peer: str
+    reply: Reply[None]
+
+
+class CreateRelationship(_Command, frozen=True):
+    peer: str
+    tree: str
+    reply: Reply[None]
+
+
+class RemoveRelationship(_Command, frozen=True):
+    peer: str
+    tree: str
+    reply: Reply[None]
+
+
+class SyncWithPeer(_Command, frozen=True):
+    """One full two-way round of every tree shared with the peer; ``reply`` may be None
+    for the timer's fire-and-forget syncs."""
+
+    peer: str
+    reply: Reply[None] | None = None
+
+
+class QueueEntry(_Command, frozen=True):
+    """A local commit (from the commit hook): push it to the tree's peers now."""
+
+    tree: str
+    entry: Entry
+
+
+class EntriesReceived(_Command, frozen=True):
+    """Entries a peer gave us: offer them on to the tree's other peers."""
+
+    tree: str
+    ids: tuple[str, ...]
+    source: str
+
+
+class SyncAll(_Command, frozen=True):
+    """The periodic timer fired: sync with every peer."""
+
+
+class Status(_Command, frozen=True):
+    reply: Reply[Any]
+
+
+class Shutdown(_Command, frozen=True):
+    """Stop the engine (leaving ``async with inst.sync()`` does the same)."""
+
+
+Command = (
+    StartServer
+    | StopServer
+    | ConnectToPeer
+    | AddPeer
+    | RemovePeer
+    | CreateRelationship
+    | RemoveRelationship
+    | SyncWithPeer
+    | QueueEntry
+    | EntriesReceived
+    | SyncAll
+    | Status
+    | Shutdown
+)

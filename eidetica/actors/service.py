@@ -1,0 +1,145 @@
+"""The server side of the protocol: what a node answers to a peer's requests.
+
+One :class:`SyncService` per node serves every transport. It proves keys with the
+handshake, remembers which session belongs to which proven key, and answers sync
+requests only for trees the peer may read. A peer learns nothing about a tree it
+may not read: the answer is the same ``not-found`` as for a tree that does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from eidetica.errors import (
+    EideticaError,
+    ProtocolError,
+    TreeNotFound,
+    TreeUnavailable,
+    Unauthenticated,
+)
+from eidetica.protocol.auth import Permission, permission_of
+from eidetica.protocol.codec import Codec
+from eidetica.protocol.handshake import Responder as HandshakeResponder
+from eidetica.protocol.messages import (
+    ErrorReply,
+    HandshakeFinish,
+    HandshakeInit,
+    Message,
+    SendEntries,
+    SyncRequest,
+)
+from eidetica.protocol.reconcile import Responder, acknowledge
+from eidetica.storage.instance import Instance
+from eidetica.storage.treeview import TreeView
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 4096
+
+Received = Callable[[str, tuple[str, ...], str], None]
+"""Told (tree, stored ids, peer key) after a peer's entries were stored."""
+
+Wanted = Callable[[str, str], bool]
+"""Whether this node syncs (peer key, tree) and so takes a tree it does not hold yet."""
+
+
+class SyncService:
+    """Answers requests for one node; hand :meth:`handle` to a transport."""
+
+    def __init__(
+        self,
+        instance: Instance,
+        codec: Codec,
+        *,
+        on_received: Received | None = None,
+        wanted: Wanted | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._instance = instance
+        self._codec = codec
+        self._on_received = on_received
+        self._wanted = wanted
+        self._clock = wall_clock
+        self._handshakes = HandshakeResponder(instance.device_key)
+        self._sessions: OrderedDict[bytes, str] = OrderedDict()
+        self._planner = Responder()
+        self.refused = 0
+        """Requests answered with an error."""
+
+    async def handle(self, data: bytes) -> bytes:
+        """One request's bytes in, the answer's bytes out; never raises for bad input."""
+        request_id = None
+        try:
+            envelope = self._codec.decode(data)
+            request_id = envelope.id
+            answer = await self._answer(envelope.body, envelope.session)
+        except ProtocolError as exc:
+            answer = self._refuse(exc.code, str(exc))
+        except EideticaError as exc:
+            answer = self._refuse("rejected", str(exc))
+        return self._codec.encode(answer, request_id)
+
+    def _refuse(self, code: str, reason: str) -> ErrorReply:
+        self.refused += 1
+        log.warning("refused a request (%s): %s", code, reason)
+        return ErrorReply(code=code, message=reason[:1000])
+
+    async def _answer(self, body: Message, session: bytes | None) -> Message:
+        match body:
+            case HandshakeInit():
+                return self._handshakes.receive_init(body, now=self._clock())
+            case HandshakeFinish():
+                proven = self._handshakes.receive_finish(body, now=self._clock())
+                self._sessions[proven.session] = proven.peer_key
+                while len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+                return proven.done
+            case SyncRequest():
+                peer = self._peer(session)
+                view = await self._readable(body.tree, peer)
+                return self._planner.answer(view, body, peer=peer)
+            case SendEntries():
+                peer = self._peer(session)
+                view = await self._readable(body.tree, peer)
+                receipt = await self._instance.receive(body.tree, body.entries)
+                if receipt.stored and self._on_received is not None:
+                    self._on_received(body.tree, tuple(receipt.stored), peer)
+                return acknowledge(
+                    view,
+                    body,
+                    stored=len(receipt.stored),
+                    rejected=len(receipt.rejected),
+                    held=receipt.held,
+                    missing=receipt.missing,
+                )
+            case _:
+                return ErrorReply(
+                    code="unknown-message", message=f"{type(body).__name__} is not a request"
+                )
+
+    def _peer(self, session: bytes | None) -> str:
+        peer = self._sessions.get(session) if session is not None else None
+        if peer is None:
+            raise Unauthenticated("no handshake for this session: connect first")
+        return peer
+
+    async def _readable(self, tree: str, peer: str) -> TreeView:
+        """The tree, if ``peer`` may read it; otherwise the same answer as no tree.
+
+        A tree this node does not hold yet but syncs with ``peer`` counts as readable
+        (and empty), so the peer can bootstrap us by pushing it.
+        """
+        view = TreeView(self._instance.backend, tree)
+        try:
+            settings = await (await self._instance.open_tree(tree)).settings()
+        except TreeNotFound:
+            if self._wanted is not None and self._wanted(peer, tree):
+                return view
+            settings = {}
+        level = permission_of(settings, peer)
+        if level is None or level < Permission.READ:
+            raise TreeUnavailable(f"no tree {tree} for this peer")
+        return view

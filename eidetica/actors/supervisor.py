@@ -1,0 +1,266 @@
+"""The supervisor: the seed's BackgroundSync, the single owner of all sync state.
+
+It owns the peers, their tree relationships and the servers; it starts one peer
+actor per peer, one timer actor and one server actor per listening address, all in
+its nursery. Everything else talks to it through its inbox. Network work happens in
+the peer actors and in short-lived tasks, never in the supervisor's own loop, so a
+slow peer never delays a command.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from eidetica.actors import commands as cmd
+from eidetica.actors.link import Link
+from eidetica.actors.peer import Job, PeerHealth, PushJob, SyncJob, run_peer
+from eidetica.actors.reply import Reply
+from eidetica.actors.service import SyncService
+from eidetica.actors.timer import run_timer
+from eidetica.actors.transports.base import Transport
+from eidetica.errors import EideticaError, SyncError
+from eidetica.protocol.codec import MSGPACK, Codec
+from eidetica.protocol.entry import Entry
+from eidetica.storage.instance import Instance
+from eidetica.storage.tree import Tree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Intervals (seconds of trio time) and bounds of the engine."""
+
+    periodic_sync: float = 300.0
+    inbox_size: int = 256
+    peer_inbox_size: int = 64
+
+
+@dataclass
+class _Peer:
+    key: str
+    address: str
+    link: Link
+    jobs: trio.MemorySendChannel[Job]
+    health: PeerHealth = field(default_factory=PeerHealth)
+    trees: set[str] = field(default_factory=set)
+    dropped: int = 0
+
+
+class _PeerUp(cmd._Command, frozen=True):
+    """A connection task finished its handshake (internal)."""
+
+    link: Link
+    reply: Reply[str]
+
+
+class Supervisor:
+    """Runs the engine; see the module docstring."""
+
+    def __init__(
+        self, instance: Instance, transports: dict[str, Transport], config: SyncConfig
+    ) -> None:
+        self._instance = instance
+        self._transports = transports
+        self._config = config
+        self.inbox, self._commands = trio.open_memory_channel[cmd.Command | _PeerUp](
+            config.inbox_size
+        )
+        self._peers: dict[str, _Peer] = {}
+        self._servers: dict[str, trio.CancelScope] = {}
+        self.dropped_notices = 0
+        self._nursery: trio.Nursery | None = None
+
+    def notify(self, command: cmd.Command) -> None:
+        """Fire-and-forget: a full inbox drops the notice (counted, logged), never blocks.
+        The next periodic sync finds whatever a dropped notice was about."""
+        try:
+            self.inbox.send_nowait(command)
+        except trio.WouldBlock:
+            self.dropped_notices += 1
+            log.warning("sync inbox full: dropped %s", type(command).__name__)
+        except trio.ClosedResourceError:
+            pass
+
+    def on_commit(self, tree: Tree, entry: Entry) -> None:
+        """The commit hook: post the new entry for pushing."""
+        self.notify(cmd.QueueEntry(tree.root_id, entry))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(run_timer, self.inbox.clone(), self._config.periodic_sync)
+            task_status.started()
+            async for command in self._commands:
+                try:
+                    await self._handle(command)
+                except EideticaError as exc:
+                    reply = getattr(command, "reply", None)
+                    if isinstance(reply, Reply):
+                        reply.fail(exc)
+                    else:
+                        log.warning("%s failed: %s", type(command).__name__, exc)
+
+    async def _handle(self, command: cmd.Command | _PeerUp) -> None:
+        match command:
+            case cmd.StartServer():
+                command.reply.set(await self._start_server(command.address))
+            case cmd.StopServer():
+                scope = self._servers.pop(command.address, None)
+                if scope is None:
+                    raise SyncError(f"no server at {command.address}")
+                scope.cancel()
+                command.reply.set(None)
+            case cmd.ConnectToPeer():
+                self._spawn().start_soon(self._connect, command.address, command.reply)
+            case _PeerUp():
+                command.reply.set(await self._peer_up(command.link))
+            case cmd.RemovePeer():
+                self._known(command.peer).jobs.close()
+                del self._peers[command.peer]
+                command.reply.set(None)
+            case cmd.CreateRelationship():
+                self._known(command.peer).trees.add(command.tree)
+                command.reply.set(None)
+            case cmd.RemoveRelationship():
+                self._known(command.peer).trees.discard(command.tree)
+                command.reply.set(None)
+            case cmd.SyncWithPeer():
+                known = self._known(command.peer)
+                self._queue(known, SyncJob(tuple(sorted(known.trees)), command.reply))
+            case cmd.SyncAll():
+                for known in self._peers.values():
+                    if known.trees:
+                        self._queue(known, SyncJob(tuple(sorted(known.trees)), None))
+            case cmd.QueueEntry():
+                for known in self._peers.values():
+                    if command.tree in known.trees:
+                        self._queue(known, PushJob(command.tree, (command.entry.raw,)))
+            case cmd.EntriesReceived():
+                self._forward(command.tree, command.ids, command.source)
+            case cmd.Status():
+                command.reply.set(self._status())
+            case cmd.Shutdown():
+                self._spawn().cancel_scope.cancel()
+            case _:
+                raise SyncError(f"unknown command {command!r}")
+
+    def _forward(self, tree: str, ids: tuple[str, ...], source: str) -> None:
+        """Offer entries received from ``source`` to the tree's other peers."""
+        targets = [p for p in self._peers.values() if tree in p.trees and p.key != source]
+        if not targets:
+            return
+        entries = [self._instance.backend.get(entry_id) for entry_id in ids]
+        raws = tuple(entry.raw for entry in entries if entry is not None)
+        for known in targets:
+            self._queue(known, PushJob(tree, raws))
+
+    def _spawn(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise SyncError("the sync engine is not running")
+        return self._nursery
+
+    def _known(self, peer: str) -> _Peer:
+        known = self._peers.get(peer)
+        if known is None:
+            raise SyncError(f"unknown peer {peer}: connect to it first")
+        return known
+
+    def _queue(self, known: _Peer, job: Job) -> None:
+        try:
+            known.jobs.send_nowait(job)
+        except trio.WouldBlock:
+            known.dropped += 1
+            if isinstance(job, SyncJob) and job.reply is not None:
+                job.reply.fail(SyncError(f"peer {known.key} is busy; try again"))
+
+    def _wants(self, peer: str, tree: str) -> bool:
+        """Read by the server actor: a synchronous look, never a change."""
+        known = self._peers.get(peer)
+        return known is not None and tree in known.trees
+
+    def _transport(self, address: str) -> Transport:
+        scheme = address.split("://", 1)[0]
+        transport = self._transports.get(scheme)
+        if transport is None:
+            raise SyncError(f"no transport for {address!r}; known: {sorted(self._transports)}")
+        return transport
+
+    def _codec(self, address: str) -> Codec:
+        return MSGPACK
+
+    async def _start_server(self, address: str) -> str:
+        transport = self._transport(address)
+        service = SyncService(
+            self._instance,
+            self._codec(address),
+            on_received=lambda tree, ids, peer: self.notify(cmd.EntriesReceived(tree, ids, peer)),
+            wanted=self._wants,
+        )
+        bound: str
+        scope: trio.CancelScope
+        bound, scope = await self._spawn().start(_serve, transport, address, service)
+        self._servers[bound] = scope
+        return bound
+
+    async def _connect(self, address: str, reply: Reply[str]) -> None:
+        try:
+            link = Link(self._transport(address), address, self._codec(address))
+            await link.handshake(self._instance)
+        except EideticaError as exc:
+            reply.fail(exc)
+            return
+        try:
+            await self.inbox.send(_PeerUp(link, reply))
+        except trio.ClosedResourceError:
+            reply.fail(SyncError("the sync engine stopped"))
+
+    async def _peer_up(self, link: Link) -> str:
+        key = link.peer_key
+        assert key is not None, "a link is up only after its handshake"
+        old = self._peers.pop(key, None)
+        if old is not None:
+            old.jobs.close()
+        send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
+        known = _Peer(key, link.address, link, send, trees=old.trees if old else set())
+        self._peers[key] = known
+        await self._spawn().start(run_peer, self._instance, link, receive, known.health)
+        return key
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "servers": sorted(self._servers),
+            "dropped_notices": self.dropped_notices,
+            "peers": {
+                key: {
+                    "address": known.address,
+                    "trees": sorted(known.trees),
+                    "syncs": known.health.syncs,
+                    "failures": known.health.failures,
+                    "pushes": known.health.pushes,
+                    "last_sync": known.health.last_sync,
+                    "last_error": known.health.last_error,
+                    "dropped_jobs": known.dropped,
+                }
+                for key, known in sorted(self._peers.items())
+            },
+        }
+
+
+async def _serve(
+    transport: Transport,
+    address: str,
+    service: SyncService,
+    *,
+    task_status: trio.TaskStatus[tuple[str, trio.CancelScope]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The server actor: serve one address until its scope is cancelled."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(transport.serve, address, service.handle)
+            task_status.started((bound, scope))

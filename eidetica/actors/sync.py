@@ -1,0 +1,112 @@
+"""The Sync frontend: the public face of the engine, and ``inst.sync()``.
+
+Every method sends a command to the supervisor and awaits its answer; nothing here
+holds sync state. Leaving ``async with inst.sync()`` cancels the supervisor's
+nursery, so no task of the engine outlives the block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from eidetica.actors import commands as cmd
+from eidetica.actors.reply import Reply
+from eidetica.actors.supervisor import Supervisor, SyncConfig
+from eidetica.actors.transports.base import Transport
+from eidetica.actors.transports.sim import SimNetwork, SimTransport
+from eidetica.errors import SyncError
+from eidetica.storage.instance import Instance, register_sync
+
+T = TypeVar("T")
+
+
+class Sync:
+    """Commands to one node's sync engine."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    async def _ask(self, command: cmd.Command, reply: Reply[T]) -> T:
+        try:
+            await self._supervisor.inbox.send(command)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            raise SyncError("the sync engine is not running") from exc
+        return await reply.wait()
+
+    async def start_server(self, address: str) -> str:
+        """Listen at ``address``; return the bound address once really listening."""
+        reply = Reply[str]()
+        return await self._ask(cmd.StartServer(address, reply), reply)
+
+    async def stop_server(self, address: str) -> None:
+        """Stop listening at a bound address ``start_server`` returned."""
+        reply = Reply[None]()
+        await self._ask(cmd.StopServer(address, reply), reply)
+
+    async def connect(self, address: str) -> str:
+        """Handshake with the node at ``address``; return its proven key."""
+        reply = Reply[str]()
+        return await self._ask(cmd.ConnectToPeer(address, reply), reply)
+
+    async def add_tree_sync(self, peer: str, tree_id: str) -> None:
+        """Keep ``tree_id`` in sync with ``peer`` from now on."""
+        reply = Reply[None]()
+        await self._ask(cmd.CreateRelationship(peer, tree_id, reply), reply)
+
+    async def remove_tree_sync(self, peer: str, tree_id: str) -> None:
+        """Stop syncing ``tree_id`` with ``peer``."""
+        reply = Reply[None]()
+        await self._ask(cmd.RemoveRelationship(peer, tree_id, reply), reply)
+
+    async def remove_peer(self, peer: str) -> None:
+        """Forget ``peer`` and its relationships."""
+        reply = Reply[None]()
+        await self._ask(cmd.RemovePeer(peer, reply), reply)
+
+    async def sync_with_peer(self, peer: str) -> None:
+        """One full two-way round of every tree shared with ``peer``, awaited."""
+        reply = Reply[None]()
+        await self._ask(cmd.SyncWithPeer(peer, reply), reply)
+
+    async def status(self) -> dict[str, Any]:
+        """A snapshot: servers, and per peer its address, trees, counts and failures."""
+        reply = Reply[dict[str, Any]]()
+        return await self._ask(cmd.Status(reply), reply)
+
+    async def peers(self) -> list[str]:
+        """The proven keys of the peers this node knows."""
+        return sorted((await self.status())["peers"])
+
+
+@asynccontextmanager
+async def open_sync(
+    instance: Instance,
+    *,
+    network: SimNetwork | None = None,
+    name: str | None = None,
+    config: SyncConfig | None = None,
+    transports: dict[str, Transport] | None = None,
+) -> AsyncIterator[Sync]:
+    """Run the sync engine of ``instance`` for the duration of the block.
+
+    ``sim://`` addresses use ``network`` (or the default in-process one); ``name`` is
+    this node's name on it, so a test's partitions apply to it both ways.
+    """
+    chosen = {"sim": SimTransport(network, name=name), **(transports or {})}
+    supervisor = Supervisor(instance, chosen, config or SyncConfig())
+    instance.add_commit_hook(supervisor.on_commit)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            yield Sync(supervisor)
+            nursery.cancel_scope.cancel()
+    finally:
+        instance.remove_commit_hook(supervisor.on_commit)
+        supervisor.inbox.close()
+
+
+register_sync(open_sync)

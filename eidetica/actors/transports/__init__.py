@@ -1,0 +1,1 @@
+"""Transports: carry request bytes to a peer and its answer back, chosen by scheme."""

@@ -1,0 +1,180 @@
+"""Nodes syncing through the actor engine over the simulated network."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import trio
+import trio.testing
+
+import eidetica
+from eidetica.actors.supervisor import SyncConfig
+from eidetica.actors.sync import Sync, open_sync
+from eidetica.actors.transports.sim import SimNetwork
+from eidetica.errors import RemoteError, SyncError
+
+
+@dataclass
+class Node:
+    inst: eidetica.Instance
+    sync: Sync
+    address: str
+
+
+@asynccontextmanager
+async def cluster(
+    count: int, network: SimNetwork, config: SyncConfig | None = None
+) -> AsyncIterator[list[Node]]:
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for index in range(count):
+            name = f"n{index}"
+            inst = await stack.enter_async_context(eidetica.open_instance(None))
+            sync = await stack.enter_async_context(
+                open_sync(inst, network=network, name=name, config=config)
+            )
+            nodes.append(Node(inst, sync, await sync.start_server(f"sim://{name}")))
+        yield nodes
+
+
+async def share(owner: Node, other: Node, tree: eidetica.Tree) -> str:
+    """Let ``other`` read and write ``tree`` and link them; return other's key."""
+    await tree.grant(other.inst.public_key, "write")
+    return await link(owner, other, tree.root_id)
+
+
+async def link(one: Node, other: Node, tree_id: str) -> str:
+    """Connect two nodes both ways and sync ``tree_id`` between them."""
+    peer = await one.sync.connect(other.address)
+    await one.sync.add_tree_sync(peer, tree_id)
+    back = await other.sync.connect(one.address)
+    await other.sync.add_tree_sync(back, tree_id)
+    return peer
+
+
+async def test_two_nodes_sync_both_ways(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with cluster(2, SimNetwork()) as (a, b):
+            tree = await a.inst.create_tree(name="notes")
+            async with tree.transaction() as op:
+                op.doc("todo").set("from_a", 1)
+            peer_b = await share(a, b, tree)
+            assert peer_b == b.inst.public_key
+            await a.sync.sync_with_peer(peer_b)  # bootstrap b
+            theirs = await b.inst.open_tree(tree.root_id)
+            async with theirs.transaction() as op:
+                op.doc("todo").set("from_b", 2)
+            async with tree.transaction() as op:
+                op.doc("todo").set("from_a_again", 3)
+            await a.sync.sync_with_peer(peer_b)
+            assert await tree.tips() == await theirs.tips()
+            expected = {"from_a": 1, "from_b": 2, "from_a_again": 3}
+            assert (await tree.doc("todo")).to_dict() == expected
+            assert (await theirs.doc("todo")).to_dict() == expected
+
+
+async def test_a_commit_is_pushed_to_related_peers(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with cluster(2, SimNetwork()) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            async with tree.transaction() as op:
+                op.doc("d").set("pushed", True)
+            theirs = await b.inst.open_tree(tree.root_id)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await theirs.doc("d")).get("pushed") is True
+            assert trio.current_time() < 1  # the push needed no timer
+
+
+async def test_a_write_on_a_reaches_c_through_b(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with cluster(3, SimNetwork()) as (a, b, c):
+            tree = await a.inst.create_tree(name="t")
+            await tree.grant("*", "write")
+            peer_b = await link(a, b, tree.root_id)
+            await a.sync.sync_with_peer(peer_b)
+            peer_c = await link(b, c, tree.root_id)
+            await b.sync.sync_with_peer(peer_c)
+            async with tree.transaction() as op:
+                op.doc("d").set("chain", "a")
+            theirs = await c.inst.open_tree(tree.root_id)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await theirs.doc("d")).get("chain") == "a"
+            assert trio.current_time() < 1  # forwarded at once, not by the 5-minute timer
+
+
+async def test_periodic_sync_fires_at_five_minutes_and_not_before(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    with trio.fail_after(3600):
+        async with cluster(2, network) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            network.partition("n0", "n1")
+            async with tree.transaction() as op:  # the push is lost to the partition
+                op.doc("d").set("late", True)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await a.sync.status())["peers"][peer_b]["failures"] == 1
+            network.heal_all()
+            start = trio.current_time()
+            theirs = await b.inst.open_tree(tree.root_id)
+            await trio.sleep(299)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await theirs.doc("d")).get("late") is None  # not before 5 minutes
+            await trio.sleep(2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await theirs.doc("d")).get("late") is True
+            assert 300 <= trio.current_time() - start <= 301
+
+
+async def test_a_tree_the_peer_may_not_read_is_not_found(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(2, SimNetwork()) as (a, b):
+            tree = await a.inst.create_tree(name="private")
+            peer_a = await b.sync.connect(a.address)
+            await b.sync.add_tree_sync(peer_a, tree.root_id)
+            with pytest.raises(RemoteError, match="not-found"):
+                await b.sync.sync_with_peer(peer_a)
+            assert b.inst.backend.has([tree.root_id]) == set()
+
+
+async def test_unknown_peer_and_unknown_scheme_are_typed_errors(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(1, SimNetwork()) as (a,):
+            with pytest.raises(SyncError, match="unknown peer"):
+                await a.sync.sync_with_peer("ed25519:nobody")
+            with pytest.raises(SyncError, match="no transport"):
+                await a.sync.connect("gopher://x")
+
+
+def engine_tasks() -> list[str]:
+    """Names of running tasks that belong to the sync engine."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    found: list[str] = []
+    todo = [root]
+    while todo:
+        task = todo.pop()
+        found.append(task.name)
+        todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return [name for name in found if "eidetica.actors" in name]
+
+
+async def test_leaving_the_block_ends_every_task() -> None:
+    async with eidetica.open_instance(None) as inst:
+        async with open_sync(inst, network=SimNetwork()) as sync:
+            await sync.start_server("sim://solo")
+            assert engine_tasks()  # supervisor, timer, server are running
+        assert engine_tasks() == []
+        with pytest.raises(SyncError):
+            await sync.status()
