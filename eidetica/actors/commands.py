@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from eidetica.actors.reply import Reply
+from eidetica.actors.retry import RetryItem
 from eidetica.protocol.entry import Entry
 
 
@@ -78,6 +79,22 @@ class EntriesReceived(_Command, frozen=True):
     source: str
 
 
+class PushFailed(_Command, frozen=True):
+    """A peer actor could not push: queue the entries for a retry."""
+
+    item: RetryItem
+
+
+class RetryDue(_Command, frozen=True):
+    """The retry actor says a failed push should be tried again now."""
+
+    item: RetryItem
+
+
+class CheckConnections(_Command, frozen=True):
+    """The connection-check timer fired: probe every peer."""
+
+
 class SyncAll(_Command, frozen=True):
     """The periodic timer fired: sync with every peer."""
 
@@ -101,6 +118,9 @@ Command = (
     | SyncWithPeer
     | QueueEntry
     | EntriesReceived
+    | PushFailed
+    | RetryDue
+    | CheckConnections
     | SyncAll
     | Status
     | Shutdown

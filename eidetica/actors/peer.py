@@ -1,15 +1,26 @@
-"""The peer actor: one per peer, owning that peer's link and doing its requests in order."""
+"""The peer actor: one per peer, owning that peer's link and doing its requests in order.
+
+It is also the peer's circuit breaker: after ``failure_threshold`` failures in a row
+it stops sending for ``cooldown`` seconds, failing jobs at once (pushes go to the
+retry queue); then the next job is a single probe (half-open), which closes the
+breaker if it succeeds and opens it again if not.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import trio
 
+from eidetica.actors import commands as cmd
 from eidetica.actors.link import Link
 from eidetica.actors.reply import Reply
-from eidetica.errors import EideticaError
+from eidetica.actors.retry import RetryItem
+from eidetica.errors import EideticaError, RemoteError, SyncError
 from eidetica.protocol.messages import Ack, SendEntries
 from eidetica.storage.instance import Instance
 
@@ -26,13 +37,26 @@ class SyncJob:
 
 @dataclass(frozen=True, slots=True)
 class PushJob:
-    """Offer these entries of a tree to the peer (a commit, or entries to forward)."""
+    """Offer these entries of a tree to the peer (a commit, forwarded entries, a retry)."""
 
     tree: str
+    ids: tuple[str, ...]
     entries: tuple[bytes, ...]
+    retry: RetryItem | None = None
 
 
-Job = SyncJob | PushJob
+@dataclass(frozen=True, slots=True)
+class ProbeJob:
+    """Check the peer answers, with a fresh handshake (the connection check)."""
+
+
+Job = SyncJob | PushJob | ProbeJob
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    cooldown: float = 60.0
 
 
 @dataclass
@@ -43,55 +67,104 @@ class PeerHealth:
     failures: int = 0
     consecutive_failures: int = 0
     pushes: int = 0
+    probes: int = 0
     last_sync: float | None = None
     last_error: str | None = None
     received: int = 0
-    round_trips: list[int] = field(default_factory=list)
+    open_until: float | None = None
+    """While set and in the future, the breaker is open."""
+    attempts: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    """When recent requests were tried (trio time)."""
+
+    @property
+    def breaker(self) -> str:
+        if self.open_until is None:
+            return "closed"
+        return "open" if trio.current_time() < self.open_until else "half-open"
 
 
 async def run_peer(
     instance: Instance,
     link: Link,
     jobs: trio.MemoryReceiveChannel[Job],
-    health: PeerHealth,
     *,
+    report: trio.MemorySendChannel[cmd.Command],
+    health: PeerHealth,
+    breaker: BreakerConfig,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Do the peer's jobs one at a time, in order, until the inbox closes."""
     task_status.started()
     async for job in jobs:
         try:
-            match job:
-                case SyncJob(trees, reply):
-                    await _sync(instance, link, trees, health)
-                    if reply is not None:
-                        reply.set(None)
-                case PushJob(tree, entries):
-                    await _push(instance, link, tree, entries, health)
+            if health.breaker == "open":
+                raise SyncError(f"peer {link.peer_key} is failing; breaker open")
+            health.attempts.append(trio.current_time())
+            await _do(instance, link, job, health)
         except EideticaError as exc:
-            health.failures += 1
-            health.consecutive_failures += 1
-            health.last_error = str(exc)
-            log.warning("peer %s: %s failed: %s", link.peer_key, type(job).__name__, exc)
+            _failed(link, job, exc, health=health, breaker=breaker, report=report)
+        except Exception as exc:
             if isinstance(job, SyncJob) and job.reply is not None:
-                job.reply.fail(exc)
+                job.reply.fail(SyncError(f"peer actor crashed: {exc!r}"))
+            raise  # the supervisor restarts this actor
+        else:
+            health.consecutive_failures = 0
+            health.open_until = None
 
 
-async def _sync(instance: Instance, link: Link, trees: tuple[str, ...], health: PeerHealth) -> None:
-    for tree in trees:
-        result = await link.sync_tree(instance, tree)
-        health.received += result.received
-        health.round_trips.append(result.round_trips)
-    health.syncs += 1
-    health.consecutive_failures = 0
-    health.last_sync = trio.current_time()
+async def _do(instance: Instance, link: Link, job: Job, health: PeerHealth) -> None:
+    try:
+        await _run(instance, link, job, health)
+    except RemoteError as exc:
+        if exc.code != "unauthenticated":
+            raise
+        # The peer forgot our session (it restarted): prove ourselves again, once.
+        await link.handshake(instance, expected_key=link.peer_key)
+        await _run(instance, link, job, health)
 
 
-async def _push(
-    instance: Instance, link: Link, tree: str, entries: tuple[bytes, ...], health: PeerHealth
+async def _run(instance: Instance, link: Link, job: Job, health: PeerHealth) -> None:
+    match job:
+        case SyncJob():
+            for tree in job.trees:
+                result = await link.sync_tree(instance, tree)
+                health.received += result.received
+            health.syncs += 1
+            health.last_sync = trio.current_time()
+            if job.reply is not None:
+                job.reply.set(None)
+        case PushJob():
+            ack = await link.call(SendEntries(tree=job.tree, entries=job.entries), Ack)
+            health.pushes += 1
+            if ack.need or ack.held:  # the peer lacks more than we pushed: sync the tree
+                await link.sync_tree(instance, job.tree)
+        case ProbeJob():
+            await link.handshake(instance, expected_key=link.peer_key)
+            health.probes += 1
+
+
+def _failed(
+    link: Link,
+    job: Job,
+    error: EideticaError,
+    *,
+    health: PeerHealth,
+    breaker: BreakerConfig,
+    report: trio.MemorySendChannel[cmd.Command],
 ) -> None:
-    ack = await link.call(SendEntries(tree=tree, entries=entries), Ack)
-    health.pushes += 1
-    health.consecutive_failures = 0
-    if ack.need or ack.held:  # the peer lacks more than the pushed entries: sync the tree
-        await _sync(instance, link, (tree,), health)
+    health.failures += 1
+    health.consecutive_failures += 1
+    health.last_error = str(error)
+    if health.consecutive_failures >= breaker.failure_threshold:
+        health.open_until = trio.current_time() + breaker.cooldown
+    log.warning("peer %s: %s failed: %s", link.peer_key, type(job).__name__, error)
+    match job:
+        case SyncJob(reply=reply) if reply is not None:
+            reply.fail(error)
+        case PushJob():
+            item = job.retry or RetryItem(uuid.uuid4().hex, link.peer_key or "", job.tree, job.ids)
+            # If the report cannot be posted, the periodic sync finds what this carried.
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                report.send_nowait(cmd.PushFailed(item))
+        case _:
+            pass

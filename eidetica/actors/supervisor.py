@@ -10,6 +10,7 @@ slow peer never delays a command.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +18,17 @@ import trio
 
 from eidetica.actors import commands as cmd
 from eidetica.actors.link import Link
-from eidetica.actors.peer import Job, PeerHealth, PushJob, SyncJob, run_peer
+from eidetica.actors.peer import (
+    BreakerConfig,
+    Job,
+    PeerHealth,
+    ProbeJob,
+    PushJob,
+    SyncJob,
+    run_peer,
+)
 from eidetica.actors.reply import Reply
+from eidetica.actors.retry import RetryItem, RetryQueue, run_retry
 from eidetica.actors.service import SyncService
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
@@ -36,6 +46,13 @@ class SyncConfig:
     """Intervals (seconds of trio time) and bounds of the engine."""
 
     periodic_sync: float = 300.0
+    connection_check: float = 60.0
+    retry_sweep: float = 30.0
+    max_retries: int = 10
+    retry_jitter: float = 0.1
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    max_restarts: int = 5
+    """Crashes of one actor before it is reported and left down."""
     inbox_size: int = 256
     peer_inbox_size: int = 64
 
@@ -72,6 +89,10 @@ class Supervisor:
         )
         self._peers: dict[str, _Peer] = {}
         self._servers: dict[str, trio.CancelScope] = {}
+        self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
+        self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryItem](config.inbox_size)
+        self.crashed: list[str] = []
+        """Actors that kept crashing and were left down (reported in status)."""
         self.dropped_notices = 0
         self._nursery: trio.Nursery | None = None
 
@@ -94,7 +115,21 @@ class Supervisor:
         """Run until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(run_timer, self.inbox.clone(), self._config.periodic_sync)
+            schedules = [
+                (self._config.periodic_sync, cmd.SyncAll),
+                (self._config.connection_check, cmd.CheckConnections),
+            ]
+            await nursery.start(run_timer, self.inbox.clone(), schedules)
+            await nursery.start(
+                self._keep_running,
+                "retry",
+                lambda: run_retry(
+                    self._retries,
+                    self._retry_inbox,
+                    self._retry_due,
+                    sweep=self._config.retry_sweep,
+                ),
+            )
             task_status.started()
             async for command in self._commands:
                 try:
@@ -138,9 +173,20 @@ class Supervisor:
                     if known.trees:
                         self._queue(known, SyncJob(tuple(sorted(known.trees)), None))
             case cmd.QueueEntry():
+                entry = command.entry
                 for known in self._peers.values():
                     if command.tree in known.trees:
-                        self._queue(known, PushJob(command.tree, (command.entry.raw,)))
+                        self._queue(known, PushJob(command.tree, (entry.id,), (entry.raw,)))
+            case cmd.PushFailed():
+                try:
+                    self._to_retry.send_nowait(command.item)
+                except trio.WouldBlock:
+                    log.warning("retry queue full: the periodic sync will repair %s", command.item)
+            case cmd.RetryDue():
+                self._retry(command.item)
+            case cmd.CheckConnections():
+                for known in self._peers.values():
+                    self._queue(known, ProbeJob())
             case cmd.EntriesReceived():
                 self._forward(command.tree, command.ids, command.source)
             case cmd.Status():
@@ -155,10 +201,43 @@ class Supervisor:
         targets = [p for p in self._peers.values() if tree in p.trees and p.key != source]
         if not targets:
             return
-        entries = [self._instance.backend.get(entry_id) for entry_id in ids]
-        raws = tuple(entry.raw for entry in entries if entry is not None)
         for known in targets:
-            self._queue(known, PushJob(tree, raws))
+            self._queue(known, self._push_job(tree, ids))
+
+    def _push_job(self, tree: str, ids: tuple[str, ...], retry: RetryItem | None = None) -> PushJob:
+        entries = [self._instance.backend.get(entry_id) for entry_id in ids]
+        present = [entry for entry in entries if entry is not None]
+        return PushJob(tree, tuple(e.id for e in present), tuple(e.raw for e in present), retry)
+
+    def _retry(self, item: RetryItem) -> None:
+        known = self._peers.get(item.peer)
+        if known is None or item.tree not in known.trees:
+            return  # the peer or the relationship is gone: nothing to retry
+        self._queue(known, self._push_job(item.tree, item.entry_ids, item))
+
+    async def _retry_due(self, item: RetryItem) -> None:
+        """Called by the retry actor: hand the item back through the inbox."""
+        await self.inbox.send(cmd.RetryDue(item))
+
+    async def _keep_running(
+        self,
+        name: str,
+        actor: Callable[[], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run an actor; restart it with backoff if it crashes, and after
+        ``max_restarts`` crashes report it and leave it down instead of looping."""
+        task_status.started()
+        for crashes in range(self._config.max_restarts + 1):
+            try:
+                await actor()
+                return
+            except Exception:
+                log.exception("actor %s crashed (%d times)", name, crashes + 1)
+            await trio.sleep(min(2.0**crashes, 30.0))
+        self.crashed.append(name)
+        log.error("actor %s keeps crashing; left down", name)
 
     def _spawn(self) -> trio.Nursery:
         if self._nursery is None:
@@ -229,13 +308,31 @@ class Supervisor:
         send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
         known = _Peer(key, link.address, link, send, trees=old.trees if old else set())
         self._peers[key] = known
-        await self._spawn().start(run_peer, self._instance, link, receive, known.health)
+        report = self.inbox.clone()
+        await self._spawn().start(
+            self._keep_running,
+            f"peer {key}",
+            lambda: run_peer(
+                self._instance,
+                link,
+                receive,
+                report=report,
+                health=known.health,
+                breaker=self._config.breaker,
+            ),
+        )
         return key
 
     def _status(self) -> dict[str, Any]:
         return {
             "servers": sorted(self._servers),
             "dropped_notices": self.dropped_notices,
+            "crashed": list(self.crashed),
+            "retries": [
+                {"due": due, "peer": i.peer, "tree": i.tree, "attempts": i.attempts}
+                for due, i in self._retries.items()
+            ],
+            "retries_dropped": self._retries.dropped,
             "peers": {
                 key: {
                     "address": known.address,
@@ -243,6 +340,9 @@ class Supervisor:
                     "syncs": known.health.syncs,
                     "failures": known.health.failures,
                     "pushes": known.health.pushes,
+                    "probes": known.health.probes,
+                    "breaker": known.health.breaker,
+                    "attempts": list(known.health.attempts),
                     "last_sync": known.health.last_sync,
                     "last_error": known.health.last_error,
                     "dropped_jobs": known.dropped,

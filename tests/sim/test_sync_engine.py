@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import trio
 import trio.testing
 
 import eidetica
+from eidetica.actors.peer import BreakerConfig
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.sim import SimNetwork
@@ -107,7 +109,58 @@ async def test_a_write_on_a_reaches_c_through_b(autojump_clock: trio.testing.Moc
             assert trio.current_time() < 1  # forwarded at once, not by the 5-minute timer
 
 
-async def test_periodic_sync_fires_at_five_minutes_and_not_before(
+async def test_a_dropped_notice_is_repaired_by_the_periodic_sync_at_five_minutes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(3600):
+        async with cluster(2, SimNetwork()) as (a, b), eidetica.open_instance(None) as elsewhere:
+            tree = await a.inst.create_tree(name="t")
+            await tree.grant(elsewhere.public_key, "write")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            # An entry reaches A without a commit notice (as if the notice was dropped).
+            await elsewhere.import_entries(await tree.entries())
+            async with (await elsewhere.open_tree(tree.root_id)).transaction() as op:
+                op.doc("d").set("late", True)
+            await a.inst.import_entries(await (await elsewhere.open_tree(tree.root_id)).entries())
+            theirs = await b.inst.open_tree(tree.root_id)
+            await trio.sleep_until(299)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await theirs.doc("d")).get("late") is None  # not before 5 minutes
+            await trio.sleep_until(301)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await theirs.doc("d")).get("late") is True
+
+
+async def test_failed_pushes_retry_at_2_4_8_up_to_64_seconds_then_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    config = SyncConfig(
+        retry_jitter=0.0,
+        max_retries=9,
+        periodic_sync=10_000,
+        connection_check=10_000,
+        breaker=BreakerConfig(failure_threshold=1_000),
+    )
+    with trio.fail_after(3600):
+        async with cluster(2, network, config) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            network.partition("n0", "n1")
+            async with tree.transaction() as op:
+                op.doc("d").set("x", 1)
+            start = trio.current_time()
+            await trio.sleep(1000)
+            status = await a.sync.status()
+            attempts = [t - start for t in status["peers"][peer_b]["attempts"]][-10:]
+            gaps = [round(later - earlier) for earlier, later in itertools.pairwise(attempts)]
+            assert gaps == [2, 4, 8, 16, 32, 64, 64, 64, 64]
+            assert status["retries"] == [] and status["retries_dropped"] == 1
+
+
+async def test_a_partition_heals_and_queued_entries_arrive_by_themselves(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     network = SimNetwork()
@@ -117,20 +170,14 @@ async def test_periodic_sync_fires_at_five_minutes_and_not_before(
             peer_b = await share(a, b, tree)
             await a.sync.sync_with_peer(peer_b)
             network.partition("n0", "n1")
-            async with tree.transaction() as op:  # the push is lost to the partition
-                op.doc("d").set("late", True)
-            await trio.testing.wait_all_tasks_blocked()
-            assert (await a.sync.status())["peers"][peer_b]["failures"] == 1
+            async with tree.transaction() as op:
+                op.doc("d").set("x", "queued")
+            await trio.sleep(20)
             network.heal_all()
-            start = trio.current_time()
+            await trio.sleep(100)  # the retry due at 32 s (or the next) carries it
             theirs = await b.inst.open_tree(tree.root_id)
-            await trio.sleep(299)
-            await trio.testing.wait_all_tasks_blocked()
-            assert (await theirs.doc("d")).get("late") is None  # not before 5 minutes
-            await trio.sleep(2)
-            await trio.testing.wait_all_tasks_blocked()
-            assert (await theirs.doc("d")).get("late") is True
-            assert 300 <= trio.current_time() - start <= 301
+            assert (await theirs.doc("d")).get("x") == "queued"
+            assert trio.current_time() < 300  # well before the periodic sync
 
 
 async def test_a_tree_the_peer_may_not_read_is_not_found(
