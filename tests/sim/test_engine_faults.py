@@ -1,0 +1,161 @@
+"""The engine under faults: crashes, breakers, garbage, concurrency and shutdown."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import eidetica
+from eidetica.actors import peer as peer_module
+from eidetica.actors.peer import BreakerConfig
+from eidetica.actors.supervisor import SyncConfig
+from eidetica.actors.sync import open_sync
+from eidetica.actors.transports.sim import SimNetwork, SimTransport
+from eidetica.protocol.codec import MSGPACK
+from eidetica.protocol.messages import ErrorReply, Summary, SyncRequest
+from tests.sim.test_sync_engine import cluster, link, share
+
+
+async def test_a_crashing_peer_actor_is_restarted_and_others_never_notice(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(600):
+        async with cluster(3, SimNetwork()) as (a, b, c):
+            tree = await a.inst.create_tree(name="t")
+            await tree.grant("*", "write")
+            peer_b = await link(a, b, tree.root_id)
+            peer_c = await link(a, c, tree.root_id)
+            run = peer_module._run
+            crashes = 0
+
+            async def crash_once_for_b(*args: object) -> None:
+                nonlocal crashes
+                link_ = args[1]
+                if crashes == 0 and getattr(link_, "peer_key", None) == peer_b:
+                    crashes += 1
+                    raise RuntimeError("bug in a peer actor")
+                await run(*args)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(peer_module, "_run", crash_once_for_b)
+            with pytest.raises(eidetica.errors.SyncError, match="crashed"):
+                await a.sync.sync_with_peer(peer_b)
+            await a.sync.sync_with_peer(peer_c)  # the other peer never noticed
+            await trio.sleep(5)  # past the restart backoff
+            await a.sync.sync_with_peer(peer_b)  # restarted, and working again
+            assert await (await b.inst.open_tree(tree.root_id)).tips() == await tree.tips()
+            assert (await a.sync.status())["crashed"] == []
+
+
+async def test_the_breaker_opens_then_probes_half_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    config = SyncConfig(
+        breaker=BreakerConfig(failure_threshold=2, cooldown=60), connection_check=10_000
+    )
+    with trio.fail_after(600):
+        async with cluster(2, network, config) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            network.partition("n0", "n1")
+            for _ in range(2):
+                with pytest.raises(eidetica.errors.TransportError):
+                    await a.sync.sync_with_peer(peer_b)
+            assert (await a.sync.status())["peers"][peer_b]["breaker"] == "open"
+            with pytest.raises(eidetica.errors.SyncError, match="breaker open"):
+                await a.sync.sync_with_peer(peer_b)  # fails fast, nothing sent
+            network.heal_all()
+            await trio.sleep(61)
+            assert (await a.sync.status())["peers"][peer_b]["breaker"] == "half-open"
+            await a.sync.sync_with_peer(peer_b)  # the probe succeeds
+            assert (await a.sync.status())["peers"][peer_b]["breaker"] == "closed"
+
+
+async def test_garbage_gets_an_error_answer_and_the_node_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    with trio.fail_after(60):
+        async with cluster(2, network) as (a, b):
+            stranger = SimTransport(network, name="stranger")
+            for junk in [
+                b"",
+                b"\x00\x01garbage",
+                MSGPACK.encode(ErrorReply(code="x", message="y")),
+            ]:
+                answer = MSGPACK.decode(await stranger.request(a.address, junk)).body
+                assert isinstance(answer, ErrorReply)
+            summary_less = MSGPACK.encode(
+                SyncRequest(tree="0" * 64, tips=(), summary=_empty_summary())
+            )
+            answer = MSGPACK.decode(await stranger.request(a.address, summary_less)).body
+            assert isinstance(answer, ErrorReply) and answer.code == "unauthenticated"
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)  # everyone else is still served
+            assert b.inst.backend.has([tree.root_id]) == {tree.root_id}
+
+
+def _empty_summary() -> Summary:
+    return Summary(min_height=0, hashes=1, salt=b"", bits=b"")
+
+
+async def test_three_nodes_writing_concurrently_converge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rng = random.Random(7)
+    with trio.fail_after(3600):
+        async with cluster(3, SimNetwork()) as nodes:
+            a, b, c = nodes
+            tree = await a.inst.create_tree(name="t")
+            await tree.grant("*", "write")
+            peer_b = await link(a, b, tree.root_id)
+            peer_c = await link(a, c, tree.root_id)
+            await link(b, c, tree.root_id)
+            await a.sync.sync_with_peer(peer_b)
+            await a.sync.sync_with_peer(peer_c)
+            trees = [await node.inst.open_tree(tree.root_id) for node in nodes]
+
+            async def writer(index: int) -> None:
+                for step in range(10):
+                    async with trees[index].transaction() as op:
+                        op.doc("d").set(rng.choice(["x", "y", "z"]), f"{index}.{step}")
+                    await trio.sleep(rng.random())
+
+            async with trio.open_nursery() as nursery:
+                for index in range(3):
+                    nursery.start_soon(writer, index)
+            await trio.sleep(310)  # let pushes, retries and one periodic sync settle
+            tips = [await t.tips() for t in trees]
+            docs = [(await t.doc("d")).to_dict() for t in trees]
+            assert tips[0] == tips[1] == tips[2]
+            assert docs[0] == docs[1] == docs[2]
+            assert len(await trees[0].entries()) == 1 + 1 + 30  # root, grant, writes
+
+
+async def test_shutdown_under_load_leaves_no_task_and_no_torn_write(tmp_path: Path) -> None:
+    directory = tmp_path / "node"
+    network = SimNetwork()
+    with trio.fail_after(30):
+        async with eidetica.open_instance(directory) as inst, eidetica.open_instance(None) as other:
+            tree = await inst.create_tree(name="t")
+            await tree.grant(other.public_key, "write")
+            async with open_sync(other, network=network, name="o") as other_sync:
+                address = await other_sync.start_server("sim://o")
+                async with open_sync(inst, network=network, name="n") as sync:
+                    peer = await sync.connect(address)
+                    await sync.add_tree_sync(peer, tree.root_id)
+                    back = await other_sync.connect(await sync.start_server("sim://n"))
+                    await other_sync.add_tree_sync(back, tree.root_id)
+                    for i in range(50):  # commits whose pushes are in flight at exit
+                        async with tree.transaction() as op:
+                            op.doc("d").set("n", i)
+            tips = await tree.tips()
+        async with eidetica.open_instance(directory) as reopened:
+            again = await reopened.open_tree(tree.root_id)
+            assert await again.tips() == tips
+            assert (await again.doc("d")).get("n") == 49
