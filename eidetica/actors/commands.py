@@ -95,6 +95,17 @@ class CheckConnections(_Command, frozen=True):
     """The connection-check timer fired: probe every peer."""
 
 
+class SyncDone(_Command, frozen=True):
+    """A peer actor finished syncing one tree (ok or not): record cursor and metadata."""
+
+    peer: str
+    tree: str
+    ok: bool
+    tips: tuple[str, ...]
+    received: int
+    duration: float
+
+
 class SyncAll(_Command, frozen=True):
     """The periodic timer fired: sync with every peer."""
 
@@ -119,6 +130,7 @@ Command = (
     | QueueEntry
     | EntriesReceived
     | PushFailed
+    | SyncDone
     | RetryDue
     | CheckConnections
     | SyncAll

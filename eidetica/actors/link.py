@@ -36,6 +36,8 @@ class RoundResult:
     round_trips: int
     received: int
     complete: bool
+    tips: tuple[str, ...]
+    """This side's tips when the round ended: with ``complete``, the peer's too."""
 
 
 class Link:
@@ -90,4 +92,5 @@ class Link:
             receipt = await instance.receive(tree, answer.entries)
             received += len(receipt.stored)
             message = round_.next(answer, receipt.missing)
-        return RoundResult(tree, round_.round_trips, received, round_.complete)
+        tips = tuple(instance.backend.tips(tree))
+        return RoundResult(tree, round_.round_trips, received, round_.complete, tips)

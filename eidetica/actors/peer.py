@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from eidetica.actors import commands as cmd
-from eidetica.actors.link import Link
+from eidetica.actors.link import Link, RoundResult
 from eidetica.actors.reply import Reply
 from eidetica.actors.retry import RetryItem
 from eidetica.errors import EideticaError, RemoteError, SyncError
@@ -33,6 +33,8 @@ class SyncJob:
 
     trees: tuple[str, ...]
     reply: Reply[None] | None
+    common: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Per tree, the tips both sides held after the last sync (the cursor)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ async def run_peer(
             if health.breaker == "open":
                 raise SyncError(f"peer {link.peer_key} is failing; breaker open")
             health.attempts.append(trio.current_time())
-            await _do(instance, link, job, health)
+            await _do(instance, link, job, health, report)
         except EideticaError as exc:
             _failed(link, job, exc, health=health, breaker=breaker, report=report)
         except Exception as exc:
@@ -112,23 +114,42 @@ async def run_peer(
             health.open_until = None
 
 
-async def _do(instance: Instance, link: Link, job: Job, health: PeerHealth) -> None:
+async def _do(
+    instance: Instance,
+    link: Link,
+    job: Job,
+    health: PeerHealth,
+    report: trio.MemorySendChannel[cmd.Command],
+) -> None:
     try:
-        await _run(instance, link, job, health)
+        await _run(instance, link, job, health, report)
     except RemoteError as exc:
         if exc.code != "unauthenticated":
             raise
         # The peer forgot our session (it restarted): prove ourselves again, once.
         await link.handshake(instance, expected_key=link.peer_key)
-        await _run(instance, link, job, health)
+        await _run(instance, link, job, health, report)
 
 
-async def _run(instance: Instance, link: Link, job: Job, health: PeerHealth) -> None:
+async def _run(
+    instance: Instance,
+    link: Link,
+    job: Job,
+    health: PeerHealth,
+    report: trio.MemorySendChannel[cmd.Command],
+) -> None:
     match job:
         case SyncJob():
+            common = dict(job.common)
             for tree in job.trees:
-                result = await link.sync_tree(instance, tree)
+                started = trio.current_time()
+                try:
+                    result = await link.sync_tree(instance, tree, common=common.get(tree, ()))
+                except EideticaError:
+                    _tell(report, link, tree, ok=False, started=started)
+                    raise
                 health.received += result.received
+                _tell(report, link, tree, ok=result.complete, started=started, result=result)
             health.syncs += 1
             health.last_sync = trio.current_time()
             if job.reply is not None:
@@ -141,6 +162,28 @@ async def _run(instance: Instance, link: Link, job: Job, health: PeerHealth) -> 
         case ProbeJob():
             await link.handshake(instance, expected_key=link.peer_key)
             health.probes += 1
+
+
+def _tell(
+    report: trio.MemorySendChannel[cmd.Command],
+    link: Link,
+    tree: str,
+    *,
+    ok: bool,
+    started: float,
+    result: RoundResult | None = None,
+) -> None:
+    """Tell the supervisor how a tree's sync went, for its cursor and metadata."""
+    done = cmd.SyncDone(
+        peer=link.peer_key or "",
+        tree=tree,
+        ok=ok,
+        tips=result.tips if result is not None else (),
+        received=result.received if result is not None else 0,
+        duration=trio.current_time() - started,
+    )
+    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+        report.send_nowait(done)
 
 
 def _failed(

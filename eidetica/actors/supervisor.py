@@ -9,7 +9,9 @@ slow peer never delays a command.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from eidetica.actors.peer import (
 from eidetica.actors.reply import Reply
 from eidetica.actors.retry import RetryItem, RetryQueue, run_retry
 from eidetica.actors.service import SyncService
+from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
 from eidetica.errors import EideticaError, SyncError
@@ -91,6 +94,11 @@ class Supervisor:
         self._servers: dict[str, trio.CancelScope] = {}
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryItem](config.inbox_size)
+        self._state: SyncState | None = None
+        self._cursors: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._last_sync: dict[tuple[str, str], float] = {}
+        self._reconnecting: dict[str, set[str]] = {}
+        """Persisted peers being dialled again after a restart, with their trees."""
         self.crashed: list[str] = []
         """Actors that kept crashing and were left down (reported in status)."""
         self.dropped_notices = 0
@@ -108,13 +116,38 @@ class Supervisor:
             pass
 
     def on_commit(self, tree: Tree, entry: Entry) -> None:
-        """The commit hook: post the new entry for pushing."""
-        self.notify(cmd.QueueEntry(tree.root_id, entry))
+        """The commit hook: post the new entry for pushing (not our own sync state)."""
+        if self._state is None or tree.root_id != self._state.tree.root_id:
+            self.notify(cmd.QueueEntry(tree.root_id, entry))
+
+    async def _resume(self) -> None:
+        """Reconnect to the peers the sync tree names and requeue its retries."""
+        state = self._require_state()
+        for record in (await state.peers()).values():
+            for tree in record.trees:
+                cursor = await state.cursor(record.key, tree)
+                if cursor is not None:
+                    self._cursors[record.key, tree] = cursor.last_synced_tips
+            self._reconnecting[record.key] = set(record.trees)
+            for address in record.addresses[:1]:
+                self._spawn().start_soon(self._connect, address, None, record.key)
+        now = trio.current_time()
+        for retry_id, saved in (await state.retries()).items():
+            item = RetryItem(retry_id, saved.peer, saved.tree, saved.entry_ids, saved.attempts)
+            self._retries.restore(item, now)
+
+    def _require_state(self) -> SyncState:
+        if self._state is None:
+            raise SyncError("the sync engine is not running")
+        return self._state
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled."""
+        """Run until cancelled, resuming the peers, relationships and retries that the
+        sync tree kept from the last run."""
+        self._state = await SyncState.open(self._instance)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await self._resume()
             schedules = [
                 (self._config.periodic_sync, cmd.SyncAll),
                 (self._config.connection_check, cmd.CheckConnections),
@@ -141,7 +174,7 @@ class Supervisor:
                     else:
                         log.warning("%s failed: %s", type(command).__name__, exc)
 
-    async def _handle(self, command: cmd.Command | _PeerUp) -> None:
+    async def _handle(self, command: cmd.Command | _PeerUp) -> None:  # noqa: PLR0915 (one dispatch)
         match command:
             case cmd.StartServer():
                 command.reply.set(await self._start_server(command.address))
@@ -158,31 +191,40 @@ class Supervisor:
             case cmd.RemovePeer():
                 self._known(command.peer).jobs.close()
                 del self._peers[command.peer]
+                self._retries.forget_peer(command.peer)
+                await self._require_state().remove_peer(command.peer)
                 command.reply.set(None)
             case cmd.CreateRelationship():
                 self._known(command.peer).trees.add(command.tree)
+                await self._require_state().add_relationship(command.peer, command.tree)
                 command.reply.set(None)
             case cmd.RemoveRelationship():
                 self._known(command.peer).trees.discard(command.tree)
+                await self._require_state().remove_relationship(command.peer, command.tree)
                 command.reply.set(None)
             case cmd.SyncWithPeer():
-                known = self._known(command.peer)
-                self._queue(known, SyncJob(tuple(sorted(known.trees)), command.reply))
+                self._queue_sync(self._known(command.peer), command.reply)
             case cmd.SyncAll():
                 for known in self._peers.values():
                     if known.trees:
-                        self._queue(known, SyncJob(tuple(sorted(known.trees)), None))
+                        self._queue_sync(known, None)
+            case cmd.SyncDone():
+                await self._record(command)
             case cmd.QueueEntry():
                 entry = command.entry
                 for known in self._peers.values():
                     if command.tree in known.trees:
                         self._queue(known, PushJob(command.tree, (entry.id,), (entry.raw,)))
             case cmd.PushFailed():
+                item = command.item
+                record = RetryRecord(item.peer, item.tree, item.entry_ids, item.attempts + 1)
+                await self._require_state().put_retry(item.id, record)
                 try:
-                    self._to_retry.send_nowait(command.item)
+                    self._to_retry.send_nowait(item)
                 except trio.WouldBlock:
-                    log.warning("retry queue full: the periodic sync will repair %s", command.item)
+                    log.warning("retry queue full: the periodic sync will repair %s", item)
             case cmd.RetryDue():
+                await self._require_state().drop_retry(command.item.id)
                 self._retry(command.item)
             case cmd.CheckConnections():
                 for known in self._peers.values():
@@ -209,8 +251,26 @@ class Supervisor:
         present = [entry for entry in entries if entry is not None]
         return PushJob(tree, tuple(e.id for e in present), tuple(e.raw for e in present), retry)
 
+    def _queue_sync(self, known: _Peer, reply: Reply[None] | None) -> None:
+        trees = tuple(sorted(known.trees))
+        common = tuple((tree, self._cursors.get((known.key, tree), ())) for tree in trees)
+        self._queue(known, SyncJob(trees, reply, common))
+
+    async def _record(self, done: cmd.SyncDone) -> None:
+        """Keep a finished tree sync in the sync tree: cursor, metadata, history."""
+        state = self._require_state()
+        if done.ok:
+            self._cursors[done.peer, done.tree] = done.tips
+            self._last_sync[done.peer, done.tree] = time.time()
+            await state.set_cursor(done.peer, done.tree, done.tips, time.time(), done.received)
+        await state.record_sync(done.peer, done.ok, done.received, done.duration * 1000)
+
     def _retry(self, item: RetryItem) -> None:
         known = self._peers.get(item.peer)
+        if known is None and item.peer in self._reconnecting:
+            with contextlib.suppress(trio.WouldBlock):  # not back yet: wait longer
+                self._to_retry.send_nowait(item)
+            return
         if known is None or item.tree not in known.trees:
             return  # the peer or the relationship is gone: nothing to retry
         self._queue(known, self._push_job(item.tree, item.entry_ids, item))
@@ -287,17 +347,23 @@ class Supervisor:
         self._servers[bound] = scope
         return bound
 
-    async def _connect(self, address: str, reply: Reply[str]) -> None:
+    async def _connect(
+        self, address: str, reply: Reply[str] | None, expected_key: str | None = None
+    ) -> None:
         try:
             link = Link(self._transport(address), address, self._codec(address))
-            await link.handshake(self._instance)
+            await link.handshake(self._instance, expected_key=expected_key)
         except EideticaError as exc:
-            reply.fail(exc)
+            if reply is not None:
+                reply.fail(exc)
+            else:
+                log.warning("could not reach %s again at %s: %s", expected_key, address, exc)
             return
         try:
-            await self.inbox.send(_PeerUp(link, reply))
+            await self.inbox.send(_PeerUp(link, reply or Reply[str]()))
         except trio.ClosedResourceError:
-            reply.fail(SyncError("the sync engine stopped"))
+            if reply is not None:
+                reply.fail(SyncError("the sync engine stopped"))
 
     async def _peer_up(self, link: Link) -> str:
         key = link.peer_key
@@ -306,8 +372,10 @@ class Supervisor:
         if old is not None:
             old.jobs.close()
         send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
-        known = _Peer(key, link.address, link, send, trees=old.trees if old else set())
+        trees = old.trees if old else self._reconnecting.pop(key, set())
+        known = _Peer(key, link.address, link, send, trees=trees)
         self._peers[key] = known
+        await self._require_state().add_peer(key, link.address)
         report = self.inbox.clone()
         await self._spawn().start(
             self._keep_running,
@@ -345,6 +413,12 @@ class Supervisor:
                     "attempts": list(known.health.attempts),
                     "last_sync": known.health.last_sync,
                     "last_error": known.health.last_error,
+                    "trees_last_synced": {
+                        tree: self._last_sync.get((key, tree)) for tree in sorted(known.trees)
+                    },
+                    "queued_retries": sum(
+                        1 for _, item in self._retries.items() if item.peer == key
+                    ),
                     "dropped_jobs": known.dropped,
                 }
                 for key, known in sorted(self._peers.items())

@@ -106,6 +106,18 @@ class Backend(Protocol):
         """Entries writing ``store`` in (height, id) order, from just after ``after``."""
         ...
 
+    def get_local(self, key: str) -> str | None:
+        """The node-local value stored under ``key``, or None if it was never set.
+
+        A tiny key/value beside the entries, for facts that belong to this node alone
+        and are never synced, such as which tree is its sync tree.
+        """
+        ...
+
+    def set_local(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key``, replacing any earlier value; durable at once."""
+        ...
+
     def close(self) -> None:
         """Release the backend's resources; it is not used afterwards."""
         ...

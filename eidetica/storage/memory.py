@@ -58,6 +58,7 @@ class MemoryBackend:
         self._trees: dict[str, _Dag] = defaultdict(_Dag)
         self._stores: dict[tuple[str, str], _Dag] = defaultdict(_Dag)
         self._roots: set[str] = set()
+        self._local: dict[str, str] = {}
 
     def put(self, records: Sequence[Record]) -> list[str]:
         added: list[str] = []
@@ -108,6 +109,12 @@ class MemoryBackend:
     ) -> Iterator[Entry]:
         dag = self._stores.get((tree, store))
         return iter([self._entries[i] for i in dag.ordered.after(after)] if dag else [])
+
+    def get_local(self, key: str) -> str | None:
+        return self._local.get(key)
+
+    def set_local(self, key: str, value: str) -> None:
+        self._local[key] = value
 
     def close(self) -> None:
         self._entries.clear()

@@ -63,6 +63,7 @@ _ID_BYTES = 32
 _TREE = ""  # the store name that stands for the tree's own DAG
 _RECENT_METAS = 4096
 _BUSY_SECONDS = 0.5
+_LOCAL = "local:"  # prefix of node-local keys in ``meta``, apart from the schema's own
 
 
 def _pack(ids: Iterable[str]) -> bytes:
@@ -309,6 +310,20 @@ class SqliteBackend:
             return load_entry(bytes(raw))
         except MalformedEntry as exc:
             raise StorageError(f"database holds an unreadable entry: {exc}") from exc
+
+    def get_local(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_LOCAL + key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_local(self, key: str, value: str) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_LOCAL + key, value),
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"storing local value {key!r} failed: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()

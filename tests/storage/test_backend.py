@@ -178,3 +178,21 @@ def test_sqlite_rollback_of_a_batch_extending_a_dag_keeps_caches_true(
     reopened = SqliteBackend(tmp_path / "b.db")
     assert reopened.tips(root) == expected_tips(entries)
     reopened.close()
+
+
+def test_local_values_are_replaced_kept_apart_and_survive_reopen(
+    backend: Backend, tmp_path: Path
+) -> None:
+    assert backend.get_local("sync_tree") is None
+    backend.set_local("sync_tree", "first")
+    backend.set_local("sync_tree", "second")
+    backend.set_local("other", "")
+    assert backend.get_local("sync_tree") == "second"
+    assert backend.get_local("other") == ""
+    assert backend.get_local("schema") is None  # SQLite's own meta rows are not local values
+    if isinstance(backend, SqliteBackend):
+        backend.close()
+        reopened = SqliteBackend(tmp_path / "backend.db")
+        assert reopened.get_local("sync_tree") == "second"
+        assert reopened.get_local("other") == ""
+        reopened.close()

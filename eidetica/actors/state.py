@@ -1,0 +1,352 @@
+"""SyncState: what the sync engine must remember across restarts, kept in the sync tree.
+
+Each node keeps its peers, their tree relationships, sync cursors, per-peer metadata, a
+bounded sync history and the retry queue in an ordinary tree of its own, the sync
+tree. Being a tree, it is stored by the same backend as everything else (SQLite on
+disk), so it survives a restart with no storage of its own. The backend's node-local
+key ``sync_tree`` names it; lookup never goes by the tree's name, so a user tree that
+happens to be called ``_sync`` is never mistaken for it.
+
+The data sits at the seed's paths, in three document stores:
+
+- ``peers``: ``{peer_key}`` -> ``{"addresses": [...], "sync_trees": [...]}``
+- ``sync_state``: ``cursors/{peer_key}/{tree_id}``, ``metadata/{peer_key}`` and
+  ``history/{sync_id}``
+- ``retry``: ``{retry_id}`` -> the entries still to push to a peer, and how often that
+  was tried. Times are not kept: trio's clock starts afresh with every run.
+
+Every write method is one transaction, so one signed entry. Peer keys hold base64
+characters, so paths are always given as tuples, never dotted strings.
+
+Only this node writes its sync tree, but two writes from concurrent tasks could both
+read the state before either commits and one would lose the other's change. Writes
+therefore take a lock of this object: keep one ``SyncState`` per instance (the
+supervisor's) for writing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+import trio
+
+from eidetica.errors import InvalidValue, StorageError, SyncError, TreeNotFound
+from eidetica.protocol.keys import check_public_key
+from eidetica.storage.crdt import Path
+from eidetica.storage.docstore import DocStore
+from eidetica.storage.instance import Instance
+from eidetica.storage.transaction import AtomicOp
+from eidetica.storage.tree import Tree
+
+SYNC_TREE_NAME = "_sync"
+"""The name the sync tree is created with; for people reading a node, not for lookup."""
+SYNC_TREE_KEY = "sync_tree"
+"""The backend-local key holding the sync tree's root id."""
+DEFAULT_MAX_HISTORY = 100
+
+PEERS = "peers"
+SYNC_STATE = "sync_state"
+RETRY = "retry"
+
+_CURSORS = "cursors"
+_METADATA = "metadata"
+_HISTORY = "history"
+_HISTORY_ID_DIGITS = 20  # zero-padded, so ids sort as the numbers they are
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A known peer: where it may be reached and which trees are kept in sync with it."""
+
+    key: str
+    addresses: tuple[str, ...] = ()
+    trees: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the last sync of one tree with one peer ended (the seed's SyncCursor).
+
+    ``last_synced_tips`` are the tips both sides held afterwards, so the next exchange
+    can start from them instead of from nothing.
+    """
+
+    last_synced_tips: tuple[str, ...]
+    last_sync_time: float
+    total_synced_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncMetadata:
+    """Running totals of the syncs with one peer (the seed's SyncMetadata)."""
+
+    successful_sync_count: int = 0
+    failed_sync_count: int = 0
+    total_entries_synced: int = 0
+    average_sync_duration_ms: float = 0.0
+    """The mean over every recorded sync, successful or not."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    """One sync as the history keeps it."""
+
+    peer: str
+    ok: bool
+    entries: int
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRecord:
+    """Entries that could not be pushed to a peer yet, and how often that was tried.
+
+    When the next attempt is due is not kept: it is counted in trio time, which does
+    not survive a restart, so a reloaded retry is simply due again.
+    """
+
+    peer: str
+    tree: str
+    entry_ids: tuple[str, ...]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PeerDoc:
+    """A peer as stored under ``peers.{key}``, in the seed's field names."""
+
+    addresses: tuple[str, ...] = ()
+    sync_trees: tuple[str, ...] = ()
+
+
+_Record = TypeVar("_Record")
+
+
+def _dump(record: object) -> Any:
+    """A record as the JSON-like value stored for it."""
+    return msgspec.to_builtins(record, order="sorted")
+
+
+def _load(raw: Any, kind: type[_Record], where: Path) -> _Record:
+    """The record stored at ``where``; a value of the wrong shape is a StorageError."""
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        place = "/".join(where)
+        raise StorageError(
+            f"the sync tree holds no valid {kind.__name__} at {place}: {exc}"
+        ) from exc
+
+
+def _dump_peer(peer: PeerRecord) -> Any:
+    return _dump(_PeerDoc(peer.addresses, tuple(sorted(peer.trees))))
+
+
+def _load_peer(key: str, raw: Any) -> PeerRecord:
+    stored = _load(raw, _PeerDoc, (PEERS, key))
+    return PeerRecord(key, stored.addresses, frozenset(stored.sync_trees))
+
+
+def _duration(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidValue(f"a sync duration must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class SyncState:
+    """Reads and writes of the sync tree; open one with :meth:`SyncState.open`."""
+
+    def __init__(self, tree: Tree, *, max_history: int = DEFAULT_MAX_HISTORY) -> None:
+        if max_history < 1:
+            raise SyncError(f"max_history must be at least 1, got {max_history}")
+        self.tree = tree
+        self.max_history = max_history
+        self._lock = trio.Lock()
+
+    @classmethod
+    async def open(cls, instance: Instance, *, max_history: int = DEFAULT_MAX_HISTORY) -> SyncState:
+        """The sync state of ``instance``, creating its sync tree on first use.
+
+        A node-local key that names a tree the node does not hold is a StorageError:
+        making a fresh tree would silently forget every peer.
+        """
+        backend = instance.backend
+        root_id = backend.get_local(SYNC_TREE_KEY)
+        if root_id is None:
+            tree = await instance.create_tree(SYNC_TREE_NAME)
+            backend.set_local(SYNC_TREE_KEY, tree.root_id)
+        else:
+            try:
+                tree = await instance.open_tree(root_id)
+            except TreeNotFound as exc:
+                raise StorageError(f"the sync tree {root_id} is missing from this node") from exc
+        return cls(tree, max_history=max_history)
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AtomicOp]:
+        """One locked read-modify-write transaction."""
+        async with self._lock, self.tree.transaction() as op:
+            yield op
+
+    # Peers and relationships
+
+    async def add_peer(self, key: str, address: str | None = None) -> None:
+        """Remember peer ``key``, and ``address`` among the places it may be reached."""
+        check_public_key(key)
+        async with self._writing() as op:
+            peers = op.doc(PEERS)
+            known = self._peer_in(peers, key)
+            peer = known or PeerRecord(key)
+            if address is not None and address not in peer.addresses:
+                peer = PeerRecord(key, (*peer.addresses, address), peer.trees)
+            if peer != known:
+                peers.set((key,), _dump_peer(peer))
+
+    async def remove_peer(self, key: str) -> None:
+        """Forget peer ``key`` and what was kept for sending to it: its relationships,
+        cursors and retries. Its metadata and history stay, as the record of the past."""
+        async with self._writing() as op:
+            peers = op.doc(PEERS)
+            if (key,) in peers:
+                peers.delete((key,))
+            state = op.doc(SYNC_STATE)
+            if (_CURSORS, key) in state:
+                state.delete((_CURSORS, key))
+            self._drop_retries(op.doc(RETRY), key, tree=None)
+
+    async def add_relationship(self, key: str, tree: str) -> None:
+        """Keep ``tree`` in sync with the known peer ``key``."""
+        async with self._writing() as op:
+            peers = op.doc(PEERS)
+            peer = self._peer_in(peers, key)
+            if peer is None:
+                raise SyncError(f"unknown peer {key}: add it first")
+            if tree not in peer.trees:
+                peers.set((key,), _dump_peer(PeerRecord(key, peer.addresses, peer.trees | {tree})))
+
+    async def remove_relationship(self, key: str, tree: str) -> None:
+        """Stop keeping ``tree`` in sync with ``key``; its cursor and retries go too."""
+        async with self._writing() as op:
+            peers = op.doc(PEERS)
+            peer = self._peer_in(peers, key)
+            if peer is not None and tree in peer.trees:
+                peers.set((key,), _dump_peer(PeerRecord(key, peer.addresses, peer.trees - {tree})))
+            state = op.doc(SYNC_STATE)
+            if (_CURSORS, key, tree) in state:
+                state.delete((_CURSORS, key, tree))
+            self._drop_retries(op.doc(RETRY), key, tree)
+
+    async def peers(self) -> dict[str, PeerRecord]:
+        """Every known peer, by key."""
+        stored = (await self.tree.doc(PEERS)).to_dict()
+        return {key: _load_peer(key, raw) for key, raw in sorted(stored.items())}
+
+    async def peer(self, key: str) -> PeerRecord | None:
+        """Peer ``key``, if it is known."""
+        return self._peer_in(await self.tree.doc(PEERS), key)
+
+    async def tree_peers(self, tree: str) -> list[str]:
+        """Keys of the peers ``tree`` is kept in sync with, sorted."""
+        return [key for key, peer in (await self.peers()).items() if tree in peer.trees]
+
+    @staticmethod
+    def _peer_in(peers: DocStore, key: str) -> PeerRecord | None:
+        raw = peers.get((key,))
+        return None if raw is None else _load_peer(key, raw)
+
+    # Cursors, metadata and history
+
+    async def set_cursor(
+        self, peer: str, tree: str, tips: Iterable[str], now: float, synced: int
+    ) -> Cursor:
+        """Record that a sync of ``tree`` with ``peer`` ended at ``tips`` at time ``now``
+        (the caller's clock, stored as given) having moved ``synced`` entries, which are
+        added to the cursor's running total. Returns the new cursor."""
+        async with self._writing() as op:
+            state = op.doc(SYNC_STATE)
+            where = (_CURSORS, peer, tree)
+            previous = state.get(where)
+            total = 0 if previous is None else _load(previous, Cursor, where).total_synced_count
+            cursor = Cursor(tuple(sorted(set(tips))), float(now), total + synced)
+            state.set(where, _dump(cursor))
+        return cursor
+
+    async def cursor(self, peer: str, tree: str) -> Cursor | None:
+        """The cursor of ``tree`` with ``peer``, or None if they never synced."""
+        where = (_CURSORS, peer, tree)
+        raw = (await self.tree.doc(SYNC_STATE)).get(where)
+        return None if raw is None else _load(raw, Cursor, where)
+
+    async def record_sync(self, peer: str, ok: bool, entries: int, duration_ms: float) -> None:
+        """Count one sync with ``peer`` in its metadata and add it to the history,
+        dropping the oldest records beyond ``max_history``. ``entries`` counts towards the
+        total even when the sync failed: whatever was stored before the failure stays."""
+        duration_ms = _duration(duration_ms)
+        async with self._writing() as op:
+            state = op.doc(SYNC_STATE)
+            where = (_METADATA, peer)
+            raw = state.get(where)
+            before = SyncMetadata() if raw is None else _load(raw, SyncMetadata, where)
+            count = before.successful_sync_count + before.failed_sync_count + 1
+            average = before.average_sync_duration_ms
+            after = SyncMetadata(
+                successful_sync_count=before.successful_sync_count + ok,
+                failed_sync_count=before.failed_sync_count + (not ok),
+                total_entries_synced=before.total_entries_synced + entries,
+                average_sync_duration_ms=average + (duration_ms - average) / count,
+            )
+            state.set(where, _dump(after))
+            ids = sorted(state.get((_HISTORY,), {}))
+            number = int(ids[-1]) + 1 if ids else 0
+            record = HistoryRecord(peer, ok, entries, duration_ms)
+            state.set((_HISTORY, f"{number:0{_HISTORY_ID_DIGITS}d}"), _dump(record))
+            for old in ids[: max(0, len(ids) + 1 - self.max_history)]:
+                state.delete((_HISTORY, old))
+
+    async def metadata(self, peer: str) -> SyncMetadata:
+        """The running totals of syncs with ``peer`` (all zero if none was recorded)."""
+        where = (_METADATA, peer)
+        raw = (await self.tree.doc(SYNC_STATE)).get(where)
+        return SyncMetadata() if raw is None else _load(raw, SyncMetadata, where)
+
+    async def history(self) -> list[HistoryRecord]:
+        """The recorded syncs, oldest first; at most ``max_history`` of them."""
+        stored: dict[str, Any] = (await self.tree.doc(SYNC_STATE)).get((_HISTORY,), {})
+        return [
+            _load(stored[sync_id], HistoryRecord, (_HISTORY, sync_id)) for sync_id in sorted(stored)
+        ]
+
+    # The retry queue
+
+    async def put_retry(self, retry_id: str, record: RetryRecord) -> None:
+        """Persist (or replace) the retry ``retry_id``."""
+        async with self._writing() as op:
+            op.doc(RETRY).set((retry_id,), _dump(record))
+
+    async def drop_retry(self, retry_id: str) -> None:
+        """Forget the retry ``retry_id``, if it is kept."""
+        async with self._writing() as op:
+            retries = op.doc(RETRY)
+            if (retry_id,) in retries:
+                retries.delete((retry_id,))
+
+    async def retries(self) -> dict[str, RetryRecord]:
+        """Every persisted retry, by id."""
+        stored = (await self.tree.doc(RETRY)).to_dict()
+        return {
+            retry_id: _load(raw, RetryRecord, (RETRY, retry_id))
+            for retry_id, raw in sorted(stored.items())
+        }
+
+    @staticmethod
+    def _drop_retries(retries: DocStore, peer: str, tree: str | None) -> None:
+        """Stage the removal of the retries for ``peer`` (and ``tree``, if given)."""
+        for retry_id, raw in retries.to_dict().items():
+            record = _load(raw, RetryRecord, (RETRY, retry_id))
+            if record.peer == peer and (tree is None or record.tree == tree):
+                retries.delete((retry_id,))

@@ -1,0 +1,223 @@
+"""SyncState: peers, relationships, cursors, metadata, history and retries kept in the
+sync tree, read back after the node restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+import eidetica
+from eidetica.actors.state import (
+    SYNC_TREE_KEY,
+    Cursor,
+    HistoryRecord,
+    PeerRecord,
+    RetryRecord,
+    SyncMetadata,
+    SyncState,
+)
+from eidetica.errors import InvalidValue, StorageError, SyncError
+from eidetica.protocol.keys import SigningKey
+
+ALICE = SigningKey(bytes(range(32))).public_key
+BOB = SigningKey(bytes(range(1, 33))).public_key
+TREE_A = "a" * 64
+TREE_B = "b" * 64
+
+
+async def entry_count(state: SyncState) -> int:
+    return len(await state.tree.entries())
+
+
+async def test_everything_reads_back_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "node"
+    retry = RetryRecord(peer=ALICE, tree=TREE_A, entry_ids=("e1", "e2"), attempts=3)
+    async with eidetica.open_instance(path) as inst:
+        state = await SyncState.open(inst)
+        root_id = state.tree.root_id
+        await state.add_peer(ALICE, "http://127.0.0.1:9000")
+        await state.add_peer(ALICE, "ws://127.0.0.1:9001")
+        await state.add_peer(BOB)
+        await state.add_relationship(ALICE, TREE_A)
+        await state.add_relationship(ALICE, TREE_B)
+        await state.set_cursor(ALICE, TREE_A, ["t2", "t1"], now=1234.5, synced=7)
+        await state.record_sync(ALICE, ok=True, entries=7, duration_ms=30.0)
+        await state.put_retry("r1", retry)
+
+    async with eidetica.open_instance(path) as inst:
+        state = await SyncState.open(inst)
+        assert state.tree.root_id == root_id
+        assert await state.peers() == {
+            ALICE: PeerRecord(
+                ALICE, ("http://127.0.0.1:9000", "ws://127.0.0.1:9001"), frozenset({TREE_A, TREE_B})
+            ),
+            BOB: PeerRecord(BOB),
+        }
+        assert await state.tree_peers(TREE_A) == [ALICE]
+        assert await state.cursor(ALICE, TREE_A) == Cursor(("t1", "t2"), 1234.5, 7)
+        assert await state.cursor(ALICE, TREE_B) is None
+        assert await state.metadata(ALICE) == SyncMetadata(1, 0, 7, 30.0)
+        assert await state.history() == [HistoryRecord(ALICE, True, 7, 30.0)]
+        assert await state.retries() == {"r1": retry}
+
+
+async def test_sync_tree_is_found_by_the_local_key_not_by_name(
+    inst: eidetica.Instance,
+) -> None:
+    impostor = await inst.create_tree(name="_sync")
+    state = await SyncState.open(inst)
+    assert state.tree != impostor
+    assert inst.backend.get_local(SYNC_TREE_KEY) == state.tree.root_id
+    assert (await SyncState.open(inst)).tree == state.tree
+
+
+async def test_a_local_key_naming_a_missing_tree_is_a_storage_error(
+    inst: eidetica.Instance,
+) -> None:
+    inst.backend.set_local(SYNC_TREE_KEY, "0" * 64)
+    with pytest.raises(StorageError, match="missing"):
+        await SyncState.open(inst)
+
+
+async def test_adding_a_known_peer_or_address_again_writes_nothing(
+    inst: eidetica.Instance,
+) -> None:
+    state = await SyncState.open(inst)
+    await state.add_peer(ALICE, "sim://alice")
+    await state.add_relationship(ALICE, TREE_A)
+    before = await entry_count(state)
+    await state.add_peer(ALICE, "sim://alice")
+    await state.add_peer(ALICE)
+    await state.add_relationship(ALICE, TREE_A)
+    assert await entry_count(state) == before
+    assert await state.peer(ALICE) == PeerRecord(ALICE, ("sim://alice",), frozenset({TREE_A}))
+
+
+async def test_a_relationship_needs_a_known_peer(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    with pytest.raises(SyncError, match="unknown peer"):
+        await state.add_relationship(ALICE, TREE_A)
+    assert await state.peers() == {}
+
+
+async def test_remove_peer_forgets_its_relationships_cursors_and_retries(
+    inst: eidetica.Instance,
+) -> None:
+    state = await SyncState.open(inst)
+    for peer in (ALICE, BOB):
+        await state.add_peer(peer, f"sim://{peer[-4:]}")
+        await state.add_relationship(peer, TREE_A)
+        await state.set_cursor(peer, TREE_A, ["t1"], now=1.0, synced=1)
+        await state.put_retry(f"retry-{peer}", RetryRecord(peer, TREE_A, ("e1",), 1))
+    await state.record_sync(ALICE, ok=True, entries=1, duration_ms=5.0)
+
+    before = await entry_count(state)
+    await state.remove_peer(ALICE)
+    assert await entry_count(state) == before + 1
+    assert list(await state.peers()) == [BOB]
+    assert await state.cursor(ALICE, TREE_A) is None
+    assert await state.cursor(BOB, TREE_A) is not None
+    assert list(await state.retries()) == [f"retry-{BOB}"]
+    assert (await state.metadata(ALICE)).successful_sync_count == 1  # the past stays
+    await state.remove_peer(ALICE)
+    assert await entry_count(state) == before + 1  # nothing left to remove
+
+
+async def test_remove_relationship_drops_only_that_tree(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    await state.add_peer(ALICE)
+    for tree in (TREE_A, TREE_B):
+        await state.add_relationship(ALICE, tree)
+        await state.set_cursor(ALICE, tree, ["t1"], now=1.0, synced=1)
+        await state.put_retry(f"retry-{tree[0]}", RetryRecord(ALICE, tree, ("e1",), 0))
+    await state.remove_relationship(ALICE, TREE_A)
+    assert await state.peer(ALICE) == PeerRecord(ALICE, (), frozenset({TREE_B}))
+    assert await state.tree_peers(TREE_A) == []
+    assert await state.cursor(ALICE, TREE_A) is None
+    assert await state.cursor(ALICE, TREE_B) is not None
+    assert list(await state.retries()) == ["retry-b"]
+
+
+async def test_cursor_replaces_tips_and_adds_up_synced_entries(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    await state.set_cursor(ALICE, TREE_A, ["t1"], now=10.0, synced=3)
+    cursor = await state.set_cursor(ALICE, TREE_A, ["t3", "t2", "t3"], now=20.0, synced=4)
+    assert cursor == Cursor(("t2", "t3"), 20.0, 7)
+    assert await state.cursor(ALICE, TREE_A) == cursor
+
+
+async def test_metadata_counts_outcomes_and_averages_every_duration(
+    inst: eidetica.Instance,
+) -> None:
+    state = await SyncState.open(inst)
+    assert await state.metadata(ALICE) == SyncMetadata()
+    await state.record_sync(ALICE, ok=True, entries=5, duration_ms=10.0)
+    await state.record_sync(ALICE, ok=False, entries=1, duration_ms=40.0)
+    await state.record_sync(ALICE, ok=True, entries=0, duration_ms=25.0)
+    assert await state.metadata(ALICE) == SyncMetadata(2, 1, 6, 25.0)
+    assert await state.metadata(BOB) == SyncMetadata()
+    with pytest.raises(InvalidValue):
+        await state.record_sync(ALICE, ok=True, entries=0, duration_ms=float("nan"))
+
+
+async def test_each_write_is_one_commit(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    await state.add_peer(ALICE)
+    await state.put_retry("r1", RetryRecord(ALICE, TREE_A, ("e1",), 0))
+    before = await entry_count(state)
+    await state.record_sync(ALICE, ok=True, entries=1, duration_ms=1.0)
+    await state.remove_relationship(ALICE, TREE_A)  # drops the retry, touches nothing else
+    assert await entry_count(state) == before + 2
+
+
+async def test_history_keeps_the_newest_max_history(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst, max_history=3)
+    for entries in range(5):
+        await state.record_sync(ALICE, ok=True, entries=entries, duration_ms=1.0)
+    assert [record.entries for record in await state.history()] == [2, 3, 4]
+    assert (await state.metadata(ALICE)).successful_sync_count == 5
+
+    smaller = SyncState(state.tree, max_history=2)
+    await smaller.record_sync(BOB, ok=False, entries=9, duration_ms=1.0)
+    assert [(r.peer, r.entries) for r in await smaller.history()] == [(ALICE, 4), (BOB, 9)]
+
+
+async def test_drop_retry_forgets_only_that_retry(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    first = RetryRecord(ALICE, TREE_A, ("e1",), 0)
+    await state.put_retry("r1", first)
+    await state.put_retry("r2", RetryRecord(BOB, TREE_B, ("e2", "e3"), 1))
+    await state.put_retry("r2", RetryRecord(BOB, TREE_B, ("e2", "e3"), 2))
+    await state.drop_retry("r2")
+    await state.drop_retry("absent")
+    assert await state.retries() == {"r1": first}
+
+
+async def test_concurrent_writes_are_not_lost(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    await state.add_peer(ALICE)
+    trees = [f"{number:064x}" for number in range(8)]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for tree in trees:
+                nursery.start_soon(state.add_relationship, ALICE, tree)
+                nursery.start_soon(state.record_sync, ALICE, True, 1, 1.0)
+    assert await state.tree_peers(trees[0]) == [ALICE]
+    assert (await state.peer(ALICE)) == PeerRecord(ALICE, (), frozenset(trees))
+    assert (await state.metadata(ALICE)).successful_sync_count == len(trees)
+    assert len(await state.history()) == len(trees)
+
+
+async def test_a_malformed_record_is_a_storage_error(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    async with state.tree.transaction() as op:
+        op.doc("peers").set((ALICE,), {"addresses": "not a list"})
+    with pytest.raises(StorageError, match="PeerDoc at peers/"):
+        await state.peers()
+
+
+async def test_max_history_must_keep_at_least_one(inst: eidetica.Instance) -> None:
+    with pytest.raises(SyncError, match="max_history"):
+        await SyncState.open(inst, max_history=0)
