@@ -11,12 +11,15 @@ import trio.testing
 
 import eidetica
 from eidetica.actors import peer as peer_module
+from eidetica.actors.link import Link
 from eidetica.actors.peer import BreakerConfig
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.protocol.codec import MSGPACK
-from eidetica.protocol.messages import ErrorReply, Summary, SyncRequest
+from eidetica.protocol.entry import StoreWrite, create_entry
+from eidetica.protocol.messages import Ack, ErrorReply, SendEntries, Summary, SyncRequest
+from eidetica.storage.crdt import SetOp, encode_ops
 from tests.sim.test_sync_engine import cluster, link, share
 
 
@@ -159,3 +162,51 @@ async def test_shutdown_under_load_leaves_no_task_and_no_torn_write(tmp_path: Pa
             again = await reopened.open_tree(tree.root_id)
             assert await again.tips() == tips
             assert (await again.doc("d")).get("n") == 49
+
+
+async def test_duplicated_and_reordered_messages_still_converge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork(seed=3)
+    network.duplicate(0.5)
+    network.delay(0.05, jitter=0.5)
+    with trio.fail_after(3600):
+        async with cluster(2, network) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            theirs = await b.inst.open_tree(tree.root_id)
+            for i in range(20):
+                async with (tree if i % 2 else theirs).transaction() as op:
+                    op.doc("d").set(f"k{i}", i)
+            await trio.sleep(400)
+            assert await tree.tips() == await theirs.tips()
+            assert (await tree.doc("d")).to_dict() == {f"k{i}": i for i in range(20)}
+            assert network.duplicated > 0
+
+
+async def test_an_unverifiable_pushed_entry_is_refused_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    with trio.fail_after(60):
+        async with cluster(2, network) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            await share(a, b, tree)
+            entries = await tree.entries()
+            root, tip = entries[0], entries[-1]
+            tips = await tree.tips()
+            async with eidetica.open_instance(None) as mallory:
+                forged = create_entry(
+                    mallory.device_key,
+                    tree=root.id,
+                    parents=[tip.id],
+                    height=tip.height + 1,
+                    stores=[StoreWrite("d", (), encode_ops([SetOp(("x",), "forged")]))],
+                )
+            link_ = Link(SimTransport(network, name="b"), a.address, MSGPACK)
+            await link_.handshake(b.inst)
+            ack = await link_.call(SendEntries(tree=root.id, entries=(forged.raw,)), Ack)
+            assert (ack.stored, ack.rejected) == (0, 1)
+            assert (await tree.doc("d")).get("x") is None
+            assert await tree.tips() == tips
