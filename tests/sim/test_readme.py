@@ -1,0 +1,28 @@
+"""The README's sync example, run as written."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+import eidetica
+
+
+async def test_readme_sync_example(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with eidetica.open_instance(None) as inst, eidetica.open_instance(None) as other:
+            tree = await inst.create_tree(name="notes")
+            async with tree.transaction() as op:
+                op.doc("todo").set("milk", {"done": False})
+            async with inst.sync() as sync, other.sync() as other_sync:
+                addr = await sync.start_server("sim://notes-host")
+                await tree.grant(other.public_key, "write")
+                host = await other_sync.connect(addr)
+                await other_sync.add_tree_sync(host, tree.root_id)
+                await other_sync.sync_with_peer(host)
+                copy = await other.open_tree(tree.root_id)
+                assert (await copy.doc("todo")).get("milk") == {"done": False}
+                async with copy.transaction() as op:
+                    op.doc("todo").set("milk.done", True)
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await tree.doc("todo")).get("milk") == {"done": True}  # pushed
