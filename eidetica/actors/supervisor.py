@@ -164,15 +164,34 @@ class Supervisor:
                 ),
             )
             task_status.started()
-            async for command in self._commands:
-                try:
-                    await self._handle(command)
-                except EideticaError as exc:
-                    reply = getattr(command, "reply", None)
-                    if isinstance(reply, Reply):
-                        reply.fail(exc)
-                    else:
-                        log.warning("%s failed: %s", type(command).__name__, exc)
+            try:
+                async for command in self._commands:
+                    try:
+                        await self._handle(command)
+                    except EideticaError as exc:
+                        reply = getattr(command, "reply", None)
+                        if isinstance(reply, Reply):
+                            reply.fail(exc)
+                        else:
+                            log.warning("%s failed: %s", type(command).__name__, exc)
+            finally:
+                self._stop_taking_commands()
+
+    def _stop_taking_commands(self) -> None:
+        """Close the inbox and fail the replies of commands still in it, so no caller
+        waits for an engine that has stopped."""
+        self._commands.close()
+        stopped = SyncError("the sync engine stopped")
+        for known in self._peers.values():
+            known.jobs.close()
+        while True:
+            try:
+                pending = self._commands.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            reply = getattr(pending, "reply", None)
+            if isinstance(reply, Reply):
+                reply.fail(stopped)
 
     async def _handle(self, command: cmd.Command | _PeerUp) -> None:  # noqa: PLR0915 (one dispatch)
         match command:
@@ -233,6 +252,11 @@ class Supervisor:
                 self._forward(command.tree, command.ids, command.source)
             case cmd.Status():
                 command.reply.set(self._status())
+            case cmd.AddPeer():
+                await self._require_state().add_peer(command.peer, command.address)
+                self._reconnecting.setdefault(command.peer, set())
+                self._spawn().start_soon(self._connect, command.address, None, command.peer)
+                command.reply.set(None)
             case cmd.Shutdown():
                 self._spawn().cancel_scope.cancel()
             case _:

@@ -8,7 +8,7 @@ nursery, so no task of the engine outlives the block.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
 import trio
@@ -51,6 +51,17 @@ class Sync:
         """Handshake with the node at ``address``; return its proven key."""
         reply = Reply[str]()
         return await self._ask(cmd.ConnectToPeer(address, reply), reply)
+
+    async def add_peer(self, peer: str, address: str) -> None:
+        """Know ``peer`` at ``address`` from now on: the engine dials it in the
+        background (and again after restarts), accepting only that key."""
+        reply = Reply[None]()
+        await self._ask(cmd.AddPeer(peer, address, reply), reply)
+
+    async def shutdown(self) -> None:
+        """Stop the engine now; leaving the ``async with`` block does the same."""
+        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._supervisor.inbox.send(cmd.Shutdown())
 
     async def add_tree_sync(self, peer: str, tree_id: str) -> None:
         """Keep ``tree_id`` in sync with ``peer`` from now on."""

@@ -225,3 +225,27 @@ async def test_leaving_the_block_ends_every_task() -> None:
         assert engine_tasks() == []
         with pytest.raises(SyncError):
             await sync.status()
+
+
+async def test_after_shutdown_commands_fail_instead_of_hanging(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(1, SimNetwork()) as (a,):
+            await a.sync.shutdown()
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(SyncError):
+                await a.sync.status()
+
+
+async def test_a_peer_added_by_key_is_dialled_in_the_background(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(2, SimNetwork()) as (a, b):
+            await a.sync.add_peer(b.inst.public_key, b.address)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await a.sync.peers() == [b.inst.public_key]
+            await a.sync.add_peer(a.inst.public_key, b.address)  # the wrong key: refused
+            await trio.testing.wait_all_tasks_blocked()
+            assert await a.sync.peers() == [b.inst.public_key]
