@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import bulk_store, commits, doc_read, hash_choice, reconcile
+from bench import bulk_store, commits, doc_read, engine, hash_choice, reconcile
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "commits": commits.main,
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "bulk_store": bulk_store.main,
     "hash_choice": hash_choice.main,
     "reconcile": reconcile.main,
+    "engine": engine.main,
 }
 
 

@@ -97,6 +97,19 @@ async def run_peer(
 ) -> None:
     """Do the peer's jobs one at a time, in order, until the inbox closes."""
     task_status.started()
+    async with report:
+        await _serve_jobs(instance, link, jobs, report=report, health=health, breaker=breaker)
+
+
+async def _serve_jobs(
+    instance: Instance,
+    link: Link,
+    jobs: trio.MemoryReceiveChannel[Job],
+    *,
+    report: trio.MemorySendChannel[cmd.Command],
+    health: PeerHealth,
+    breaker: BreakerConfig,
+) -> None:
     async for job in jobs:
         try:
             if health.breaker == "open":

@@ -281,11 +281,21 @@ class Supervisor:
         self._queue(known, SyncJob(trees, reply, common))
 
     async def _record(self, done: cmd.SyncDone) -> None:
-        """Keep a finished tree sync in the sync tree: cursor, metadata, history."""
+        """Keep a finished tree sync in the sync tree: cursor, metadata, history.
+
+        A sync that moved nothing and ended where the last one did writes nothing:
+        with many peers and a periodic sync, recording every idle round would grow
+        the sync tree by signed entries that say nothing new.
+        """
+        key = (done.peer, done.tree)
+        idle = done.ok and not done.received and self._cursors.get(key) == done.tips
+        if done.ok:
+            self._last_sync[key] = time.time()
+        if idle:
+            return
         state = self._require_state()
         if done.ok:
-            self._cursors[done.peer, done.tree] = done.tips
-            self._last_sync[done.peer, done.tree] = time.time()
+            self._cursors[key] = done.tips
             await state.set_cursor(done.peer, done.tree, done.tips, time.time(), done.received)
         await state.record_sync(done.peer, done.ok, done.received, done.duration * 1000)
 
@@ -400,7 +410,6 @@ class Supervisor:
         known = _Peer(key, link.address, link, send, trees=trees)
         self._peers[key] = known
         await self._require_state().add_peer(key, link.address)
-        report = self.inbox.clone()
         await self._spawn().start(
             self._keep_running,
             f"peer {key}",
@@ -408,7 +417,7 @@ class Supervisor:
                 self._instance,
                 link,
                 receive,
-                report=report,
+                report=self.inbox.clone(),
                 health=known.health,
                 breaker=self._config.breaker,
             ),

@@ -13,6 +13,7 @@ import trio.testing
 
 import eidetica
 from eidetica.actors.peer import BreakerConfig
+from eidetica.actors.state import SyncState
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.sim import SimNetwork
@@ -249,3 +250,21 @@ async def test_a_peer_added_by_key_is_dialled_in_the_background(
             await a.sync.add_peer(a.inst.public_key, b.address)  # the wrong key: refused
             await trio.testing.wait_all_tasks_blocked()
             assert await a.sync.peers() == [b.inst.public_key]
+
+
+async def test_an_idle_sync_writes_nothing_to_the_sync_tree(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(2, SimNetwork()) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            await trio.testing.wait_all_tasks_blocked()
+            state = await SyncState.open(a.inst)
+            before = len(await state.tree.entries())
+            await a.sync.sync_with_peer(peer_b)  # nothing new on either side
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(await state.tree.entries()) == before
+            status = await a.sync.status()
+            assert status["peers"][peer_b]["trees_last_synced"][tree.root_id] is not None
