@@ -35,7 +35,8 @@ from eidetica.actors.service import SyncService
 from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
-from eidetica.errors import EideticaError, SyncError
+from eidetica.errors import EideticaError, SyncError, TreeNotFound
+from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.codec import MSGPACK, Codec
 from eidetica.protocol.entry import Entry
 from eidetica.storage.instance import Instance
@@ -222,17 +223,17 @@ class Supervisor:
                 await self._require_state().remove_relationship(command.peer, command.tree)
                 command.reply.set(None)
             case cmd.SyncWithPeer():
-                self._queue_sync(self._known(command.peer), command.reply)
+                await self._queue_sync(self._known(command.peer), command.reply)
             case cmd.SyncAll():
                 for known in self._peers.values():
                     if known.trees:
-                        self._queue_sync(known, None)
+                        await self._queue_sync(known, None)
             case cmd.SyncDone():
                 await self._record(command)
             case cmd.QueueEntry():
                 entry = command.entry
-                for known in self._peers.values():
-                    if command.tree in known.trees:
+                for known in list(self._peers.values()):
+                    if await self._shares(known, command.tree):
                         self._queue(known, PushJob(command.tree, (entry.id,), (entry.raw,)))
             case cmd.PushFailed():
                 item = command.item
@@ -244,12 +245,12 @@ class Supervisor:
                     log.warning("retry queue full: the periodic sync will repair %s", item)
             case cmd.RetryDue():
                 await self._require_state().drop_retry(command.item.id)
-                self._retry(command.item)
+                await self._retry(command.item)
             case cmd.CheckConnections():
                 for known in self._peers.values():
                     self._queue(known, ProbeJob())
             case cmd.EntriesReceived():
-                self._forward(command.tree, command.ids, command.source)
+                await self._forward(command.tree, command.ids, command.source)
             case cmd.Status():
                 command.reply.set(self._status())
             case cmd.AddPeer():
@@ -262,12 +263,11 @@ class Supervisor:
             case _:
                 raise SyncError(f"unknown command {command!r}")
 
-    def _forward(self, tree: str, ids: tuple[str, ...], source: str) -> None:
+    async def _forward(self, tree: str, ids: tuple[str, ...], source: str) -> None:
         """Offer entries received from ``source`` to the tree's other peers."""
-        targets = [p for p in self._peers.values() if tree in p.trees and p.key != source]
-        if not targets:
-            return
-        for known in targets:
+        for known in list(self._peers.values()):
+            if known.key == source or not await self._shares(known, tree):
+                continue
             self._queue(known, self._push_job(tree, ids))
 
     def _push_job(self, tree: str, ids: tuple[str, ...], retry: RetryItem | None = None) -> PushJob:
@@ -275,8 +275,20 @@ class Supervisor:
         present = [entry for entry in entries if entry is not None]
         return PushJob(tree, tuple(e.id for e in present), tuple(e.raw for e in present), retry)
 
-    def _queue_sync(self, known: _Peer, reply: Reply[None] | None) -> None:
-        trees = tuple(sorted(known.trees))
+    async def _shares(self, known: _Peer, tree: str) -> bool:
+        """Whether ``tree`` goes to this peer: it is related, and the tree's settings let
+        the peer's proven key read it (a relationship alone never leaks a tree)."""
+        if tree not in known.trees:
+            return False
+        try:
+            settings = await (await self._instance.open_tree(tree)).settings()
+        except TreeNotFound:
+            return True  # nothing of it here to leak: syncing can only pull it in
+        level = permission_of(settings, known.key)
+        return level is not None and level >= Permission.READ
+
+    async def _queue_sync(self, known: _Peer, reply: Reply[None] | None) -> None:
+        trees = tuple(sorted([t for t in known.trees if await self._shares(known, t)]))
         common = tuple((tree, self._cursors.get((known.key, tree), ())) for tree in trees)
         self._queue(known, SyncJob(trees, reply, common))
 
@@ -299,14 +311,14 @@ class Supervisor:
             await state.set_cursor(done.peer, done.tree, done.tips, time.time(), done.received)
         await state.record_sync(done.peer, done.ok, done.received, done.duration * 1000)
 
-    def _retry(self, item: RetryItem) -> None:
+    async def _retry(self, item: RetryItem) -> None:
         known = self._peers.get(item.peer)
         if known is None and item.peer in self._reconnecting:
             with contextlib.suppress(trio.WouldBlock):  # not back yet: wait longer
                 self._to_retry.send_nowait(item)
             return
-        if known is None or item.tree not in known.trees:
-            return  # the peer or the relationship is gone: nothing to retry
+        if known is None or not await self._shares(known, item.tree):
+            return  # the peer, the relationship or its permission is gone
         self._queue(known, self._push_job(item.tree, item.entry_ids, item))
 
     async def _retry_due(self, item: RetryItem) -> None:

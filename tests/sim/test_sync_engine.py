@@ -268,3 +268,20 @@ async def test_an_idle_sync_writes_nothing_to_the_sync_tree(
             assert len(await state.tree.entries()) == before
             status = await a.sync.status()
             assert status["peers"][peer_b]["trees_last_synced"][tree.root_id] is not None
+
+
+async def test_a_relationship_alone_never_sends_a_tree_to_a_peer_that_may_not_read_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(2, SimNetwork()) as (a, b):
+            tree = await a.inst.create_tree(name="secret")
+            peer_b = await link(a, b, tree.root_id)  # related, but never granted read
+            async with tree.transaction() as op:
+                op.doc("d").set("secret", 1)
+            await a.sync.sync_with_peer(peer_b)
+            await trio.testing.wait_all_tasks_blocked()
+            assert b.inst.backend.has(e.id for e in await tree.entries()) == set()
+            await tree.grant(peer_b, "read")
+            await a.sync.sync_with_peer(peer_b)
+            assert (await (await b.inst.open_tree(tree.root_id)).doc("d")).get("secret") == 1
