@@ -64,6 +64,15 @@ class SyncWithPeer(_Command, frozen=True):
     reply: Reply[None] | None = None
 
 
+class SendEntries(_Command, frozen=True):
+    """Push these entries of a tree to a peer now (the seed's SendEntries)."""
+
+    peer: str
+    tree: str
+    ids: tuple[str, ...]
+    reply: Reply[None]
+
+
 class QueueEntry(_Command, frozen=True):
     """A local commit (from the commit hook): push it to the tree's peers now."""
 
@@ -127,6 +136,7 @@ Command = (
     | CreateRelationship
     | RemoveRelationship
     | SyncWithPeer
+    | SendEntries
     | QueueEntry
     | EntriesReceived
     | PushFailed

@@ -116,9 +116,7 @@ class SyncService:
                     missing=receipt.missing,
                 )
             case _:
-                return ErrorReply(
-                    code="unknown-message", message=f"{type(body).__name__} is not a request"
-                )
+                return self._refuse("unknown-message", f"{type(body).__name__} is not a request")
 
     def _peer(self, session: bytes | None) -> str:
         peer = self._sessions.get(session) if session is not None else None

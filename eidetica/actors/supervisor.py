@@ -93,6 +93,7 @@ class Supervisor:
         )
         self._peers: dict[str, _Peer] = {}
         self._servers: dict[str, trio.CancelScope] = {}
+        self._services: dict[str, SyncService] = {}
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryItem](config.inbox_size)
         self._state: SyncState | None = None
@@ -235,6 +236,12 @@ class Supervisor:
                 for known in list(self._peers.values()):
                     if await self._shares(known, command.tree):
                         self._queue(known, PushJob(command.tree, (entry.id,), (entry.raw,)))
+            case cmd.SendEntries():
+                known = self._known(command.peer)
+                if not await self._shares(known, command.tree):
+                    raise SyncError(f"{command.peer} does not sync or may not read {command.tree}")
+                self._queue(known, self._push_job(command.tree, command.ids))
+                command.reply.set(None)
             case cmd.PushFailed():
                 item = command.item
                 record = RetryRecord(item.peer, item.tree, item.entry_ids, item.attempts + 1)
@@ -390,6 +397,7 @@ class Supervisor:
         bound: str
         scope: trio.CancelScope
         bound, scope = await self._spawn().start(_serve, transport, address, service)
+        self._services[bound] = service
         self._servers[bound] = scope
         return bound
 
@@ -439,6 +447,7 @@ class Supervisor:
     def _status(self) -> dict[str, Any]:
         return {
             "servers": sorted(self._servers),
+            "refused_requests": sum(service.refused for service in self._services.values()),
             "dropped_notices": self.dropped_notices,
             "crashed": list(self.crashed),
             "retries": [

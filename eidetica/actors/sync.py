@@ -78,6 +78,12 @@ class Sync:
         reply = Reply[None]()
         await self._ask(cmd.RemovePeer(peer, reply), reply)
 
+    async def send_entries(self, peer: str, tree_id: str, entry_ids: list[str]) -> None:
+        """Push these stored entries of a tree to ``peer`` now (queued on its actor; a
+        failure goes to the retry queue)."""
+        reply = Reply[None]()
+        await self._ask(cmd.SendEntries(peer, tree_id, tuple(entry_ids), reply), reply)
+
     async def sync_with_peer(self, peer: str) -> None:
         """One full two-way round of every tree shared with ``peer``, awaited."""
         reply = Reply[None]()

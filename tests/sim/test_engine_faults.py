@@ -97,6 +97,7 @@ async def test_garbage_gets_an_error_answer_and_the_node_goes_on(
             )
             answer = MSGPACK.decode(await stranger.request(a.address, summary_less)).body
             assert isinstance(answer, ErrorReply) and answer.code == "unauthenticated"
+            assert (await a.sync.status())["refused_requests"] == 4  # 3 junk, 1 unauthenticated
             tree = await a.inst.create_tree(name="t")
             peer_b = await share(a, b, tree)
             await a.sync.sync_with_peer(peer_b)  # everyone else is still served

@@ -285,3 +285,31 @@ async def test_a_relationship_alone_never_sends_a_tree_to_a_peer_that_may_not_re
             await tree.grant(peer_b, "read")
             await a.sync.sync_with_peer(peer_b)
             assert (await (await b.inst.open_tree(tree.root_id)).doc("d")).get("secret") == 1
+
+
+async def test_send_entries_pushes_now_and_stop_server_stops_serving(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(2, SimNetwork()) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            elsewhere_entry = None
+            async with eidetica.open_instance(None) as elsewhere:
+                await tree.grant(elsewhere.public_key, "write")
+                await elsewhere.import_entries(await tree.entries())
+                async with (await elsewhere.open_tree(tree.root_id)).transaction() as op:
+                    op.doc("d").set("sent", True)
+                elsewhere_entry = op.entry
+                await a.inst.import_entries(
+                    await (await elsewhere.open_tree(tree.root_id)).entries()
+                )
+            assert elsewhere_entry is not None
+            theirs = await b.inst.open_tree(tree.root_id)
+            await a.sync.send_entries(peer_b, tree.root_id, [elsewhere_entry.id])
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await theirs.doc("d")).get("sent") is True
+            await b.sync.stop_server(b.address)
+            with pytest.raises(eidetica.errors.TransportError):
+                await a.sync.sync_with_peer(peer_b)
