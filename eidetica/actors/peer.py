@@ -12,7 +12,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -110,21 +110,49 @@ async def _serve_jobs(
     health: PeerHealth,
     breaker: BreakerConfig,
 ) -> None:
-    async for job in jobs:
+    try:
+        async for job in jobs:
+            await _serve_one(instance, link, job, report=report, health=health, breaker=breaker)
+    finally:
+        _fail_remaining(jobs)
+
+
+def _fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
+    """Answer the callers of jobs this actor will never do (it stopped)."""
+    while True:
         try:
-            if health.breaker == "open":
-                raise SyncError(f"peer {link.peer_key} is failing; breaker open")
-            health.attempts.append(trio.current_time())
-            await _do(instance, link, job, health, report)
-        except EideticaError as exc:
-            _failed(link, job, exc, health=health, breaker=breaker, report=report)
-        except Exception as exc:
-            if isinstance(job, SyncJob) and job.reply is not None:
-                job.reply.fail(SyncError(f"peer actor crashed: {exc!r}"))
-            raise  # the supervisor restarts this actor
-        else:
-            health.consecutive_failures = 0
-            health.open_until = None
+            job = jobs.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        if isinstance(job, SyncJob) and job.reply is not None:
+            job.reply.fail(SyncError("the peer actor stopped"))
+
+
+async def _serve_one(
+    instance: Instance,
+    link: Link,
+    job: Job,
+    *,
+    report: trio.MemorySendChannel[cmd.Command],
+    health: PeerHealth,
+    breaker: BreakerConfig,
+) -> None:
+    """Do one job, keeping the breaker's count."""
+    if health.breaker == "open":
+        _refuse_while_open(link, job, report)
+        return
+    try:
+        health.attempts.append(trio.current_time())
+        await _do(instance, link, job, health, report)
+    except EideticaError as exc:
+        _failed(link, job, exc, health=health, breaker=breaker, report=report)
+    except Exception as exc:
+        if isinstance(job, SyncJob) and job.reply is not None:
+            job.reply.fail(SyncError(f"peer actor crashed: {exc!r}"))
+        raise  # the supervisor restarts this actor
+    else:
+        health.consecutive_failures = 0
+        health.open_until = None
 
 
 async def _do(
@@ -175,6 +203,22 @@ async def _run(
         case ProbeJob():
             await link.handshake(instance, expected_key=link.peer_key)
             health.probes += 1
+
+
+def _refuse_while_open(link: Link, job: Job, report: trio.MemorySendChannel[cmd.Command]) -> None:
+    """Fail a job at once while the breaker is open, without extending the cooldown
+    or spending a retry attempt: the job says nothing new about the peer."""
+    error = SyncError(f"peer {link.peer_key} is failing; breaker open")
+    match job:
+        case SyncJob(reply=reply) if reply is not None:
+            reply.fail(error)
+        case PushJob():
+            item = job.retry or RetryItem(uuid.uuid4().hex, link.peer_key or "", job.tree, job.ids)
+            item = replace(item, attempts=max(item.attempts - 1, 0))  # the queue adds it back
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                report.send_nowait(cmd.PushFailed(item))
+        case _:
+            pass
 
 
 def _tell(

@@ -97,10 +97,13 @@ class Supervisor:
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryItem](config.inbox_size)
         self._state: SyncState | None = None
+        self.stopped = trio.Event()
+        """Set once the engine has stopped: callers stop waiting for answers."""
         self._cursors: dict[tuple[str, str], tuple[str, ...]] = {}
         self._last_sync: dict[tuple[str, str], float] = {}
-        self._reconnecting: dict[str, set[str]] = {}
-        """Persisted peers being dialled again after a restart, with their trees."""
+        self._reconnecting: dict[str, tuple[str, set[str]]] = {}
+        """Peers known but not connected (after a restart, or unreachable), with their
+        address and trees; dialled again at every connection check."""
         self.crashed: list[str] = []
         """Actors that kept crashing and were left down (reported in status)."""
         self.dropped_notices = 0
@@ -114,8 +117,8 @@ class Supervisor:
         except trio.WouldBlock:
             self.dropped_notices += 1
             log.warning("sync inbox full: dropped %s", type(command).__name__)
-        except trio.ClosedResourceError:
-            pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the engine has stopped
 
     def on_commit(self, tree: Tree, entry: Entry) -> None:
         """The commit hook: post the new entry for pushing (not our own sync state)."""
@@ -130,8 +133,8 @@ class Supervisor:
                 cursor = await state.cursor(record.key, tree)
                 if cursor is not None:
                     self._cursors[record.key, tree] = cursor.last_synced_tips
-            self._reconnecting[record.key] = set(record.trees)
             for address in record.addresses[:1]:
+                self._reconnecting[record.key] = (address, set(record.trees))
                 self._spawn().start_soon(self._connect, address, None, record.key)
         now = trio.current_time()
         for retry_id, saved in (await state.retries()).items():
@@ -178,6 +181,7 @@ class Supervisor:
                             log.warning("%s failed: %s", type(command).__name__, exc)
             finally:
                 self._stop_taking_commands()
+                self.stopped.set()
 
     def _stop_taking_commands(self) -> None:
         """Close the inbox and fail the replies of commands still in it, so no caller
@@ -210,18 +214,23 @@ class Supervisor:
             case _PeerUp():
                 command.reply.set(await self._peer_up(command.link))
             case cmd.RemovePeer():
-                self._known(command.peer).jobs.close()
-                del self._peers[command.peer]
-                self._retries.forget_peer(command.peer)
+                self._trees_of(command.peer)  # unknown peers are an error
                 await self._require_state().remove_peer(command.peer)
+                self._reconnecting.pop(command.peer, None)
+                known = self._peers.pop(command.peer, None)
+                if known is not None:
+                    known.jobs.close()
+                self._retries.forget_peer(command.peer)
                 command.reply.set(None)
             case cmd.CreateRelationship():
-                self._known(command.peer).trees.add(command.tree)
+                trees = self._trees_of(command.peer)
                 await self._require_state().add_relationship(command.peer, command.tree)
+                trees.add(command.tree)
                 command.reply.set(None)
             case cmd.RemoveRelationship():
-                self._known(command.peer).trees.discard(command.tree)
+                trees = self._trees_of(command.peer)
                 await self._require_state().remove_relationship(command.peer, command.tree)
+                trees.discard(command.tree)
                 command.reply.set(None)
             case cmd.SyncWithPeer():
                 await self._queue_sync(self._known(command.peer), command.reply)
@@ -230,7 +239,8 @@ class Supervisor:
                     if known.trees:
                         await self._queue_sync(known, None)
             case cmd.SyncDone():
-                await self._record(command)
+                if command.peer in self._peers:  # not from an actor of a removed peer
+                    await self._record(command)
             case cmd.QueueEntry():
                 entry = command.entry
                 for known in list(self._peers.values()):
@@ -242,7 +252,7 @@ class Supervisor:
                     raise SyncError(f"{command.peer} does not sync or may not read {command.tree}")
                 self._queue(known, self._push_job(command.tree, command.ids))
                 command.reply.set(None)
-            case cmd.PushFailed():
+            case cmd.PushFailed() if command.item.peer in self._peers:
                 item = command.item
                 record = RetryRecord(item.peer, item.tree, item.entry_ids, item.attempts + 1)
                 await self._require_state().put_retry(item.id, record)
@@ -253,16 +263,21 @@ class Supervisor:
             case cmd.RetryDue():
                 await self._require_state().drop_retry(command.item.id)
                 await self._retry(command.item)
+            case cmd.PushFailed():
+                pass  # from the actor of a peer removed since
             case cmd.CheckConnections():
                 for known in self._peers.values():
                     self._queue(known, ProbeJob())
+                for key, (address, _) in self._reconnecting.items():
+                    self._spawn().start_soon(self._connect, address, None, key)
             case cmd.EntriesReceived():
                 await self._forward(command.tree, command.ids, command.source)
             case cmd.Status():
                 command.reply.set(self._status())
             case cmd.AddPeer():
                 await self._require_state().add_peer(command.peer, command.address)
-                self._reconnecting.setdefault(command.peer, set())
+                trees = self._reconnecting.get(command.peer, ("", set()))[1]
+                self._reconnecting[command.peer] = (command.address, trees)
                 self._spawn().start_soon(self._connect, command.address, None, command.peer)
                 command.reply.set(None)
             case cmd.Shutdown():
@@ -336,6 +351,7 @@ class Supervisor:
         self,
         name: str,
         actor: Callable[[], Awaitable[None]],
+        on_down: Callable[[], None] | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -351,11 +367,22 @@ class Supervisor:
             await trio.sleep(min(2.0**crashes, 30.0))
         self.crashed.append(name)
         log.error("actor %s keeps crashing; left down", name)
+        if on_down is not None:
+            on_down()
 
     def _spawn(self) -> trio.Nursery:
         if self._nursery is None:
             raise SyncError("the sync engine is not running")
         return self._nursery
+
+    def _trees_of(self, peer: str) -> set[str]:
+        """The (live) set of trees related to a peer, connected or not."""
+        known = self._peers.get(peer)
+        if known is not None:
+            return known.trees
+        if peer in self._reconnecting:
+            return self._reconnecting[peer][1]
+        raise SyncError(f"unknown peer {peer}: connect to it first")
 
     def _known(self, peer: str) -> _Peer:
         known = self._peers.get(peer)
@@ -366,10 +393,11 @@ class Supervisor:
     def _queue(self, known: _Peer, job: Job) -> None:
         try:
             known.jobs.send_nowait(job)
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             known.dropped += 1
+            why = "busy; try again" if isinstance(exc, trio.WouldBlock) else "down"
             if isinstance(job, SyncJob) and job.reply is not None:
-                job.reply.fail(SyncError(f"peer {known.key} is busy; try again"))
+                job.reply.fail(SyncError(f"peer {known.key} is {why}"))
 
     def _wants(self, peer: str, tree: str) -> bool:
         """Read by the server actor: a synchronous look, never a change."""
@@ -426,10 +454,10 @@ class Supervisor:
         if old is not None:
             old.jobs.close()
         send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
-        trees = old.trees if old else self._reconnecting.pop(key, set())
+        trees = old.trees if old else self._reconnecting.pop(key, ("", set()))[1]
+        await self._require_state().add_peer(key, link.address)  # persist, then remember
         known = _Peer(key, link.address, link, send, trees=trees)
         self._peers[key] = known
-        await self._require_state().add_peer(key, link.address)
         await self._spawn().start(
             self._keep_running,
             f"peer {key}",
@@ -441,6 +469,7 @@ class Supervisor:
                 health=known.health,
                 breaker=self._config.breaker,
             ),
+            send.close,  # a peer actor left down takes no more jobs: they fail at once
         )
         return key
 
@@ -450,6 +479,10 @@ class Supervisor:
             "refused_requests": sum(service.refused for service in self._services.values()),
             "dropped_notices": self.dropped_notices,
             "crashed": list(self.crashed),
+            "down": {
+                key: {"address": address, "trees": sorted(trees)}
+                for key, (address, trees) in sorted(self._reconnecting.items())
+            },
             "retries": [
                 {"due": due, "peer": i.peer, "tree": i.tree, "attempts": i.attempts}
                 for due, i in self._retries.items()

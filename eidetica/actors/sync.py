@@ -35,7 +35,28 @@ class Sync:
             await self._supervisor.inbox.send(command)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise SyncError("the sync engine is not running") from exc
-        return await reply.wait()
+        outcome: list[tuple[bool, Any]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def answer() -> None:
+                try:
+                    outcome.append((True, await reply.wait()))
+                except Exception as exc:  # it travels to our caller below
+                    outcome.append((False, exc))
+                nursery.cancel_scope.cancel()
+
+            async def engine_stops() -> None:
+                await self._supervisor.stopped.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(answer)
+            nursery.start_soon(engine_stops)
+        if not outcome:
+            raise SyncError("the sync engine stopped before answering")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     async def start_server(self, address: str) -> str:
         """Listen at ``address``; return the bound address once really listening."""

@@ -1,0 +1,127 @@
+"""The engine never leaves a caller waiting, and its breaker and dialling recover."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import eidetica
+from eidetica.actors import peer as peer_module
+from eidetica.actors.peer import BreakerConfig
+from eidetica.actors.supervisor import SyncConfig
+from eidetica.actors.sync import open_sync
+from eidetica.actors.transports.sim import SimNetwork
+from eidetica.errors import SyncError
+from tests.sim.test_sync_engine import cluster, share
+
+
+async def test_callers_in_flight_get_an_error_when_the_engine_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    with trio.fail_after(600):
+        async with cluster(2, network) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            network.delay(5.0)
+            outcomes: dict[str, str] = {}
+
+            async def call(name: str, delay: float, work: object) -> None:
+                await trio.sleep(delay)
+                try:
+                    await work  # type: ignore[misc]
+                    outcomes[name] = "returned"
+                except SyncError:
+                    outcomes[name] = "SyncError"
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "connect", 0, a.sync.connect(b.address))
+                nursery.start_soon(call, "running sync", 0, a.sync.sync_with_peer(peer_b))
+                nursery.start_soon(call, "queued sync", 0.1, a.sync.sync_with_peer(peer_b))
+                await trio.sleep(1)
+                await a.sync.shutdown()
+            assert outcomes == dict.fromkeys(
+                ["connect", "running sync", "queued sync"], "SyncError"
+            )
+
+
+async def test_a_peer_actor_left_down_fails_jobs_at_once(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = SyncConfig(max_restarts=1)
+    with trio.fail_after(600):
+        async with cluster(2, SimNetwork(), config) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+
+            async def always_crash(*args: object) -> None:
+                raise RuntimeError("bug")
+
+            monkeypatch.setattr(peer_module, "_run", always_crash)
+            for _ in range(2):
+                with pytest.raises(SyncError, match="crashed"):
+                    await a.sync.sync_with_peer(peer_b)
+                await trio.sleep(10)
+            assert (await a.sync.status())["crashed"] == [f"peer {peer_b}"]
+            with pytest.raises(SyncError, match="down"):
+                await a.sync.sync_with_peer(peer_b)
+
+
+async def test_the_breaker_closes_again_under_steady_traffic(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    config = SyncConfig(
+        breaker=BreakerConfig(failure_threshold=2, cooldown=60),
+        periodic_sync=100_000,
+        connection_check=100_000,
+    )
+    with trio.fail_after(3600):
+        async with cluster(2, network, config) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            network.partition("n0", "n1")
+            for i in range(40):  # a commit every 30 s, more often than the cooldown
+                if i == 4:
+                    network.heal_all()
+                async with tree.transaction() as op:
+                    op.doc("d").set(f"k{i}", i)
+                await trio.sleep(30)
+            status = (await a.sync.status())["peers"][peer_b]
+            assert status["breaker"] == "closed"
+            theirs = await b.inst.open_tree(tree.root_id)
+            assert len((await theirs.doc("d")).to_dict()) == 40
+
+
+async def test_a_peer_offline_at_restart_is_dialled_again_later(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    network = SimNetwork()
+    directory = tmp_path / "a"
+    with trio.fail_after(3600):
+        async with eidetica.open_instance(None) as b_inst:
+            async with eidetica.open_instance(directory) as a_inst:
+                tree = await a_inst.create_tree(name="t")
+                await tree.grant(b_inst.public_key, "write")
+                async with open_sync(b_inst, network=network, name="b") as b_sync:
+                    b_address = await b_sync.start_server("sim://b")
+                    async with open_sync(a_inst, network=network, name="a") as a_sync:
+                        peer_b = await a_sync.connect(b_address)
+                        await a_sync.add_tree_sync(peer_b, tree.root_id)
+            # B is offline when A restarts; it comes back a little later.
+            async with (
+                eidetica.open_instance(directory) as a_inst,
+                open_sync(a_inst, network=network, name="a") as a_sync,
+            ):
+                assert await a_sync.peers() == []
+                assert list((await a_sync.status())["down"]) == [peer_b]
+                async with open_sync(b_inst, network=network, name="b") as b_sync:
+                    await b_sync.start_server("sim://b")
+                    await trio.sleep(61)  # the next connection check dials again
+                    status = await a_sync.status()
+                    assert list(status["peers"]) == [peer_b]
+                    assert status["peers"][peer_b]["trees"] == [tree.root_id]
