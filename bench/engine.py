@@ -65,8 +65,9 @@ import eidetica.actors.state
 import eidetica.actors.supervisor
 from bench._table import print_table
 from eidetica.actors.supervisor import SyncConfig
-from eidetica.actors.sync import Sync, open_sync
+from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.sim import SimNetwork
+from tests.sim.test_sync_engine import Node, link
 
 COMMITS = 500
 VISIBLE_WITHIN = 10.0
@@ -85,23 +86,16 @@ _PACKAGE = Path(eidetica.__file__).parent
 SOURCE_WIDTH = 58
 
 
-@dataclass
-class _Node:
-    instance: eidetica.Instance
-    sync: Sync
-    address: str
-
-
 @asynccontextmanager
 async def _node(
     network: SimNetwork, name: str, path: Path | None, config: SyncConfig | None = None
-) -> AsyncIterator[_Node]:
+) -> AsyncIterator[Node]:
     """A node with its engine running and serving at ``sim://NAME``."""
     async with (
         eidetica.open_instance(path) as instance,
         open_sync(instance, network=network, name=name, config=config) as sync,
     ):
-        yield _Node(instance, sync, await sync.start_server(f"sim://{name}"))
+        yield Node(instance, sync, await sync.start_server(f"sim://{name}"))
 
 
 # -- commit to visible ----------------------------------------------------------------
@@ -116,15 +110,6 @@ class _Visibility:
     polls: list[int]
 
 
-async def _link(one: _Node, other: _Node, tree_id: str) -> str:
-    """Connect both ways and sync ``tree_id`` between the two; return other's key."""
-    peer = await one.sync.connect(other.address)
-    await one.sync.add_tree_sync(peer, tree_id)
-    back = await other.sync.connect(one.address)
-    await other.sync.add_tree_sync(back, tree_id)
-    return peer
-
-
 async def _visibility(directory: Path | None, count: int) -> _Visibility:
     """Commit ``count`` times on A and time each until B shows it."""
     network = SimNetwork()
@@ -132,11 +117,11 @@ async def _visibility(directory: Path | None, count: int) -> _Visibility:
     path_a = None if directory is None else directory / "a"
     path_b = None if directory is None else directory / "b"
     async with _node(network, "a", path_a) as a, _node(network, "b", path_b) as b:
-        tree = await a.instance.create_tree("bench")
-        await tree.grant(b.instance.public_key, "write")
-        peer_b = await _link(a, b, tree.root_id)
+        tree = await a.inst.create_tree("bench")
+        await tree.grant(b.inst.public_key, "write")
+        peer_b = await link(a, b, tree.root_id)
         await a.sync.sync_with_peer(peer_b)
-        theirs = await b.instance.open_tree(tree.root_id)
+        theirs = await b.inst.open_tree(tree.root_id)
         await trio.testing.wait_all_tasks_blocked()
         for index in range(count):
             began = time.perf_counter()
@@ -226,9 +211,9 @@ async def _idle_peers(count: int, budget: float, *, traced: bool) -> _IdleRun:
             addresses.append(await nursery.start(_idle_node, network, f"p{len(addresses)}", stop))
         build_seconds = time.perf_counter() - began
         async with _node(network, "a", None, QUIET) as a:
-            tree = await a.instance.create_tree("bench")
+            tree = await a.inst.create_tree("bench")
             await trio.testing.wait_all_tasks_blocked()
-            entries_before = await _entry_count(a.instance)
+            entries_before = await _entry_count(a.inst)
             gc.collect()
             rss_before = _peak_rss_kib()
             if traced:
@@ -246,7 +231,7 @@ async def _idle_peers(count: int, budget: float, *, traced: bool) -> _IdleRun:
             finally:
                 tracemalloc.stop()
             rss_after = _peak_rss_kib()
-            entries_written = await _entry_count(a.instance) - entries_before
+            entries_written = await _entry_count(a.inst) - entries_before
             registered = len(await a.sync.peers())
             assert registered == len(addresses), f"{registered} of {len(addresses)} registered"
         stop.set()

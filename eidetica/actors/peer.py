@@ -95,26 +95,15 @@ async def run_peer(
     breaker: BreakerConfig,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Do the peer's jobs one at a time, in order, until the inbox closes."""
+    """Do the peer's jobs one at a time, in order, until the inbox closes. Jobs left
+    when it stops get their callers an error, never silence."""
     task_status.started()
     async with report:
-        await _serve_jobs(instance, link, jobs, report=report, health=health, breaker=breaker)
-
-
-async def _serve_jobs(
-    instance: Instance,
-    link: Link,
-    jobs: trio.MemoryReceiveChannel[Job],
-    *,
-    report: trio.MemorySendChannel[cmd.Command],
-    health: PeerHealth,
-    breaker: BreakerConfig,
-) -> None:
-    try:
-        async for job in jobs:
-            await _serve_one(instance, link, job, report=report, health=health, breaker=breaker)
-    finally:
-        _fail_remaining(jobs)
+        try:
+            async for job in jobs:
+                await _serve_one(instance, link, job, report=report, health=health, breaker=breaker)
+        finally:
+            _fail_remaining(jobs)
 
 
 def _fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
