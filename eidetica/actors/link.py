@@ -36,6 +36,8 @@ class RoundResult:
     round_trips: int
     received: int
     complete: bool
+    stored: tuple[str, ...]
+    """Ids of the entries this side stored from the peer, parents first."""
     tips: tuple[str, ...]
     """This side's tips when the round ended: with ``complete``, the peer's too."""
 
@@ -83,14 +85,16 @@ class Link:
         """One full two-way sync of ``tree`` with the peer."""
         round_ = SyncRound(TreeView(instance.backend, tree), tree, common=common)
         message: SyncRequest | SendEntries | None = round_.first()
-        received = 0
+        stored: list[str] = []
         while message is not None:
             expect: type[SyncResponse] | type[Ack] = (
                 SyncResponse if isinstance(message, SyncRequest) else Ack
             )
             answer = await self.call(message, expect)
             receipt = await instance.receive(tree, answer.entries)
-            received += len(receipt.stored)
+            stored += receipt.stored
             message = round_.next(answer, receipt.missing)
         tips = tuple(instance.backend.tips(tree))
-        return RoundResult(tree, round_.round_trips, received, round_.complete, tips)
+        return RoundResult(
+            tree, round_.round_trips, len(stored), round_.complete, tuple(stored), tips
+        )

@@ -180,6 +180,11 @@ async def _run(
                     raise
                 health.received += result.received
                 _tell(report, link, tree, ok=result.complete, started=started, result=result)
+                if result.stored:  # pulled entries go on to the tree's other peers too
+                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                        report.send_nowait(
+                            cmd.EntriesReceived(tree, result.stored, link.peer_key or "")
+                        )
             health.syncs += 1
             health.last_sync = trio.current_time()
             if job.reply is not None:

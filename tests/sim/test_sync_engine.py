@@ -313,3 +313,23 @@ async def test_send_entries_pushes_now_and_stop_server_stops_serving(
             await b.sync.stop_server(b.address)
             with pytest.raises(eidetica.errors.TransportError):
                 await a.sync.sync_with_peer(peer_b)
+
+
+async def test_entries_pulled_from_one_peer_are_forwarded_to_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with cluster(3, SimNetwork()) as (a, b, c):
+            tree = await a.inst.create_tree(name="t")
+            await tree.grant("*", "write")
+            host = await b.sync.connect(a.address)  # only b -> a: a never pushes to b
+            await b.sync.add_tree_sync(host, tree.root_id)
+            await b.sync.sync_with_peer(host)
+            peer_c = await link(b, c, tree.root_id)
+            await b.sync.sync_with_peer(peer_c)
+            async with tree.transaction() as op:
+                op.doc("d").set("pulled", True)
+            await b.sync.sync_with_peer(host)  # b pulls it...
+            await trio.testing.wait_all_tasks_blocked()
+            theirs = await c.inst.open_tree(tree.root_id)
+            assert (await theirs.doc("d")).get("pulled") is True  # ...and passes it on
