@@ -19,6 +19,9 @@ from eidetica.protocol.entry import Entry, validate_entry
 MAX_HELD = 10_000
 """Entries held for missing parents, per node; past it the oldest are dropped."""
 
+MAX_HELD_BYTES = 64 * 1024 * 1024
+"""Bytes of entries held, per node: entries may be large, so counting them is not enough."""
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
@@ -39,9 +42,11 @@ StoredQuery = Callable[[Iterable[str]], set[str]]
 class Intake:
     """The holding area of one node, for all its trees."""
 
-    def __init__(self, max_held: int = MAX_HELD) -> None:
+    def __init__(self, max_held: int = MAX_HELD, max_bytes: int = MAX_HELD_BYTES) -> None:
         self._held: OrderedDict[str, Entry] = OrderedDict()
         self._max_held = max_held
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self.dropped = 0
         """Held entries dropped because the area was full (they will be asked for again)."""
 
@@ -62,12 +67,20 @@ class Intake:
             except InvalidEntry as exc:
                 rejections.append(Rejection(claimed if isinstance(exc, IdMismatch) else None, exc))
                 continue
+            if entry.id not in self._held:
+                self._bytes += len(entry.raw)
             self._held[entry.id] = entry
             self._held.move_to_end(entry.id)
-        while len(self._held) > self._max_held:
-            self._held.popitem(last=False)
+        while len(self._held) > self._max_held or self._bytes > self._max_bytes:
+            self._take(next(iter(self._held)))
             self.dropped += 1
         return rejections
+
+    def _take(self, entry_id: str) -> Entry | None:
+        entry = self._held.pop(entry_id, None)
+        if entry is not None:
+            self._bytes -= len(entry.raw)
+        return entry
 
     def release(self, tree: str, stored: StoredQuery) -> list[Entry]:
         """Entries of ``tree`` whose parents are stored or released with them, in
@@ -82,11 +95,11 @@ class Intake:
         released: list[Entry] = []
         for entry in held:
             if entry.id in already:
-                del self._held[entry.id]
+                self._take(entry.id)
             elif all(p in present for p in entry.parents):
                 present.add(entry.id)
                 released.append(entry)
-                del self._held[entry.id]
+                self._take(entry.id)
         return released
 
     def missing(self, tree: str, stored: StoredQuery) -> set[str]:
@@ -96,6 +109,11 @@ class Intake:
         } - self._held.keys()
         return wanted - stored(wanted)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of all entries now held."""
+        return self._bytes
+
     def held(self, tree: str) -> int:
         """How many entries of ``tree`` are waiting."""
         return sum(1 for e in self._held.values() if e.tree_id == tree)
@@ -103,4 +121,4 @@ class Intake:
     def forget(self, ids: Iterable[str]) -> None:
         """Drop held entries (their ancestry was rejected)."""
         for entry_id in ids:
-            self._held.pop(entry_id, None)
+            self._take(entry_id)

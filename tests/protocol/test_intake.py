@@ -48,3 +48,17 @@ def test_entries_already_stored_are_not_released_again() -> None:
     intake.offer(TREE, [CHAIN[0].raw])
     assert intake.release(TREE, {CHAIN[0].id}.intersection) == []
     assert intake.held(TREE) == 0
+
+
+def test_the_holding_area_is_bounded_in_bytes_too() -> None:
+    budget = len(CHAIN[3].raw) + len(CHAIN[4].raw)  # room for the newest two only
+    intake = Intake(max_bytes=budget)
+    intake.offer(TREE, [e.raw for e in CHAIN[1:]])
+    assert intake.held(TREE) == 2 and intake.dropped == 2
+    assert intake.held_bytes == len(CHAIN[3].raw) + len(CHAIN[4].raw)
+    earlier = {e.id for e in CHAIN[:3]}
+    assert [e.id for e in intake.release(TREE, earlier.intersection)] == [
+        CHAIN[3].id,
+        CHAIN[4].id,
+    ]
+    assert intake.held_bytes == 0
