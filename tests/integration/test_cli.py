@@ -1,0 +1,82 @@
+"""The ``eidetica`` command, run as a real process against a real data directory."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMAND = [sys.executable, "-m", "eidetica.cli"]
+
+
+def run(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, "--data", str(data), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_tree_put_get_round_trip(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    key = run("init", data=data).stdout.strip()
+    assert key.startswith("ed25519:") and run("id", data=data).stdout.strip() == key
+    tree = run("tree", "create", "notes", data=data).stdout.strip()
+    assert run("put", tree, "todo", "milk", '{"done": false}', data=data).returncode == 0
+    assert json.loads(run("get", tree, "todo", "milk.done", data=data).stdout) is False
+    assert json.loads(run("get", tree, "todo", data=data).stdout) == {"milk": {"done": False}}
+    assert tree in run("tree", "list", data=data).stdout
+    shown = json.loads(run("tree", "show", tree, data=data).stdout)
+    assert shown["settings"]["name"] == "notes" and len(shown["tips"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["id", "--no-such-flag"], 2, "unrecognized arguments"),
+        (["put", "0" * 64, "d", "x", "not json"], 1, "no tree"),
+        (["get", "0" * 64, "d", "x"], 1, "no tree"),
+    ],
+)
+def test_mistakes_end_with_one_clear_line(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    result = run(*args, data=tmp_path / "node")
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_data_directory_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    result = run("id", data=not_a_directory)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_serve_prints_its_key_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*COMMAND, "--data", str(tmp_path / "node"), "serve", "--listen", "sim://solo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:  # blocks until the node says it is ready
+        lines.append(line.strip())
+        if line.strip() == "ready":
+            break
+    assert lines[0] == "listening sim://solo" and lines[1].startswith("key ed25519:")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "Traceback" not in err
+    assert "SIGTERM" in err
