@@ -37,7 +37,7 @@ from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
 from eidetica.errors import EideticaError, SyncError, TreeNotFound
 from eidetica.protocol.auth import Permission, permission_of
-from eidetica.protocol.codec import MSGPACK, Codec
+from eidetica.protocol.codec import JSON, MSGPACK, Codec
 from eidetica.protocol.entry import Entry
 from eidetica.storage.instance import Instance
 from eidetica.storage.tree import Tree
@@ -412,7 +412,7 @@ class Supervisor:
         return transport
 
     def _codec(self, address: str) -> Codec:
-        return MSGPACK
+        return JSON if address.split("://", 1)[0] == "http" else MSGPACK
 
     async def _start_server(self, address: str) -> str:
         transport = self._transport(address)

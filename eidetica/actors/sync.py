@@ -17,11 +17,15 @@ from eidetica.actors import commands as cmd
 from eidetica.actors.reply import Reply
 from eidetica.actors.supervisor import Supervisor, SyncConfig
 from eidetica.actors.transports.base import Transport
+from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.errors import SyncError
 from eidetica.storage.instance import Instance, register_sync
 
 T = TypeVar("T")
+
+CLOSE_SECONDS = 5.0
+"""How long closing the HTTP connection pool may take when the engine stops."""
 
 
 class Sync:
@@ -132,9 +136,16 @@ async def open_sync(
     """Run the sync engine of ``instance`` for the duration of the block.
 
     ``sim://`` addresses use ``network`` (or the default in-process one); ``name`` is
-    this node's name on it, so a test's partitions apply to it both ways.
+    this node's name on it, so a test's partitions apply to it both ways. ``http://``
+    uses an :class:`HttpTransport` whose connection pool closes with the block;
+    ``transports`` adds or replaces transports by scheme (their owner closes them).
     """
-    chosen = {"sim": SimTransport(network, name=name), **(transports or {})}
+    http = HttpTransport()
+    chosen: dict[str, Transport] = {
+        "sim": SimTransport(network, name=name),
+        "http": http,
+        **(transports or {}),
+    }
     supervisor = Supervisor(instance, chosen, config or SyncConfig())
     instance.add_commit_hook(supervisor.on_commit)
     try:
@@ -145,6 +156,8 @@ async def open_sync(
     finally:
         instance.remove_commit_hook(supervisor.on_commit)
         supervisor.inbox.close()
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
+            await http.aclose()  # even when cancelled: no connection outlives the block
 
 
 register_sync(open_sync)

@@ -1,0 +1,410 @@
+"""HTTP: a quart-trio application on hypercorn serves, a pooled httpx client sends.
+
+Every sync request is a ``POST /api/v0`` whose body is one envelope in the JSON codec,
+and the answer's body is the answer's envelope. Status codes say what happened, so
+that proxies, logs and ``curl`` users can tell without decoding: an error answer
+(:class:`~eidetica.protocol.messages.ErrorReply`) gets the status of its code (400
+for a malformed request, 401 without a session, 404 for a tree this peer may not read,
+and so on), and 5xx is kept for our own faults. The body is still the envelope, so a
+client decodes an error answer exactly as it does over any other transport.
+
+Bodies are limited before they are read: a declared ``Content-Length`` over
+:data:`~eidetica.protocol.limits.MAX_MESSAGE_BYTES` is refused at once with 413, and
+a chunked body is cut off by quart's ``MAX_CONTENT_LENGTH`` as it arrives. The client
+limits answers the same way. ``GET /health`` answers 200 while the server is up.
+
+The server binds its socket itself (so port 0 resolves, and an address in use is a
+:class:`TransportError` with nothing left open) and hands it to hypercorn as
+``fd://``. Cancelling :meth:`HttpTransport.serve` is a graceful shutdown: it stops
+accepting, closes idle keep-alive connections, gives requests in flight a short
+grace period, then cancels them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from types import TracebackType
+from typing import Self, cast
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
+from quart import request
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from eidetica.actors.transports.base import Handler
+from eidetica.errors import TransportError, Unreachable
+from eidetica.protocol import limits
+from eidetica.protocol.codec import JSON
+from eidetica.protocol.messages import ErrorReply
+
+log = logging.getLogger(__name__)
+
+SCHEME = "http"
+API_PATH = "/api/v0"
+HEALTH_PATH = "/health"
+CONTENT_TYPE = "application/json"
+
+STATUS_OF_CODE = {
+    "malformed": 400,
+    "unknown-version": 400,
+    "unknown-message": 400,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not-found": 404,
+    "too-large": 413,
+    "rejected": 422,
+    "internal": 500,
+}
+"""The HTTP status of an error answer, by its code; any other answer is 200."""
+
+_GRACE_SECONDS = 3.0
+"""How long requests in flight may run on after the server is told to stop."""
+
+_SHUTDOWN_SECONDS = _GRACE_SECONDS + 2.0
+"""How long stopping may take in all, hypercorn's own shutdown included."""
+
+
+class _PeekBody(msgspec.Struct):
+    type: str
+    code: str = ""
+
+
+class _Peek(msgspec.Struct):
+    """Just enough of a JSON envelope to see whether it is an error, and which."""
+
+    v: int
+    body: _PeekBody
+
+
+_peek = msgspec.json.Decoder(_Peek)
+
+
+def _peek_envelope(data: bytes) -> _Peek | None:
+    """The version and body type of a JSON envelope; ``None`` if it is not one."""
+    try:
+        return _peek.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _status_of(answer: bytes) -> int:
+    """The HTTP status for a handler's answer: that of its error code, else 200."""
+    peek = _peek_envelope(answer)
+    if peek is None:
+        log.error("the handler answered something that is not a JSON envelope")
+        return 500
+    if peek.body.type != "error":
+        return 200
+    return STATUS_OF_CODE.get(peek.body.code, 500)
+
+
+def _split_address(address: str) -> tuple[str, int, str]:
+    """Host, port and path prefix of an ``http://HOST:PORT[/PREFIX]`` address."""
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError as exc:
+        raise TransportError(f"not an http address: {address!r} ({exc})") from exc
+    if parts.scheme != SCHEME or not parts.hostname:
+        raise TransportError(f"not an http address: {address!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise TransportError(f"an http address has no query, fragment or user: {address!r}")
+    return parts.hostname, 80 if port is None else port, parts.path.rstrip("/")
+
+
+def _answer(body: bytes, status: int) -> TrioResponse:
+    return TrioResponse(body, status=status, content_type=CONTENT_TYPE)
+
+
+def _refusal(status: int, code: str, reason: str) -> TrioResponse:
+    """An error answer the server gives before the handler sees the request."""
+    log.warning("refused an HTTP request (%d): %s", status, reason)
+    return _answer(
+        JSON.encode(ErrorReply(code=code, message=reason[: limits.MAX_TEXT_CHARS])), status
+    )
+
+
+class _HoldDisconnectAfterAnswer:
+    """ASGI middleware that lets hypercorn close a connection it has answered early.
+
+    When an answer goes out before the request's body was read (a 413, a 415),
+    hypercorn closes the connection, and on the way tells the application the client
+    disconnected. quart-trio cancels its request handling on that news, and with it
+    the close hypercorn is still doing inside our ``send``: the socket stays open and
+    the connection is stuck, draining the body forever and answering nothing more.
+    A disconnect that comes after the whole answer was sent is therefore held back;
+    quart-trio finishes the request by itself a moment later.
+    """
+
+    def __init__(self, app: QuartTrio) -> None:
+        self._app = app
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        answered = False
+
+        async def receive_until_answered() -> ASGIReceiveEvent:
+            message = await receive()
+            if answered and message["type"] == "http.disconnect":
+                await trio.sleep_forever()
+            return message
+
+        async def send_noting_answer(message: ASGISendEvent) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
+
+        await self._app(scope, receive_until_answered, send_noting_answer)
+
+
+def _application(handler: Handler) -> QuartTrio:
+    """The quart-trio application that puts ``handler`` at ``POST /api/v0``."""
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = limits.MAX_MESSAGE_BYTES
+
+    @app.post(API_PATH)
+    async def sync_request() -> TrioResponse:
+        if request.mimetype != CONTENT_TYPE:
+            return _refusal(
+                415, "malformed", f"content type is {request.mimetype!r}, not {CONTENT_TYPE}"
+            )
+        declared = request.content_length
+        if declared is not None and declared > limits.MAX_MESSAGE_BYTES:
+            return _refusal(
+                413, "too-large", f"body is {declared} bytes, over {limits.MAX_MESSAGE_BYTES}"
+            )
+        try:
+            data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        except RequestEntityTooLarge:
+            return _refusal(413, "too-large", f"body is over {limits.MAX_MESSAGE_BYTES} bytes")
+        try:
+            answer = await handler(data)
+        except Exception:
+            log.exception("the sync handler failed")
+            return _refusal(500, "internal", "the server failed to answer this request")
+        return _answer(answer, _status_of(answer))
+
+    @app.get(HEALTH_PATH)
+    async def health() -> TrioResponse:
+        return _answer(msgspec.json.encode({"status": "ok"}), 200)
+
+    return app
+
+
+async def _bind(address: str) -> socket.socket:
+    """A socket bound to the host and port of ``address`` (port 0: any free port)."""
+    host, port, prefix = _split_address(address)
+    if prefix:
+        raise TransportError(f"the server serves at the root, not at {prefix!r}: {address!r}")
+    try:
+        found = await trio.socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise TransportError(f"cannot resolve {host!r} to listen at {address!r}: {exc}") from exc
+    family, kind, proto, _, sockaddr = found[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(sockaddr)
+    except OSError as exc:
+        listener.close()
+        raise TransportError(f"cannot listen at {address!r}: {exc}") from exc
+    return listener
+
+
+def _server_config(listener: socket.socket) -> Config:
+    """Hypercorn's settings: serve the socket we bound, log only to our logger."""
+    config = Config()
+    config.bind = [f"fd://{listener.detach()}"]  # hypercorn owns the socket from here
+    config.accesslog = None
+    config.errorlog = log
+    config.graceful_timeout = _GRACE_SECONDS
+    return config
+
+
+async def _run_server(
+    app: QuartTrio,
+    config: Config,
+    stop: trio.Event,
+    shutdown: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hypercorn, shielded so that a cancellation becomes its graceful shutdown
+    (``stop``), bounded by the deadline the caller puts on ``shutdown``."""
+    with shutdown:
+        await hypercorn_serve(
+            _HoldDisconnectAfterAnswer(app),
+            config,
+            shutdown_trigger=stop.wait,
+            task_status=task_status,
+        )
+
+
+class HttpTransport:
+    """The :class:`~eidetica.actors.transports.base.Transport` for ``http://``.
+
+    One instance holds one pooled httpx client (keep-alive connections to every peer
+    it talks to), created at the first request. Close it with :meth:`aclose`, or use
+    the transport as an ``async with`` block; a closed transport opens a fresh pool
+    if it is used again.
+    """
+
+    scheme = SCHEME
+
+    def __init__(self, *, timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (shielded: it runs during shutdowns)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
+    def _pool(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout,
+                # Idle connections are dropped a little before hypercorn's 5 s
+                # keep-alive timeout, so a request rarely meets a socket the server
+                # is closing at that very moment.
+                limits=httpx.Limits(keepalive_expiry=4.0),
+                follow_redirects=False,
+            )
+        return self._client
+
+    async def serve(
+        self,
+        address: str,
+        handler: Handler,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``handler`` at ``POST /api/v0`` of ``address`` until cancelled.
+
+        ``address`` is ``http://HOST:PORT``; port 0 binds a free port, and the bound
+        address is reported through ``task_status.started`` once hypercorn accepts
+        connections. :class:`TransportError` if the address cannot be bound.
+        """
+        app = _application(handler)
+        config = _server_config(await _bind(address))
+        stop = trio.Event()
+        shutdown = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            try:
+                binds = await nursery.start(_run_server, app, config, stop, shutdown)
+                task_status.started(binds[0])
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+                shutdown.deadline = trio.current_time() + _SHUTDOWN_SECONDS
+
+    async def request(self, address: str, data: bytes) -> bytes:
+        """POST ``data`` to ``address`` and return the answer's envelope bytes.
+
+        An error answer (4xx or 5xx carrying an envelope) is returned like any other:
+        the caller decodes it into the error it is. :class:`Unreachable` when nothing
+        accepts the connection; :class:`TransportError` on a timeout, a broken
+        connection, an answer over the size limit, or an error status that carries
+        no envelope (a proxy's page, a framework's own 413).
+        """
+        _split_address(address)
+        url = address.rstrip("/") + API_PATH
+        if len(data) > limits.MAX_MESSAGE_BYTES:
+            raise TransportError(
+                f"request is {len(data)} bytes, over {limits.MAX_MESSAGE_BYTES}; not sent"
+            )
+        client = self._pool()
+        try:
+            outgoing = client.build_request(
+                "POST", url, content=data, headers={"content-type": CONTENT_TYPE}
+            )
+            outgoing.stream = _OneChunk(data)
+            response = await client.send(outgoing, stream=True)
+            try:
+                body = await _read_limited(response, url)
+            finally:
+                await response.aclose()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unreachable(f"nobody answers at {address}: {exc!r}") from exc
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"request to {url} timed out: {exc!r}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise TransportError(f"request to {url} failed: {exc!r}") from exc
+        if not response.is_success and _peek_envelope(body) is None:
+            raise TransportError(f"{url} answered HTTP {response.status_code} without an envelope")
+        return body
+
+
+async def _read_limited(response: httpx.Response, url: str) -> bytes:
+    """The answer's body, refused as soon as it is known to be over the limit."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.MAX_MESSAGE_BYTES:
+        raise TransportError(f"{url} answered {declared} bytes, over {limits.MAX_MESSAGE_BYTES}")
+    body = bytearray()
+    # aiter_bytes is an async generator (typed as a plain iterator): close it, so that
+    # leaving early does not leave it to warn when collected.
+    async with aclosing(cast(AsyncGenerator[bytes], response.aiter_bytes())) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limits.MAX_MESSAGE_BYTES:
+                raise TransportError(f"{url} answered over {limits.MAX_MESSAGE_BYTES} bytes")
+    return bytes(body)
+
+
+class _OneChunk(httpx.AsyncByteStream):
+    """A request body of one chunk, iterated without an async generator.
+
+    httpx's own body streams are async generators. When a server answers before
+    reading the whole body and closes the connection, httpcore stops iterating the
+    body and reads the answer; the generator, left suspended, warns when collected.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._sent = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._sent:
+            raise StopAsyncIteration
+        self._sent = True
+        return self._data
