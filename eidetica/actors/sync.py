@@ -19,6 +19,7 @@ from eidetica.actors.supervisor import Supervisor, SyncConfig
 from eidetica.actors.transports.base import Transport
 from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
+from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import SyncError
 from eidetica.storage.instance import Instance, register_sync
 
@@ -137,27 +138,31 @@ async def open_sync(
 
     ``sim://`` addresses use ``network`` (or the default in-process one); ``name`` is
     this node's name on it, so a test's partitions apply to it both ways. ``http://``
-    uses an :class:`HttpTransport` whose connection pool closes with the block;
-    ``transports`` adds or replaces transports by scheme (their owner closes them).
+    uses an :class:`HttpTransport` whose connection pool closes with the block, and
+    ``ws://`` a :class:`WebSocketTransport` whose connections (one per peer) are
+    opened before the engine starts and closed after it stops. ``transports`` adds or
+    replaces transports by scheme (their owner closes them).
     """
     http = HttpTransport()
-    chosen: dict[str, Transport] = {
-        "sim": SimTransport(network, name=name),
-        "http": http,
-        **(transports or {}),
-    }
-    supervisor = Supervisor(instance, chosen, config or SyncConfig())
-    instance.add_commit_hook(supervisor.on_commit)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            yield Sync(supervisor)
-            nursery.cancel_scope.cancel()
-    finally:
-        instance.remove_commit_hook(supervisor.on_commit)
-        supervisor.inbox.close()
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
-            await http.aclose()  # even when cancelled: no connection outlives the block
+    async with WebSocketTransport() as websocket:
+        chosen: dict[str, Transport] = {
+            "sim": SimTransport(network, name=name),
+            "http": http,
+            "ws": websocket,
+            **(transports or {}),
+        }
+        supervisor = Supervisor(instance, chosen, config or SyncConfig())
+        instance.add_commit_hook(supervisor.on_commit)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(supervisor.run)
+                yield Sync(supervisor)
+                nursery.cancel_scope.cancel()
+        finally:
+            instance.remove_commit_hook(supervisor.on_commit)
+            supervisor.inbox.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
+                await http.aclose()  # even when cancelled: no connection outlives the block
 
 
 register_sync(open_sync)
