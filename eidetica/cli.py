@@ -24,7 +24,7 @@ import trio
 
 import eidetica
 from eidetica.actors.supervisor import SyncConfig
-from eidetica.errors import EideticaError
+from eidetica.errors import EideticaError, first_leaf
 
 log = logging.getLogger("eidetica.cli")
 
@@ -206,18 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         _setup_logging(settings["log_level"], settings["log_format"])
         return trio.run(_run, args, settings)
-    except _Usage as exc:
-        print(f"eidetica: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except EideticaError as exc:
-        print(f"eidetica: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except OSError as exc:
-        print(
-            f"eidetica: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+    except (_Usage, EideticaError, OSError, BaseExceptionGroup) as exc:
+        first = first_leaf(exc)
+        if not isinstance(first, _Usage | EideticaError | OSError):
+            raise
+        print(f"eidetica: {first}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(first, _Usage) else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -156,3 +156,14 @@ class Unreachable(TransportError):
 
 class SyncError(EideticaError):
     """The sync engine could not do what was asked (not running, unknown peer...)."""
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups, or ``error`` itself.
+
+    trio wraps what a nursery's tasks raise in groups; where exactly one failure is
+    expected, this is the one to report or re-raise.
+    """
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -35,7 +35,7 @@ from eidetica.actors.service import SyncService
 from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
-from eidetica.errors import EideticaError, SyncError, TreeNotFound
+from eidetica.errors import EideticaError, SyncError, TreeNotFound, first_leaf
 from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.codec import JSON, MSGPACK, Codec
 from eidetica.protocol.entry import Entry
@@ -520,8 +520,15 @@ async def _serve(
     *,
     task_status: trio.TaskStatus[tuple[str, trio.CancelScope]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The server actor: serve one address until its scope is cancelled."""
+    """The server actor: serve one address until its scope is cancelled. A failure to
+    listen comes out as the single typed error it is, not wrapped in a group."""
     with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(transport.serve, address, service.handle)
-            task_status.started((bound, scope))
+        try:
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(transport.serve, address, service.handle)
+                task_status.started((bound, scope))
+        except BaseExceptionGroup as group:
+            matched, rest = group.split(EideticaError)
+            if matched is None or rest is not None:
+                raise
+            raise first_leaf(matched) from group
