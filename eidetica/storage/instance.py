@@ -64,6 +64,9 @@ class Instance:
         self.doc_states = DocStates(backend)
         self.settings_index = SettingsIndex()
         self.intake = Intake()
+        self._changed = trio.Event()
+        self.version = 0
+        """Counts the batches this node has stored; see :meth:`changed`."""
         self._hooks: list[CommitHook] = []
         self._locks: dict[str, trio.Lock] = {}
 
@@ -112,6 +115,8 @@ class Instance:
         added = self.backend.put(records)
         for record in records:
             self.doc_states.stored(record.entry)
+        if added:
+            self._stored()
         return added
 
     async def receive(
@@ -140,6 +145,8 @@ class Instance:
         stored = self.backend.put(records)
         for record in records:
             self.doc_states.stored(record.entry)
+        if stored:
+            self._stored()
         for rejection in rejected:
             log.warning("refused entry %s for tree %s: %s", rejection.id, tree, rejection.reason)
         return Receipt(
@@ -162,6 +169,21 @@ class Instance:
         record = BatchVerifier(self.backend, self.settings_index).check(entry, tree.root_id)
         self.backend.put([record])
         self.doc_states.stored(entry)
+        self._stored()
+
+    async def changed(self, since: int | None = None) -> int:
+        """Wait until this node has stored entries (its own commits, or received)
+        after :attr:`version` was ``since`` (default: now); return the new version.
+        Passing the version read before a check makes the wait miss nothing."""
+        target = self.version if since is None else since
+        while self.version <= target:
+            await self._changed.wait()
+        return self.version
+
+    def _stored(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
 
     def lock_for(self, root_id: str) -> trio.Lock:
         """The lock that serializes commits on one tree."""
