@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m eidetica.example node-data
+	$(BIN)/eidetica --data node-data serve --listen http://127.0.0.1:8080 --listen ws://127.0.0.1:8081
 
 test: $(STAMP)
 	$(BIN)/ruff check eidetica tests bench

@@ -55,6 +55,8 @@ def _setup_logging(level: str, style: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for chatty in ("httpx", "httpcore"):  # a line per request is noise in a node's log
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     tree_commands.add_parser("create", help="create a tree").add_argument("name")
     tree_commands.add_parser("list", help="list trees")
     tree_commands.add_parser("show", help="show a tree's settings and tips").add_argument("tree")
+    grant = tree_commands.add_parser("grant", help="give a key read, write or admin")
+    grant.add_argument("tree")
+    grant.add_argument("key", help="a public key, or '*' for anyone")
+    grant.add_argument("permission", choices=["read", "write", "admin"])
     put = commands.add_parser("put", help="set a value (JSON) in a tree's document")
     put.add_argument("tree")
     put.add_argument("store")
@@ -166,6 +172,8 @@ async def _tree(inst: eidetica.Instance, args: argparse.Namespace) -> int:
         case "list":
             for tree in await inst.trees():
                 print(tree.root_id, (await tree.settings()).get("name", ""))
+        case "grant":
+            await (await inst.open_tree(args.tree)).grant(args.key, args.permission)
         case "show":
             tree = await inst.open_tree(args.tree)
             shown = {
