@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--peer", action="append", help="a peer address to dial (repeatable)")
     serve.add_argument("--sync", action="append", help="a tree id to sync with every peer")
     serve.add_argument("--periodic-sync", type=float, help="seconds between syncs")
+    peer = commands.add_parser("peer", help="remember peers for serve to dial")
+    peer_commands = peer.add_subparsers(dest="peer_command", required=True)
+    peer_add = peer_commands.add_parser("add", help="handshake with a node and remember it")
+    peer_add.add_argument("address")
+    peer_add.add_argument("--sync", action="append", help="a tree id to sync with it")
     sync = commands.add_parser("sync", help="sync a tree with a peer once, then exit")
     sync.add_argument("tree")
     sync.add_argument("--peer", required=True, help="the peer's address")
@@ -154,6 +159,12 @@ async def _run(args: argparse.Namespace, settings: dict[str, Any]) -> int:
                 tree = await inst.open_tree(args.tree)
                 doc = await tree.doc(args.store)
                 print(json.dumps(doc.get(args.path) if args.path else doc.to_dict()))
+            case "peer":
+                async with inst.sync() as sync:  # the sync tree remembers what we add
+                    peer = await sync.connect(args.address)
+                    for tree in args.sync or []:
+                        await sync.add_tree_sync(peer, tree)
+                    print(peer)
             case "sync":
                 async with inst.sync() as sync:
                     peer = await sync.connect(args.peer)
