@@ -21,7 +21,7 @@ import random
 
 import trio
 
-from eidetica.actors.transports.base import Handler
+from eidetica.actors.transports.base import Handler, PendingAnswer
 from eidetica.errors import TransportError, Unreachable
 
 SCHEME = "sim"
@@ -48,31 +48,6 @@ def _check_probability(probability: float) -> None:
         raise ValueError(f"a probability is between 0 and 1, not {probability}")
 
 
-class _Reply:
-    """The one-shot answer to one request: bytes, or the error the caller will get."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self._answer: bytes | None = None
-        self._error: TransportError | None = None
-
-    def succeed(self, answer: bytes) -> None:
-        if not self.done.is_set():
-            self._answer = answer
-            self.done.set()
-
-    def fail(self, error: TransportError) -> None:
-        if not self.done.is_set():
-            self._error = error
-            self.done.set()
-
-    def result(self) -> bytes:
-        if self._error is not None:
-            raise self._error
-        assert self._answer is not None
-        return self._answer
-
-
 class _Server:
     """One served name: its handler, the nursery its handlers run in, and the
     requests it has not answered yet (failed if it stops serving)."""
@@ -81,7 +56,7 @@ class _Server:
         self.name = name
         self.handler = handler
         self.nursery: trio.Nursery | None = None
-        self.pending: set[_Reply] = set()
+        self.pending: set[PendingAnswer] = set()
 
 
 class SimNetwork:
@@ -184,7 +159,9 @@ class SimNetwork:
             raise Unreachable(f"{caller} is partitioned from {_PREFIX}{name}")
         return server
 
-    async def _deliver(self, server: _Server, data: bytes, reply: _Reply, twice: bool) -> None:
+    async def _deliver(
+        self, server: _Server, data: bytes, reply: PendingAnswer, twice: bool
+    ) -> None:
         """Hand one request to the handler; a duplicated one arrives again once the
         first copy is answered, like a retransmission, so "the caller gets the first
         answer" does not depend on how trio happens to schedule the two."""
@@ -192,7 +169,7 @@ class SimNetwork:
         if twice:
             await self._invoke(server, data, None)
 
-    async def _invoke(self, server: _Server, data: bytes, reply: _Reply | None) -> None:
+    async def _invoke(self, server: _Server, data: bytes, reply: PendingAnswer | None) -> None:
         """Run the handler on one copy; its answer or failure goes to ``reply``
         (``None`` for a duplicate copy, whose outcome nobody hears)."""
         try:
@@ -235,7 +212,7 @@ class SimNetwork:
             await trio.sleep(latency / 2)
             server = self._reachable(caller, name)
             assert server.nursery is not None
-            reply = _Reply()
+            reply = PendingAnswer()
             server.pending.add(reply)
             self.delivered += 1
             if twice:

@@ -45,7 +45,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from eidetica.actors.transports.base import Handler
+from eidetica.actors.transports.base import Handler, PendingAnswer
 from eidetica.errors import ProtocolError, TransportError, Unreachable
 from eidetica.protocol import limits
 from eidetica.protocol.codec import MSGPACK
@@ -101,31 +101,6 @@ def _describe(reason: CloseReason | None) -> str:
     return f"{text}: {reason.reason}" if reason.reason else text
 
 
-class _Reply:
-    """The one-shot answer to one request: bytes, or the error the caller will get."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self._answer: bytes | None = None
-        self._error: TransportError | None = None
-
-    def succeed(self, answer: bytes) -> None:
-        if not self.done.is_set():
-            self._answer = answer
-            self.done.set()
-
-    def fail(self, error: TransportError) -> None:
-        if not self.done.is_set():
-            self._error = error
-            self.done.set()
-
-    def result(self) -> bytes:
-        if self._error is not None:
-            raise self._error
-        assert self._answer is not None
-        return self._answer
-
-
 class _Connection:
     """One dialled connection: its socket, the requests waiting on it, and the scope
     that closes it."""
@@ -133,7 +108,7 @@ class _Connection:
     def __init__(self, address: str) -> None:
         self.address = address
         self.socket: WebSocketConnection | None = None
-        self.pending: dict[int, _Reply] = {}
+        self.pending: dict[int, PendingAnswer] = {}
         self.closed: str | None = None
         """Why the connection closed, once it has."""
         self.scope = trio.CancelScope()
@@ -240,7 +215,7 @@ class WebSocketTransport:
             connection = await self._connection(nursery, address)
             socket = connection.socket
             assert socket is not None
-            reply = _Reply()
+            reply = PendingAnswer()
             connection.pending[request_id] = reply
             try:
                 if connection.closed is not None:
