@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import bulk_store, commits, doc_read, engine, hash_choice, reconcile
+from bench import bulk_store, commits, doc_read, engine, hash_choice, reconcile, transports
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "commits": commits.main,
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "hash_choice": hash_choice.main,
     "reconcile": reconcile.main,
     "engine": engine.main,
+    "transports": transports.main,
 }
 
 
