@@ -25,6 +25,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from eidetica.protocol import limits
 from eidetica.protocol.dagview import DagView, walk
 from eidetica.protocol.messages import Ack, SendEntries, Summary, SyncRequest, SyncResponse
@@ -229,6 +231,7 @@ class SyncRound:
         self._common = list(common)
         self._salt = salt
         self._outgoing: Iterator[SendEntries] | None = None
+        self._opening: SyncRequest | None = None
         self.repairs = 0
         """Round trips spent fetching parents a summary's false positive held back."""
         self.round_trips = 0
@@ -239,7 +242,8 @@ class SyncRound:
     def first(self) -> SyncRequest:
         """The opening request."""
         self.round_trips = 1
-        return make_request(self._view, self._tree, common=self._common, salt=self._salt)
+        self._opening = make_request(self._view, self._tree, common=self._common, salt=self._salt)
+        return self._opening
 
     def next(
         self, answer: SyncResponse | Ack, missing: Iterable[str]
@@ -259,13 +263,14 @@ class SyncRound:
     ) -> SyncRequest | SendEntries | None:
         self.peer_tips = answer.tips
         if answer.more:
-            return make_request(
-                self._view,
-                self._tree,
-                common=self._common,
-                need=missing,
+            # The responder follows its plan; the opening summary still describes what
+            # we held, so it is sent again rather than rebuilt for every page.
+            assert self._opening is not None, "first() opens the round"
+            return msgspec.structs.replace(
+                self._opening,
+                tips=tuple(self._view.tips()),
+                need=tuple(missing[: limits.MAX_IDS_PER_MESSAGE]),
                 resume=answer.resume,
-                salt=self._salt,
             )
         ids = lacking(self._view, answer.tips, answer.summary, answer.haves)
         self._outgoing = send_pages(self._view, self._tree, ids)
