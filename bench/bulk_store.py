@@ -39,10 +39,11 @@ STORE = "d"
 T = TypeVar("T")
 
 
-def build_entries(count: int) -> list[Entry]:
-    """``count`` entries of one tree, parents first: a chain that forks in two every
-    :data:`FORK_EVERY` entries and merges again at the next."""
-    key = SigningKey.generate()
+def build_entries(count: int, key: SigningKey | None = None) -> list[Entry]:
+    """``count`` entries of one tree owned by ``key`` (a fresh one if None), parents
+    first: a chain that forks in two every :data:`FORK_EVERY` entries and merges
+    again at the next."""
+    key = key or SigningKey.generate()
     root = root_entry(key)
     entries = [root]
     tips = [root]

@@ -44,18 +44,16 @@ import trio.testing
 
 import eidetica
 from bench._table import print_table
-from bench.bulk_store import FORK_EVERY
+from bench.bulk_store import build_entries
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.base import Handler, Transport
 from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.actors.transports.ws import WebSocketTransport
-from eidetica.protocol.entry import Entry
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.instance import Instance
 from eidetica.storage.memory import MemoryBackend
-from tests.builders import child_entry, root_entry
 
 ENTRIES = 100_000
 """Entries of the tree B pulls in the initial sync, the root included."""
@@ -69,26 +67,6 @@ SYNC_WITHIN = 600.0
 LISTEN = {"sim": "sim://{name}", "http": "http://127.0.0.1:0", "ws": "ws://127.0.0.1:0"}
 """Where a node listens, by transport; the order of the tables' rows."""
 QUIET = SyncConfig(periodic_sync=86_400.0, connection_check=86_400.0, retry_sweep=86_400.0)
-
-
-def _build_entries(key: SigningKey, count: int) -> list[Entry]:
-    """``count`` entries of one tree owned by ``key``, parents first: the shape of
-    :func:`bench.bulk_store.build_entries` (which picks its own key, and A needs to
-    be the owner to grant B read access)."""
-    root = root_entry(key)
-    entries = [root]
-    tips = [root]
-    while len(entries) < count:
-        index = len(entries)
-        entry = child_entry(key, root, tips, f"k{index}", index)
-        if index % FORK_EVERY == 0 and index + 1 < count:
-            sibling = child_entry(key, root, tips, f"k{index + 1}", index + 1)
-            entries += [entry, sibling]
-            tips = [entry, sibling]
-        else:
-            entries.append(entry)
-            tips = [entry]
-    return entries
 
 
 class _Counting:
@@ -246,7 +224,7 @@ def _ms(seconds: float) -> str:
 def main() -> None:
     began = time.perf_counter()
     key = SigningKey.generate()
-    entries = _build_entries(key, ENTRIES)
+    entries = build_entries(ENTRIES, key)
     raw = [entry.raw for entry in entries]
     mean_bytes = sum(len(item) for item in raw) / len(raw)
     print(
