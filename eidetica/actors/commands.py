@@ -115,6 +115,22 @@ class SyncDone(_Command, frozen=True):
     duration: float
 
 
+class PeerReachable(_Command, frozen=True):
+    """A proven peer reached us over a link we can send requests back on (``address``),
+    and, with ``tree``, asked for or pushed a tree it may read."""
+
+    peer: str
+    address: str
+    tree: str | None = None
+
+
+class LinkClosed(_Command, frozen=True):
+    """A two-way transport's link at ``address`` closed (either side, or it died)."""
+
+    address: str
+    reason: str
+
+
 class SyncAll(_Command, frozen=True):
     """The periodic timer fired: sync with every peer."""
 
@@ -143,6 +159,8 @@ Command = (
     | SyncDone
     | RetryDue
     | CheckConnections
+    | PeerReachable
+    | LinkClosed
     | SyncAll
     | Status
     | Shutdown

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from eidetica.actors.transports.base import reply_address
 from eidetica.errors import (
     EideticaError,
     ProtocolError,
@@ -45,6 +46,11 @@ Received = Callable[[str, tuple[str, ...], str], None]
 Wanted = Callable[[str, str], bool]
 """Whether this node syncs (peer key, tree) and so takes a tree it does not hold yet."""
 
+Reachable = Callable[[str, str, str | None], None]
+"""Told (peer key, reply address, tree or None) when a proven peer's request came
+over a link that carries requests back: after its handshake (no tree), and after each
+request for a tree it may read."""
+
 
 class SyncService:
     """Answers requests for one node; hand :meth:`handle` to a transport."""
@@ -56,12 +62,14 @@ class SyncService:
         *,
         on_received: Received | None = None,
         wanted: Wanted | None = None,
+        on_reachable: Reachable | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._instance = instance
         self._codec = codec
         self._on_received = on_received
         self._wanted = wanted
+        self._on_reachable = on_reachable
         self._clock = wall_clock
         self._handshakes = HandshakeResponder(instance.device_key)
         self._sessions: OrderedDict[bytes, str] = OrderedDict()
@@ -96,14 +104,17 @@ class SyncService:
                 self._sessions[proven.session] = proven.peer_key
                 while len(self._sessions) > MAX_SESSIONS:
                     self._sessions.popitem(last=False)
+                self._reachable(proven.peer_key, None)
                 return proven.done
             case SyncRequest():
                 peer = self._peer(session)
                 view = await self._readable(body.tree, peer)
+                self._reachable(peer, body.tree)
                 return self._planner.answer(view, body, peer=peer)
             case SendEntries():
                 peer = self._peer(session)
                 view = await self._readable(body.tree, peer)
+                self._reachable(peer, body.tree)
                 receipt = await self._instance.receive(body.tree, body.entries)
                 if receipt.stored and self._on_received is not None:
                     self._on_received(body.tree, tuple(receipt.stored), peer)
@@ -117,6 +128,11 @@ class SyncService:
                 )
             case _:
                 return self._refuse("unknown-message", f"{type(body).__name__} is not a request")
+
+    def _reachable(self, peer: str, tree: str | None) -> None:
+        address = reply_address.get()
+        if address is not None and self._on_reachable is not None:
+            self._on_reachable(peer, address, tree)
 
     def _peer(self, session: bytes | None) -> str:
         peer = self._sessions.get(session) if session is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from eidetica.actors.retry import RetryItem, RetryQueue, run_retry
 from eidetica.actors.service import SyncService
 from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
-from eidetica.actors.transports.base import Transport
+from eidetica.actors.transports.base import Transport, TwoWay
 from eidetica.errors import EideticaError, SyncError, TreeNotFound, first_leaf
 from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.codec import JSON, MSGPACK, Codec
@@ -59,14 +60,22 @@ class SyncConfig:
     """Crashes of one actor before it is reported and left down."""
     inbox_size: int = 256
     peer_inbox_size: int = 64
+    redial_min: float = 1.0
+    """Seconds before the first redial of a peer whose two-way link closed; each failed
+    redial doubles the wait, up to ``redial_max``, stretched by up to ``retry_jitter``."""
+    redial_max: float = 60.0
 
 
 @dataclass
 class _Peer:
     key: str
     address: str
+    """Where its link goes: what we dialled, or the reply address of a link it opened."""
     link: Link
     jobs: trio.MemorySendChannel[Job]
+    dial: str | None = None
+    """An address we can dial it at, if we know one (a peer that only ever dialled us
+    has none, and is forgotten when its link closes)."""
     health: PeerHealth = field(default_factory=PeerHealth)
     trees: set[str] = field(default_factory=set)
     dropped: int = 0
@@ -77,6 +86,8 @@ class _PeerUp(cmd._Command, frozen=True):
 
     link: Link
     reply: Reply[str]
+    resync: bool = False
+    """Sync its trees at once: it came back after its link was lost."""
 
 
 class Supervisor:
@@ -86,7 +97,10 @@ class Supervisor:
         self, instance: Instance, transports: dict[str, Transport], config: SyncConfig
     ) -> None:
         self._instance = instance
-        self._transports = transports
+        self._transports = dict(transports)
+        self._two_way = [t for t in transports.values() if isinstance(t, TwoWay)]
+        for two_way in self._two_way:  # a link a peer opened is reached by its own scheme
+            self._transports.setdefault(two_way.reply_scheme, two_way)
         self._config = config
         self.inbox, self._commands = trio.open_memory_channel[cmd.Command | _PeerUp](
             config.inbox_size
@@ -104,6 +118,11 @@ class Supervisor:
         self._reconnecting: dict[str, tuple[str, set[str]]] = {}
         """Peers known but not connected (after a restart, or unreachable), with their
         address and trees; dialled again at every connection check."""
+        self._linking: set[str] = set()
+        """Reply addresses of links peers opened that we are handshaking over now."""
+        self._learned: dict[str, set[str]] = {}
+        """Trees peers asked for over their links before we had finished linking back."""
+        self._rng = random.Random()
         self.crashed: list[str] = []
         """Actors that kept crashing and were left down (reported in status)."""
         self.dropped_notices = 0
@@ -133,8 +152,9 @@ class Supervisor:
                 cursor = await state.cursor(record.key, tree)
                 if cursor is not None:
                     self._cursors[record.key, tree] = cursor.last_synced_tips
-            for address in record.addresses[:1]:
-                self._reconnecting[record.key] = (address, set(record.trees))
+            address = record.addresses[0] if record.addresses else ""
+            self._reconnecting[record.key] = (address, set(record.trees))
+            if address:  # a peer with no address is linked again when it dials us
                 self._spawn().start_soon(self._connect, address, None, record.key)
         now = trio.current_time()
         for retry_id, saved in (await state.retries()).items():
@@ -150,6 +170,20 @@ class Supervisor:
         """Run until cancelled, resuming the peers, relationships and retries that the
         sync tree kept from the last run."""
         self._state = await SyncState.open(self._instance)
+        back = self._service(MSGPACK)  # answers requests on the links we dialled
+        self._services[""] = back  # served at no address of ours
+        for two_way in self._two_way:
+            two_way.attach(
+                back.handle,
+                lambda address, reason: self.notify(cmd.LinkClosed(address, reason)),
+            )
+        try:
+            await self._run(task_status)
+        finally:
+            for two_way in self._two_way:
+                two_way.detach()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._resume()
@@ -212,7 +246,11 @@ class Supervisor:
             case cmd.ConnectToPeer():
                 self._spawn().start_soon(self._connect, command.address, command.reply)
             case _PeerUp():
-                command.reply.set(await self._peer_up(command.link))
+                command.reply.set(await self._peer_up(command.link, resync=command.resync))
+            case cmd.PeerReachable():
+                self._reachable(command.peer, command.address, command.tree)
+            case cmd.LinkClosed():
+                self._link_closed(command.address, command.reason)
             case cmd.RemovePeer():
                 self._trees_of(command.peer)  # unknown peers are an error
                 await self._require_state().remove_peer(command.peer)
@@ -224,7 +262,9 @@ class Supervisor:
                 command.reply.set(None)
             case cmd.CreateRelationship():
                 trees = self._trees_of(command.peer)
-                await self._require_state().add_relationship(command.peer, command.tree)
+                state = self._require_state()
+                await state.add_peer(command.peer)  # one that dialled us may be new to it
+                await state.add_relationship(command.peer, command.tree)
                 trees.add(command.tree)
                 command.reply.set(None)
             case cmd.RemoveRelationship():
@@ -269,7 +309,8 @@ class Supervisor:
                 for known in self._peers.values():
                     self._queue(known, ProbeJob())
                 for key, (address, _) in self._reconnecting.items():
-                    self._spawn().start_soon(self._connect, address, None, key)
+                    if address:
+                        self._spawn().start_soon(self._connect, address, None, key)
             case cmd.EntriesReceived():
                 await self._forward(command.tree, command.ids, command.source)
             case cmd.Status():
@@ -414,14 +455,20 @@ class Supervisor:
     def _codec(self, address: str) -> Codec:
         return JSON if address.split("://", 1)[0] == "http" else MSGPACK
 
-    async def _start_server(self, address: str) -> str:
-        transport = self._transport(address)
-        service = SyncService(
+    def _service(self, codec: Codec) -> SyncService:
+        return SyncService(
             self._instance,
-            self._codec(address),
+            codec,
             on_received=lambda tree, ids, peer: self.notify(cmd.EntriesReceived(tree, ids, peer)),
             wanted=self._wants,
+            on_reachable=lambda peer, address, tree: self.notify(
+                cmd.PeerReachable(peer, address, tree)
+            ),
         )
+
+    async def _start_server(self, address: str) -> str:
+        transport = self._transport(address)
+        service = self._service(self._codec(address))
         bound: str
         scope: trio.CancelScope
         bound, scope = await self._spawn().start(_serve, transport, address, service)
@@ -430,33 +477,126 @@ class Supervisor:
         return bound
 
     async def _connect(
-        self, address: str, reply: Reply[str] | None, expected_key: str | None = None
-    ) -> None:
+        self,
+        address: str,
+        reply: Reply[str] | None,
+        expected_key: str | None = None,
+        *,
+        resync: bool = False,
+    ) -> bool:
+        """Handshake with the node at ``address`` and hand the link to the supervisor;
+        whether the handshake succeeded."""
         try:
             link = Link(self._transport(address), address, self._codec(address))
             await link.handshake(self._instance, expected_key=expected_key)
         except EideticaError as exc:
+            self._linking.discard(address)
             if reply is not None:
                 reply.fail(exc)
             else:
-                log.warning("could not reach %s again at %s: %s", expected_key, address, exc)
-            return
+                log.warning("could not reach %s at %s: %s", expected_key, address, exc)
+            return False
         try:
-            await self.inbox.send(_PeerUp(link, reply or Reply[str]()))
+            await self.inbox.send(_PeerUp(link, reply or Reply[str](), resync))
         except trio.ClosedResourceError:
             if reply is not None:
                 reply.fail(SyncError("the sync engine stopped"))
+        return True
 
-    async def _peer_up(self, link: Link) -> str:
+    def _is_reply_address(self, address: str) -> bool:
+        scheme = address.split("://", 1)[0]
+        return any(two_way.reply_scheme == scheme for two_way in self._two_way)
+
+    def _keep(self, current: str, offered: str, peer: str) -> str:
+        """Of two links to ``peer``, the one to keep: the newer one, except that between
+        a link we dialled and one the peer dialled over the same two-way transport, the
+        link dialled by the smaller key wins. Both ends choose alike, so a duplicate
+        link between two nodes that dial each other is resolved to one."""
+        same = self._transports.get(current.split("://", 1)[0]) is self._transports.get(
+            offered.split("://", 1)[0]
+        )
+        if not same or self._is_reply_address(current) == self._is_reply_address(offered):
+            return offered
+        ours, theirs = (offered, current) if self._is_reply_address(current) else (current, offered)
+        return ours if self._instance.public_key < peer else theirs
+
+    def _close_link(self, address: str) -> None:
+        transport = self._transports.get(address.split("://", 1)[0])
+        if isinstance(transport, TwoWay):
+            transport.close(address)
+
+    def _reachable(self, peer: str, address: str, tree: str | None) -> None:
+        """A proven peer can be sent requests at ``address``, over a link it opened:
+        register it (the seed's "register peer" at the handshake), learn the trees it
+        syncs with us, and link back to it unless we keep a better link already."""
+        known = self._peers.get(peer)
+        if tree is not None:
+            (known.trees if known is not None else self._learned.setdefault(peer, set())).add(tree)
+        if known is not None and (
+            known.address == address or self._keep(known.address, address, peer) != address
+        ):
+            return
+        if address not in self._linking:
+            self._linking.add(address)
+            self._spawn().start_soon(self._connect, address, None, peer)
+
+    def _link_closed(self, address: str, reason: str) -> None:
+        """A peer's two-way link closed: redial it with backoff if we know where, or
+        forget it if it only ever dialled us (it dials again when it can)."""
+        for known in list(self._peers.values()):
+            if known.address != address:
+                continue
+            if known.dial is None:
+                del self._peers[known.key]
+                known.jobs.close()
+                log.info("peer %s went away (%s); it will dial again", known.key, reason)
+            else:
+                log.info("link to peer %s lost (%s); redialling %s", known.key, reason, known.dial)
+                self._spawn().start_soon(self._redial, known)
+
+    async def _redial(self, lost: _Peer) -> None:
+        """Dial a peer whose link was lost until it answers, waiting ``redial_min``
+        seconds first and twice as long after each failure (up to ``redial_max``),
+        each wait stretched by up to ``retry_jitter``. Stops once the peer has another
+        link, or is removed."""
+        assert lost.dial is not None
+        delay = self._config.redial_min
+        while True:
+            await trio.sleep(delay * (1 + self._rng.uniform(0, self._config.retry_jitter)))
+            current = self._peers.get(lost.key)
+            if current is None or current.link is not lost.link:
+                return
+            if await self._connect(lost.dial, None, lost.key, resync=True):
+                return
+            delay = min(delay * 2, self._config.redial_max)
+
+    async def _peer_up(self, link: Link, *, resync: bool = False) -> str:
         key = link.peer_key
         assert key is not None, "a link is up only after its handshake"
-        old = self._peers.pop(key, None)
+        self._linking.discard(link.address)
+        old = self._peers.get(key)
+        if old is not None and old.address != link.address:
+            if self._keep(old.address, link.address, key) == old.address:
+                self._close_link(link.address)
+                if not self._is_reply_address(link.address):  # remember where it listens
+                    old.dial = link.address
+                    await self._require_state().add_peer(key, link.address)
+                return key
+            self._close_link(old.address)
         if old is not None:
+            del self._peers[key]
             old.jobs.close()
         send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
-        trees = old.trees if old else self._reconnecting.pop(key, ("", set()))[1]
-        await self._require_state().add_peer(key, link.address)  # persist, then remember
-        known = _Peer(key, link.address, link, send, trees=trees)
+        down = self._reconnecting.pop(key, None)
+        trees = old.trees if old else (down[1] if down else set())
+        trees |= self._learned.pop(key, set())
+        if not self._is_reply_address(link.address):
+            dial: str | None = link.address
+        else:
+            dial = old.dial if old else (down[0] or None if down else None)
+        if dial is not None:
+            await self._require_state().add_peer(key, dial)  # persist, then remember
+        known = _Peer(key, link.address, link, send, dial=dial, trees=trees)
         self._peers[key] = known
         await self._spawn().start(
             self._keep_running,
@@ -471,6 +611,8 @@ class Supervisor:
             ),
             send.close,  # a peer actor left down takes no more jobs: they fail at once
         )
+        if resync:  # back after its link was lost: catch up on what it missed
+            await self._queue_sync(known, None)
         return key
 
     def _status(self) -> dict[str, Any]:
@@ -491,6 +633,7 @@ class Supervisor:
             "peers": {
                 key: {
                     "address": known.address,
+                    "dial": known.dial,
                     "trees": sorted(known.trees),
                     "syncs": known.health.syncs,
                     "failures": known.health.failures,

@@ -160,6 +160,13 @@ Message = (
     | ErrorReply
 )
 
+ANSWERS: frozenset[str] = frozenset(
+    kind.__struct_config__.tag  # type: ignore[misc]
+    for kind in (HandshakeReply, HandshakeDone, SyncResponse, Ack, ErrorReply)
+)
+"""The ``type`` tags of answers; every other message is a request. A link that
+carries requests both ways (WebSocket) tells an answer from a request by this."""
+
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What goes on the wire: a version, an optional request id and session, one message."""

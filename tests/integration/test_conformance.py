@@ -16,6 +16,7 @@ import eidetica
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.sim import SimNetwork
 from eidetica.errors import RemoteError
+from tests.waiting import settle
 
 LISTEN = {"sim": "sim://{name}", "http": "http://127.0.0.1:0", "ws": "ws://127.0.0.1:0"}
 
@@ -23,23 +24,6 @@ LISTEN = {"sim": "sim://{name}", "http": "http://127.0.0.1:0", "ws": "ws://127.0
 @pytest.fixture(params=sorted(LISTEN))
 def scheme(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-async def settle(tree: eidetica.Tree, other: eidetica.Tree) -> None:
-    """Wait until both hold the same tips, waking whenever either stores entries
-    (the caller bounds the wait)."""
-    while True:
-        seen = [tree.instance.version, other.instance.version]
-        if await tree.tips() == await other.tips():
-            return
-        async with trio.open_nursery() as nursery:
-            for instance, since in zip((tree.instance, other.instance), seen, strict=True):
-
-                async def woken(instance: eidetica.Instance = instance, since: int = since) -> None:
-                    await instance.changed(since)
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(woken)
 
 
 async def test_two_nodes_sync_both_ways_and_push(scheme: str, tmp_path: Path) -> None:

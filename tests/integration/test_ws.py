@@ -14,31 +14,39 @@ import trio.testing
 import trio_websocket
 
 import eidetica
+from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.base import Handler, Transport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import TransportError, Unreachable
 from eidetica.protocol.codec import MSGPACK
-from eidetica.protocol.messages import ErrorReply, SendEntries
+from eidetica.protocol.messages import Ack, ErrorReply, SendEntries
 
 ANY_PORT = "ws://127.0.0.1:0"
 
 
+TREE = "0" * 64
+
+
 def note(text: str) -> bytes:
     """A request whose body carries ``text``, so an answer shows which request it is for."""
-    return MSGPACK.encode(ErrorReply(code="internal", message=text))
+    return MSGPACK.encode(SendEntries(tree=TREE, entries=(text.encode(),)))
 
 
-def text_of(answer: bytes) -> str:
-    body = MSGPACK.decode(answer).body
-    assert isinstance(body, ErrorReply)
-    return body.message
+def text_of(message: bytes) -> str:
+    """The text a :func:`note` request, or an :func:`echo` answer to one, carries."""
+    body = MSGPACK.decode(message).body
+    assert isinstance(body, SendEntries | Ack), body
+    return body.entries[0].decode()
 
 
 async def echo(data: bytes) -> bytes:
-    """Answers with the request's own body under the request's id, as SyncService does."""
+    """Answers a note with its text under the request's id, as SyncService answers."""
     envelope = MSGPACK.decode(data)
-    return MSGPACK.encode(envelope.body, envelope.id)
+    assert isinstance(envelope.body, SendEntries)
+    return MSGPACK.encode(
+        Ack(stored=0, rejected=0, held=0, entries=envelope.body.entries), envelope.id
+    )
 
 
 @asynccontextmanager
@@ -67,7 +75,7 @@ async def test_serve_reports_the_bound_port_and_answers() -> None:
         async with WebSocketTransport() as client, serving(WebSocketTransport(), handler) as at:
             host, port = at.removeprefix("ws://").split(":")
             assert host == "127.0.0.1" and int(port) > 0
-            answer = await client.request(at, MSGPACK.encode(ErrorReply("internal", "hi"), 7))
+            answer = await client.request(at, MSGPACK.encode(SendEntries(TREE, (b"hi",)), 7))
     assert text_of(answer) == "hi"
     # The transport stamps ids of its own, whatever the caller put in the envelope.
     assert seen == [MSGPACK.decode(answer).id]
@@ -184,7 +192,7 @@ async def test_a_server_that_refuses_the_websocket_handshake_is_unreachable() ->
 
 
 async def test_an_oversized_message_closes_the_connection_with_a_reason() -> None:
-    big = MSGPACK.encode(SendEntries(tree="0" * 64, entries=(b"x" * 8000,)))
+    big = MSGPACK.encode(SendEntries(tree=TREE, entries=(b"x" * 8000,)))
     with trio.fail_after(10):
         async with (
             WebSocketTransport() as client,
@@ -199,7 +207,7 @@ async def test_an_oversized_message_closes_the_connection_with_a_reason() -> Non
 
 
 async def test_a_request_over_the_limit_is_refused_before_sending() -> None:
-    big = MSGPACK.encode(SendEntries(tree="0" * 64, entries=(b"x" * 8000,)))
+    big = MSGPACK.encode(SendEntries(tree=TREE, entries=(b"x" * 8000,)))
     with trio.fail_after(10):
         async with (
             WebSocketTransport(max_message_bytes=4096) as client,
@@ -326,3 +334,9 @@ async def test_two_nodes_sync_a_tree_both_ways_over_websocket(tmp_path: Path) ->
     # Every request of each node went over its one connection to the other.
     assert a_ws.dials == 1 and b_ws.dials == 1
     assert a_ws.accepted == 1 and b_ws.accepted == 1
+
+
+def test_a_dead_link_is_noticed_within_the_connection_check_interval() -> None:
+    """The keepalive gives up on a silent link before the next connection check."""
+    transport = WebSocketTransport()
+    assert transport.ping_interval + transport.ping_timeout < SyncConfig().connection_check

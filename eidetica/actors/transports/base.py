@@ -7,7 +7,8 @@ It knows nothing of messages, sessions or trees; the handler it serves does.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from contextvars import ContextVar
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -37,6 +38,38 @@ class Transport(Protocol):
 
     async def request(self, address: str, data: bytes) -> bytes:
         """Send one request and return the answer; :class:`TransportError` on failure."""
+        ...
+
+
+reply_address: ContextVar[str | None] = ContextVar("reply_address", default=None)
+"""While a handler runs: the address at which the node that sent the request can be
+sent requests back, over the same link. Set only by transports whose links carry
+requests both ways (:class:`TwoWay`); ``None`` otherwise."""
+
+LinkClosedCallback = Callable[[str, str], None]
+"""Told (address, reason) when a two-way link closes."""
+
+
+@runtime_checkable
+class TwoWay(Protocol):
+    """A transport whose links carry requests both ways: a node that dialled a peer
+    answers the peer's requests on that link, and a server can send requests back
+    to a client over the link the client opened (at an address of ``reply_scheme``)."""
+
+    reply_scheme: str
+    """The scheme of the addresses that name links a peer opened to us."""
+
+    def attach(self, handler: Handler, on_closed: LinkClosedCallback) -> None:
+        """Answer requests that arrive on links this node dialled with ``handler``,
+        and tell ``on_closed`` whenever a link closes."""
+        ...
+
+    def detach(self) -> None:
+        """Undo :meth:`attach`: requests on dialled links are refused again."""
+        ...
+
+    def close(self, address: str) -> None:
+        """Close the link at ``address`` (dialled or not), if one is open."""
         ...
 
 

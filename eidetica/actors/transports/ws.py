@@ -1,19 +1,26 @@
-"""The WebSocket transport: one long-lived connection per peer, requests matched by id.
+"""The WebSocket transport: one long-lived two-way link per peer, requests matched by id.
 
 A node that talks to a peer often should not pay a TCP and HTTP handshake per
-request, and should notice quickly when the peer is gone. So a caller keeps one
-WebSocket connection per address, dialled on the first request and kept open; any
-number of requests travel over it at once, each in a binary message holding one
-MessagePack envelope, and answers come back in whatever order the server finishes
-them. The envelope's ``id`` says which answer belongs to which request: the
-transport stamps every request with a fresh id of its own (callers need not set
-one), and the served handler answers with the id of the request it answers, as
-:meth:`~eidetica.actors.service.SyncService.handle` does.
+request, should notice quickly when the peer is gone, and should be able to push to
+a peer that cannot be dialled (behind NAT, or not listening at all). So a caller
+keeps one WebSocket connection per address, dialled on the first request and kept
+open, and *either* end sends requests over it: the dialling node answers the
+requests its peer sends back with the handler given to :meth:`attach`, and the
+serving node reaches the dialler at the link's reply address (``ws-in://N``), which
+:data:`~eidetica.actors.transports.base.reply_address` hands to the handler.
+
+Every binary message holds one MessagePack envelope. Answers are told from requests
+by the message type (:data:`~eidetica.protocol.messages.ANSWERS`), and matched to
+their request by the envelope's ``id``: the transport stamps every request with a
+fresh id of its own (callers need not set one), and handlers answer with the id of
+the request they answer, as :meth:`~eidetica.actors.service.SyncService.handle`
+does. Any number of requests travel at once, both ways, answered in any order.
 
 Both ends ping every ``ping_interval``; a connection whose pong does not come back
 within ``ping_timeout`` is closed, its waiting requests fail with
-:class:`TransportError`, and the next request to that address dials again. Backoff
-between redials is the caller's business (the peer actor's), not the transport's.
+:class:`TransportError`, the ``on_closed`` callback hears of it, and the next
+request to that address dials again. Redialling a lost peer with backoff is the
+supervisor's business (it hears ``on_closed``), not the transport's.
 
 Connections outlive the requests that open them, so they need a nursery: a transport
 that sends requests is used as ``async with WebSocketTransport() as ws:``, and
@@ -45,15 +52,22 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from eidetica.actors.transports.base import Handler, PendingAnswer
+from eidetica.actors.transports.base import (
+    Handler,
+    LinkClosedCallback,
+    PendingAnswer,
+    reply_address,
+)
 from eidetica.errors import ProtocolError, TransportError, Unreachable
 from eidetica.protocol import limits
 from eidetica.protocol.codec import MSGPACK
-from eidetica.protocol.messages import ErrorReply
+from eidetica.protocol.messages import ANSWERS, ErrorReply
 
 log = logging.getLogger(__name__)
 
 SCHEME = "ws"
+INBOUND_SCHEME = "ws-in"
+"""Addresses of this scheme name links peers opened to us: ``ws-in://7``."""
 
 _RECEIVE_BYTES = 64 * 1024
 """How much one read from the socket takes; trio-websocket's 4 KiB default would
@@ -63,21 +77,29 @@ _UNSUPPORTED_DATA = 1003
 """The close code for a text message: the protocol speaks binary only."""
 
 
-class _IdProbe(msgspec.Struct):
-    """Just the ``id`` of an envelope, so routing an answer does not decode it all."""
+class _Kind(msgspec.Struct):
+    type: str = ""
+
+
+class _Probe(msgspec.Struct):
+    """Just the ``id`` and message type of an envelope, so routing a message does not
+    decode it all."""
 
     id: int | None = None
+    body: _Kind | None = None
 
 
-_probe = msgspec.msgpack.Decoder(_IdProbe)
+_probe = msgspec.msgpack.Decoder(_Probe)
 
 
-def _envelope_id(data: bytes) -> int | None:
-    """The request id in an envelope's bytes, or ``None`` if it has none or is not one."""
+def _classify(data: bytes) -> tuple[int | None, bool]:
+    """The request id in an envelope's bytes (``None`` if it has none or is not an
+    envelope), and whether the envelope is an answer rather than a request."""
     try:
-        return _probe.decode(data).id
+        probe = _probe.decode(data)
     except msgspec.DecodeError:
-        return None
+        return None, False
+    return probe.id, probe.body is not None and probe.body.type in ANSWERS
 
 
 def _parse(address: str) -> SplitResult:
@@ -102,28 +124,31 @@ def _describe(reason: CloseReason | None) -> str:
 
 
 class _Connection:
-    """One dialled connection: its socket, the requests waiting on it, and the scope
-    that closes it."""
+    """One open link, dialled or accepted: its socket, the requests of ours waiting
+    on it, and the scope that closes it."""
 
     def __init__(self, address: str) -> None:
         self.address = address
+        """How this node sends requests over the link: the dialled ``ws://`` address,
+        or the ``ws-in://N`` of an accepted link."""
         self.socket: WebSocketConnection | None = None
         self.pending: dict[int, PendingAnswer] = {}
         self.closed: str | None = None
         """Why the connection closed, once it has."""
         self.scope = trio.CancelScope()
-        """Cancelling it ends the connection's work and starts a graceful close."""
+        """Cancelling it ends the connection's reading and starts a graceful close."""
 
 
 class WebSocketTransport:
-    """The :class:`~eidetica.actors.transports.base.Transport` for ``ws://``.
+    """The :class:`~eidetica.actors.transports.base.Transport` for ``ws://``, and a
+    :class:`~eidetica.actors.transports.base.TwoWay` one.
 
     ``timeout`` bounds one request, dialling included; ``connect_timeout`` the
     opening handshake of a connection and ``close_timeout`` its closing one.
     ``ping_interval`` and ``ping_timeout`` are the keepalive (``math.inf`` turns it
     off). ``max_message_bytes`` bounds a message either way: a bigger request is
     refused before it is sent, and a peer that sends a bigger message has its
-    connection closed with code 1009. A server runs at most ``max_concurrent``
+    connection closed with code 1009. Each end runs at most ``max_concurrent``
     handlers per connection at once, and stops reading that connection until one
     finishes.
 
@@ -132,6 +157,7 @@ class WebSocketTransport:
     """
 
     scheme = SCHEME
+    reply_scheme = INBOUND_SCHEME
 
     def __init__(
         self,
@@ -160,6 +186,12 @@ class WebSocketTransport:
         self._connections: dict[str, _Connection] = {}
         self._dialling: dict[str, trio.Lock] = {}
         self._ids = itertools.count(1)
+        self._inbound = itertools.count(1)
+        self._handler: Handler | None = None
+        self._on_closed: LinkClosedCallback | None = None
+        self._changes = trio.lowlevel.ParkingLot()
+        self.link_version = 0
+        """Counts links opened and closed, for :meth:`link_changed`."""
 
     # -- the block that owns the connections ----------------------------------------
 
@@ -193,26 +225,56 @@ class WebSocketTransport:
                 # (or still dialling) when the grace period ends is cut off.
                 nursery.cancel_scope.deadline = trio.current_time() + self.close_timeout
 
+    # -- two-way links --------------------------------------------------------------
+
+    def attach(self, handler: Handler, on_closed: LinkClosedCallback) -> None:
+        """Answer requests peers send over links this node dialled with ``handler``;
+        tell ``on_closed(address, reason)`` whenever an open link closes."""
+        self._handler = handler
+        self._on_closed = on_closed
+
+    def detach(self) -> None:
+        """Refuse requests on dialled links again, and stop telling of closures."""
+        self._handler = None
+        self._on_closed = None
+
+    def close(self, address: str) -> None:
+        """Close the open link at ``address``, if there is one (gracefully)."""
+        connection = self._connections.get(address)
+        if connection is not None:
+            self._close(connection, "closed by this node")
+
+    def links(self) -> list[str]:
+        """The addresses of the open links, dialled and accepted."""
+        return sorted(self._connections)
+
+    async def link_changed(self, since: int) -> None:
+        """Wait until a link has opened or closed since ``link_version`` was ``since``."""
+        while self.link_version <= since:
+            await self._changes.park()
+
     # -- requests -------------------------------------------------------------------
 
     async def request(self, address: str, data: bytes) -> bytes:
         """Send ``data`` (one MessagePack envelope) to ``address``; return the answer.
 
+        ``address`` is a ``ws://`` address, dialled if no link to it is open, or the
+        ``ws-in://`` address of a link a peer opened to us, which is never dialled.
         The envelope is sent with a fresh request id of this transport's, whatever id
         it carried. Raises :class:`Unreachable` when no connection can be opened, and
         :class:`TransportError` when the request cannot be stamped or is too large,
-        the connection drops before the answer comes, or none comes in ``timeout``.
+        the link is closed or drops before the answer comes, or none comes in
+        ``timeout``.
         """
-        _parse(address)
-        nursery = self._nursery
-        if nursery is None:
-            raise TransportError(
-                "the ws transport is not running: use `async with WebSocketTransport()`"
-            )
+        inbound = address.startswith(f"{INBOUND_SCHEME}://")
+        if not inbound:
+            _parse(address)
         request_id = next(self._ids)
         payload = self._stamp(data, request_id)
         with trio.move_on_after(self.timeout):
-            connection = await self._connection(nursery, address)
+            connection = self._connections.get(address) if inbound else await self._dial(address)
+            if connection is None:
+                raise TransportError(f"the link at {address} has closed")
             socket = connection.socket
             assert socket is not None
             reply = PendingAnswer()
@@ -262,8 +324,13 @@ class WebSocketTransport:
                 # more can be sent on it.
                 self._close(connection, "a request was cut off while being sent")
 
-    async def _connection(self, nursery: trio.Nursery, address: str) -> _Connection:
+    async def _dial(self, address: str) -> _Connection:
         """The open connection to ``address``, dialled now if there is none."""
+        nursery = self._nursery
+        if nursery is None:
+            raise TransportError(
+                "the ws transport is not running: use `async with WebSocketTransport()`"
+            )
         lock = self._dialling.setdefault(address, trio.Lock())
         async with lock:
             connection = self._connections.get(address)
@@ -274,8 +341,8 @@ class WebSocketTransport:
     async def _run_connection(
         self, address: str, *, task_status: trio.TaskStatus[_Connection]
     ) -> None:
-        """Dial ``address``, then route answers to their requests until the
-        connection closes; fail whatever is still waiting when it does.
+        """Dial ``address``, then carry the link until it closes; fail whatever is
+        still waiting when it does.
 
         The TCP stream is opened and closed here rather than by trio-websocket's
         ``open_websocket_url``, which leaves the socket open (to the garbage
@@ -309,7 +376,7 @@ class WebSocketTransport:
         resource: str,
         task_status: trio.TaskStatus[_Connection],
     ) -> None:
-        """The WebSocket part of a connection, on an open TCP stream."""
+        """The WebSocket part of a dialled connection, on an open TCP stream."""
         async with trio.open_nursery() as nursery:
             socket: WebSocketConnection | None = None
             with trio.move_on_after(self.connect_timeout):
@@ -326,17 +393,53 @@ class WebSocketTransport:
                 nursery.cancel_scope.cancel()
                 return
             connection.socket = socket
-            self._connections[connection.address] = connection
+            self._opened(connection)
             task_status.started(connection)
-            with connection.scope:
-                nursery.start_soon(self._keepalive, socket, partial(self._close, connection))
-                await self._route_answers(connection, socket)
-            # Whoever closed, finish the closing handshake (briefly), then stop reading.
-            with trio.move_on_after(self.close_timeout):
-                await socket.aclose()
+            await self._converse(connection, self._answer_on_dialled)
             nursery.cancel_scope.cancel()
 
-    async def _route_answers(self, connection: _Connection, socket: WebSocketConnection) -> None:
+    async def _answer_on_dialled(self, request: bytes) -> bytes:
+        """A request the peer sent back over a link we dialled: the attached handler's."""
+        handler = self._handler
+        if handler is None:
+            return self._refusal(
+                request, "unknown-message", "this node takes no requests on links it dialled"
+            )
+        return await handler(request)
+
+    # -- one link, either way -------------------------------------------------------
+
+    def _opened(self, connection: _Connection) -> None:
+        self._connections[connection.address] = connection
+        self.link_version += 1
+        self._changes.unpark_all()
+
+    async def _converse(self, connection: _Connection, handler: Handler) -> None:
+        """Read the link until it closes: answers go to the requests waiting for them,
+        requests to ``handler`` (whose answers go back on the link); then close it
+        gracefully. Handlers still running when the link closes are left to finish
+        (their work may be stored entries); their answers have nowhere to go."""
+        socket = connection.socket
+        assert socket is not None
+        slots = trio.Semaphore(self.max_concurrent)
+        async with trio.open_nursery() as answering:
+            with connection.scope:
+                async with trio.open_nursery() as reading:
+                    reading.start_soon(self._keepalive, socket, partial(self._close, connection))
+                    await self._read(connection, socket, handler, answering, slots)
+                    reading.cancel_scope.cancel()
+            # Whoever closed, finish the closing handshake, briefly.
+            with trio.move_on_after(self.close_timeout):
+                await socket.aclose()
+
+    async def _read(
+        self,
+        connection: _Connection,
+        socket: WebSocketConnection,
+        handler: Handler,
+        answering: trio.Nursery,
+        slots: trio.Semaphore,
+    ) -> None:
         while True:
             try:
                 message = await socket.get_message()
@@ -344,9 +447,15 @@ class WebSocketTransport:
                 self._close(connection, _describe(exc.reason))
                 return
             if isinstance(message, str):
+                with trio.move_on_after(self.close_timeout):
+                    await socket.aclose(_UNSUPPORTED_DATA, "binary messages only")
                 self._close(connection, "the peer sent a text message")
                 return
-            request_id = _envelope_id(message)
+            request_id, is_answer = _classify(message)
+            if not is_answer:
+                await slots.acquire()
+                answering.start_soon(self._answer, connection, handler, message, slots)
+                continue
             reply = connection.pending.get(request_id) if request_id is not None else None
             if reply is None:
                 # Normal for an answer that comes after its request timed out.
@@ -358,16 +467,51 @@ class WebSocketTransport:
                 continue
             reply.succeed(message)
 
+    async def _answer(
+        self, connection: _Connection, handler: Handler, request: bytes, slots: trio.Semaphore
+    ) -> None:
+        socket = connection.socket
+        assert socket is not None
+        reply_address.set(connection.address)  # this task's own context
+        try:
+            try:
+                answer = bytes(await handler(request))
+            except Exception:
+                log.exception("the handler failed on a request from %s", socket.remote)
+                answer = self._refusal(request, "internal", "the handler failed")
+            if len(answer) > self.max_message_bytes:
+                answer = self._refusal(
+                    request, "too-large", f"the answer is over {self.max_message_bytes} bytes"
+                )
+            try:
+                await socket.send_message(answer)
+            except ConnectionClosed:
+                log.debug("an answer to %s found the connection closed", socket.remote)
+        finally:
+            slots.release()
+
+    @staticmethod
+    def _refusal(request: bytes, code: str, reason: str) -> bytes:
+        return MSGPACK.encode(ErrorReply(code=code, message=reason), _classify(request)[0])
+
     def _close(self, connection: _Connection, reason: str) -> None:
-        """Take ``connection`` out of use: new requests dial again, waiting ones fail."""
+        """Take ``connection`` out of use: new requests dial again (or fail, for an
+        accepted link), waiting ones fail, and ``on_closed`` hears of it."""
         if connection.closed is None:
             connection.closed = reason
-        if self._connections.get(connection.address) is connection:
+        was_open = self._connections.get(connection.address) is connection
+        if was_open:
             del self._connections[connection.address]
         error = TransportError(f"connection to {connection.address} closed: {connection.closed}")
         for reply in connection.pending.values():
             reply.fail(error)
         connection.scope.cancel()
+        if was_open:
+            self.link_version += 1
+            self._changes.unpark_all()
+            log.info("link %s closed: %s", connection.address, connection.closed)
+            if self._on_closed is not None:
+                self._on_closed(connection.address, connection.closed)
 
     # -- keepalive ------------------------------------------------------------------
 
@@ -398,12 +542,13 @@ class WebSocketTransport:
         """Serve ``handler`` at ``ws://HOST:PORT`` until cancelled.
 
         Port 0 binds a free port; the bound address is reported through
-        ``task_status.started``. Every binary message on an accepted connection is
-        one request: the handler runs on it (up to ``max_concurrent`` at once per
-        connection) and its answer goes back on the same connection. A handler that
-        raises, or answers with more than ``max_message_bytes``, is answered for
-        with an ``internal`` or ``too-large`` :class:`ErrorReply` carrying the
-        request's id.
+        ``task_status.started``. Every request on an accepted link is answered by
+        the handler (up to ``max_concurrent`` at once per link), with
+        :data:`~eidetica.actors.transports.base.reply_address` set to the link's
+        ``ws-in://`` address, at which this node can send the peer requests back. A
+        handler that raises, or answers with more than ``max_message_bytes``, is
+        answered for with an ``internal`` or ``too-large`` :class:`ErrorReply`
+        carrying the request's id.
         """
         parts = _parse(address)
         host = parts.hostname
@@ -429,51 +574,14 @@ class WebSocketTransport:
             task_status.started(f"{SCHEME}://{shown_host}:{port}{parts.path}")
 
     async def _serve_connection(self, handler: Handler, request: WebSocketRequest) -> None:
-        """One accepted connection: read requests and answer each, until it closes."""
+        """One accepted link: carry it until it closes."""
         socket = await request.accept()
         self.accepted += 1
-        slots = trio.Semaphore(self.max_concurrent)
-        async with trio.open_nursery() as answering, trio.open_nursery() as reading:
-
-            def dead(reason: str) -> None:
-                log.info("closing the connection from %s: %s", socket.remote, reason)
-                reading.cancel_scope.cancel()
-
-            reading.start_soon(self._keepalive, socket, dead)
-            while True:
-                try:
-                    message = await socket.get_message()
-                except ConnectionClosed:
-                    break
-                if isinstance(message, str):
-                    await socket.aclose(_UNSUPPORTED_DATA, "binary messages only")
-                    break
-                await slots.acquire()
-                answering.start_soon(self._answer, socket, handler, message, slots)
-            reading.cancel_scope.cancel()
-        # Handlers still running when the connection closes are left to finish (their
-        # work may be stored entries); their answers have nowhere to go.
-
-    async def _answer(
-        self, socket: WebSocketConnection, handler: Handler, request: bytes, slots: trio.Semaphore
-    ) -> None:
+        connection = _Connection(f"{INBOUND_SCHEME}://{next(self._inbound)}")
+        connection.socket = socket
+        log.debug("link %s accepted from %s", connection.address, socket.remote)
+        self._opened(connection)
         try:
-            try:
-                answer = bytes(await handler(request))
-            except Exception:
-                log.exception("the handler failed on a request from %s", socket.remote)
-                answer = self._refusal(request, "internal", "the handler failed")
-            if len(answer) > self.max_message_bytes:
-                answer = self._refusal(
-                    request, "too-large", f"the answer is over {self.max_message_bytes} bytes"
-                )
-            try:
-                await socket.send_message(answer)
-            except ConnectionClosed:
-                log.debug("an answer to %s found the connection closed", socket.remote)
+            await self._converse(connection, handler)
         finally:
-            slots.release()
-
-    @staticmethod
-    def _refusal(request: bytes, code: str, reason: str) -> bytes:
-        return MSGPACK.encode(ErrorReply(code=code, message=reason), _envelope_id(request))
+            self._close(connection, "the connection ended")

@@ -1,0 +1,130 @@
+"""Two-way WebSocket links between real nodes on 127.0.0.1: a node that only dialled
+gets pushes over its own link, two nodes that dial each other keep one link, and a
+lost link is redialled with backoff and caught up on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+import eidetica
+from eidetica.actors.supervisor import SyncConfig
+from eidetica.actors.sync import open_sync
+from eidetica.actors.transports.ws import WebSocketTransport
+from tests.waiting import links_settle, settle, stored
+
+ANY_PORT = "ws://127.0.0.1:0"
+NO_POLLING = SyncConfig(periodic_sync=3600, connection_check=3600)
+"""No timer fires within a test's bound: whatever arrives was pushed."""
+
+
+async def test_a_commit_reaches_a_peer_that_only_dialled(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with (
+            eidetica.open_instance(tmp_path / "server") as server,
+            eidetica.open_instance(tmp_path / "client") as client,
+            WebSocketTransport() as server_ws,
+            WebSocketTransport() as client_ws,
+            open_sync(server, transports={"ws": server_ws}, config=NO_POLLING) as server_sync,
+            open_sync(client, transports={"ws": client_ws}, config=NO_POLLING) as client_sync,
+        ):
+            tree = await server.create_tree(name="notes")
+            await tree.grant(client.public_key, "write")
+            at = await server_sync.start_server(ANY_PORT)
+            # The client listens nowhere: it dials, and syncs the tree once.
+            peer = await client_sync.connect(at)
+            await client_sync.add_tree_sync(peer, tree.root_id)
+            await client_sync.sync_with_peer(peer)
+            theirs = await client.open_tree(tree.root_id)
+
+            async with tree.transaction() as op:
+                op.doc("todo").set("milk", 1)
+            await stored(client, (await tree.tips())[0])  # pushed over the client's link
+            async with theirs.transaction() as op:
+                op.doc("todo").set("eggs", 2)
+            await settle(tree, theirs)
+
+            status = await server_sync.status()
+            assert status["peers"][client.public_key]["address"].startswith("ws-in://")
+            assert status["peers"][client.public_key]["dial"] is None
+            assert (await tree.doc("todo")).to_dict() == {"milk": 1, "eggs": 2}
+    assert server_ws.dials == 0 and client_ws.dials == 1
+
+
+async def test_nodes_that_dial_each_other_keep_one_link(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with (
+            eidetica.open_instance(tmp_path / "a") as a,
+            eidetica.open_instance(tmp_path / "b") as b,
+            WebSocketTransport() as a_ws,
+            WebSocketTransport() as b_ws,
+            open_sync(a, transports={"ws": a_ws}, config=NO_POLLING) as a_sync,
+            open_sync(b, transports={"ws": b_ws}, config=NO_POLLING) as b_sync,
+        ):
+            tree = await a.create_tree(name="notes")
+            await tree.grant(b.public_key, "write")
+            a_at = await a_sync.start_server(ANY_PORT)
+            b_at = await b_sync.start_server(ANY_PORT)
+            # Both dial, at once: two connections come up, and one must go.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a_sync.connect, b_at)
+                nursery.start_soon(b_sync.connect, a_at)
+            await links_settle(a_ws, b_ws, count=1)
+            assert a_ws.dials == 1 and b_ws.dials == 1
+
+            # The link both kept is the one the smaller key dialled.
+            small, large = sorted([(a.public_key, a_sync), (b.public_key, b_sync)])
+            small_view = (await small[1].status())["peers"][large[0]]
+            large_view = (await large[1].status())["peers"][small[0]]
+            assert small_view["address"].startswith("ws://")
+            assert large_view["address"].startswith("ws-in://")
+            # Both still know where the other listens, for a redial.
+            assert {small_view["dial"], large_view["dial"]} == {a_at, b_at}
+
+            await b_sync.add_tree_sync(a.public_key, tree.root_id)
+            await b_sync.sync_with_peer(a.public_key)
+            await a_sync.add_tree_sync(b.public_key, tree.root_id)
+            theirs = await b.open_tree(tree.root_id)
+            async with tree.transaction() as op:
+                op.doc("d").set("from_a", 1)
+            async with theirs.transaction() as op:
+                op.doc("d").set("from_b", 2)
+            await settle(tree, theirs)
+            assert (await theirs.doc("d")).to_dict() == {"from_a": 1, "from_b": 2}
+            assert len(a_ws.links()) == 1 and len(b_ws.links()) == 1
+
+
+async def test_a_lost_link_is_redialled_and_the_peer_catches_up(tmp_path: Path) -> None:
+    quick = SyncConfig(periodic_sync=3600, connection_check=3600, redial_min=0.01)
+    with trio.fail_after(20):
+        async with (
+            eidetica.open_instance(tmp_path / "server") as server,
+            eidetica.open_instance(tmp_path / "client") as client,
+            WebSocketTransport() as server_ws,
+            WebSocketTransport() as client_ws,
+            open_sync(server, transports={"ws": server_ws}, config=NO_POLLING) as server_sync,
+            open_sync(client, transports={"ws": client_ws}, config=quick) as client_sync,
+        ):
+            tree = await server.create_tree(name="notes")
+            await tree.grant(client.public_key, "read")
+            at = await server_sync.start_server(ANY_PORT)
+            peer = await client_sync.connect(at)
+            await client_sync.add_tree_sync(peer, tree.root_id)
+            await client_sync.sync_with_peer(peer)
+
+            # The server goes away, taking the link with it, and commits meanwhile.
+            await server_sync.stop_server(at)
+            await links_settle(client_ws, count=0)
+            async with tree.transaction() as op:
+                op.doc("todo").set("while_away", 1)
+            missed = (await tree.tips())[0]
+            assert client.backend.get(missed) is None
+
+            # Back at the same address: the client redials by itself and catches up.
+            assert await server_sync.start_server(at) == at
+            await stored(client, missed)
+            async with tree.transaction() as op:
+                op.doc("todo").set("after", 2)
+            await stored(client, (await tree.tips())[0])  # pushed over the new link
+    assert client_ws.dials >= 2

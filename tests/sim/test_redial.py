@@ -1,0 +1,97 @@
+"""Redialling a peer whose two-way link closed: backoff, jitter, and catching up.
+
+The sim transport has no long-lived links, so a thin two-way wrapper stands in for
+the WebSocket transport's half of the contract that the supervisor relies on: it
+reports a closed link, and its dials can fail. Time is trio's mock clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import trio
+import trio.testing
+
+import eidetica
+from eidetica.actors.supervisor import SyncConfig
+from eidetica.actors.sync import open_sync
+from eidetica.actors.transports.base import Handler, LinkClosedCallback, TwoWay
+from eidetica.actors.transports.sim import SimNetwork, SimTransport
+from eidetica.protocol.codec import MSGPACK
+from eidetica.protocol.messages import HandshakeInit
+from tests.waiting import stored
+
+
+class LinkedSim(SimTransport):
+    """A sim transport that pretends to keep links: the test closes one with
+    :meth:`drop`, and :attr:`dials` says when each handshake was tried."""
+
+    reply_scheme = "sim-in"
+
+    def __init__(self, network: SimNetwork, name: str) -> None:
+        super().__init__(network, name)
+        self.on_closed: LinkClosedCallback | None = None
+        self._dialled, self.dials = trio.open_memory_channel[float](math.inf)
+
+    def attach(self, handler: Handler, on_closed: LinkClosedCallback) -> None:
+        self.on_closed = on_closed
+
+    def detach(self) -> None:
+        self.on_closed = None
+
+    def close(self, address: str) -> None:
+        pass
+
+    def drop(self, address: str) -> None:
+        assert self.on_closed is not None
+        self.on_closed(address, "dropped by the test")
+
+    async def request(self, address: str, data: bytes) -> bytes:
+        if isinstance(MSGPACK.decode(data).body, HandshakeInit):
+            self._dialled.send_nowait(trio.current_time())
+        return await super().request(address, data)
+
+
+async def test_a_lost_link_is_redialled_with_doubling_jittered_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    config = SyncConfig(periodic_sync=10**6, connection_check=10**6, redial_min=1, redial_max=8)
+    client_transport = LinkedSim(network, "client")
+    assert isinstance(client_transport, TwoWay)
+    with trio.fail_after(1000):
+        async with (
+            eidetica.open_instance(None) as server,
+            eidetica.open_instance(None) as client,
+            open_sync(server, network=network, name="server", config=config) as server_sync,
+            open_sync(client, transports={"sim": client_transport}, config=config) as client_sync,
+        ):
+            tree = await server.create_tree(name="notes")
+            await tree.grant(client.public_key, "read")
+            at = await server_sync.start_server("sim://server")
+            peer = await client_sync.connect(at)
+            await client_sync.add_tree_sync(peer, tree.root_id)
+            await client_sync.sync_with_peer(peer)
+
+            network.partition("client", "server")
+            async with tree.transaction() as op:
+                op.doc("todo").set("while_away", 1)
+            missed = (await tree.tips())[0]
+            assert client_transport.dials.receive_nowait() <= trio.current_time()  # connect's
+            lost = trio.current_time()
+            client_transport.drop(at)
+            times = [lost]
+            async for dialled in client_transport.dials:
+                times.append(dialled)
+                if len(times) == 6:  # five redials failed: let the sixth through
+                    network.heal("client", "server")
+                if len(times) == 7:
+                    break
+            await stored(client, missed)  # the redial that worked caught the client up
+            waits = [after - before for before, after in itertools.pairwise(times)]
+            for wait, base in zip(waits, [1, 2, 4, 8, 8, 8], strict=True):
+                assert base <= wait <= base * 1.1, waits
+            with trio.move_on_after(300):
+                await client_transport.dials.receive()
+                raise AssertionError("redialled a peer that is linked again")
