@@ -1,8 +1,8 @@
 """Storing many entries at once: the path a sync takes when a peer sends a big tree.
 
-The entries (a chain with a short fork-and-merge every :data:`FORK_EVERY` entries,
-each writing one key of document ``d``) are built and verified once, outside the
-timing. Two figures are then timed, each into a fresh SQLite file:
+The entries (:func:`tests.builders.build_entries`: a chain with a short
+fork-and-merge every 100 entries, each writing one key of document ``d``) are built
+and verified once, outside the timing. Two figures are then timed, each into a fresh SQLite file:
 
 - ``SqliteBackend.put`` of the verified records, :data:`BATCH` at a time: the cost
   of the storage layer alone;
@@ -22,42 +22,18 @@ import trio
 
 import eidetica
 from bench._table import print_table
-from eidetica.protocol.entry import Entry
-from eidetica.protocol.keys import SigningKey
 from eidetica.storage.backend import Record
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
 from eidetica.storage.verify import BatchVerifier
-from tests.builders import child_entry, root_entry
+from tests.builders import build_entries
 
 ENTRIES = 100_000
 BATCH = 1_000
-FORK_EVERY = 100
 STORE = "d"
 
 T = TypeVar("T")
-
-
-def build_entries(count: int, key: SigningKey | None = None) -> list[Entry]:
-    """``count`` entries of one tree owned by ``key`` (a fresh one if None), parents
-    first: a chain that forks in two every :data:`FORK_EVERY` entries and merges
-    again at the next."""
-    key = key or SigningKey.generate()
-    root = root_entry(key)
-    entries = [root]
-    tips = [root]
-    while len(entries) < count:
-        index = len(entries)
-        entry = child_entry(key, root, tips, f"k{index}", index)
-        if index % FORK_EVERY == 0 and index + 1 < count:
-            sibling = child_entry(key, root, tips, f"k{index + 1}", index + 1)
-            entries += [entry, sibling]
-            tips = [entry, sibling]
-        else:
-            entries.append(entry)
-            tips = [entry]
-    return entries
 
 
 def _batches(items: Sequence[T]) -> list[Sequence[T]]:

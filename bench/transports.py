@@ -8,7 +8,7 @@ latency and no encoding of its own, is the reference: the engine's own cost.
 
 *Initial sync.* Node A (an in-memory instance whose device key is the tree's owner
 key) holds a tree of :data:`ENTRIES` entries (built once with the pattern of
-:func:`bench.bulk_store.build_entries` and imported :data:`BATCH` at a time, then
+:func:`tests.builders.build_entries` and imported :data:`BATCH` at a time, then
 ``grant("*", "read")``, all outside the timing). For each transport a fresh
 in-memory node B connects to A and relates the tree, and the timed part is
 ``await b_sync.sync_with_peer(peer_a)``: a pull of the whole tree.
@@ -44,7 +44,6 @@ import trio.testing
 
 import eidetica
 from bench._table import print_table
-from bench.bulk_store import build_entries
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.base import Handler, Transport
@@ -54,6 +53,7 @@ from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.instance import Instance
 from eidetica.storage.memory import MemoryBackend
+from tests.builders import build_entries
 
 ENTRIES = 100_000
 """Entries of the tree B pulls in the initial sync, the root included."""

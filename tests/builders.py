@@ -85,3 +85,28 @@ def topological_order(entries: Sequence[Entry], rng: random.Random) -> list[Entr
         placed.add(chosen.id)
         order.append(chosen)
     return order
+
+
+FORK_EVERY = 100
+"""How often :func:`build_entries` forks its chain in two (and merges it again)."""
+
+
+def build_entries(count: int, key: SigningKey | None = None) -> list[Entry]:
+    """``count`` entries of one tree owned by ``key`` (a fresh one if None), parents
+    first: a chain that forks in two every :data:`FORK_EVERY` entries and merges
+    again at the next."""
+    key = key or SigningKey.generate()
+    root = root_entry(key)
+    entries = [root]
+    tips = [root]
+    while len(entries) < count:
+        index = len(entries)
+        entry = child_entry(key, root, tips, f"k{index}", index)
+        if index % FORK_EVERY == 0 and index + 1 < count:
+            sibling = child_entry(key, root, tips, f"k{index + 1}", index + 1)
+            entries += [entry, sibling]
+            tips = [entry, sibling]
+        else:
+            entries.append(entry)
+            tips = [entry]
+    return entries

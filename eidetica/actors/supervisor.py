@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -155,7 +156,7 @@ class Supervisor:
             address = record.addresses[0] if record.addresses else ""
             self._reconnecting[record.key] = (address, set(record.trees))
             if address:  # a peer with no address is linked again when it dials us
-                self._spawn().start_soon(self._connect, address, None, record.key)
+                self._redial_now(address, record.key)
         now = trio.current_time()
         for retry_id, saved in (await state.retries()).items():
             item = RetryItem(retry_id, saved.peer, saved.tree, saved.entry_ids, saved.attempts)
@@ -310,7 +311,7 @@ class Supervisor:
                     self._queue(known, ProbeJob())
                 for key, (address, _) in self._reconnecting.items():
                     if address:
-                        self._spawn().start_soon(self._connect, address, None, key)
+                        self._redial_now(address, key)
             case cmd.EntriesReceived():
                 await self._forward(command.tree, command.ids, command.source)
             case cmd.Status():
@@ -502,6 +503,11 @@ class Supervisor:
             if reply is not None:
                 reply.fail(SyncError("the sync engine stopped"))
         return True
+
+    def _redial_now(self, address: str, key: str) -> None:
+        """Dial a known peer that is down; once linked, sync its trees at once (it may
+        have been down, or we were, in the middle of a sync)."""
+        self._spawn().start_soon(partial(self._connect, address, None, key, resync=True))
 
     def _is_reply_address(self, address: str) -> bool:
         scheme = address.split("://", 1)[0]
