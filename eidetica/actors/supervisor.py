@@ -74,6 +74,9 @@ class _Peer:
     """Where its link goes: what we dialled, or the reply address of a link it opened."""
     link: Link
     jobs: trio.MemorySendChannel[Job]
+    queued: trio.MemoryReceiveChannel[Job]
+    """The other end of ``jobs``, which its actor reads: jobs not started yet can be
+    moved from it to the actor of the link that replaces this one."""
     dial: str | None = None
     """An address we can dial it at, if we know one (a peer that only ever dialled us
     has none, and is forgotten when its link closes)."""
@@ -526,9 +529,12 @@ class Supervisor:
         ours, theirs = (offered, current) if self._is_reply_address(current) else (current, offered)
         return ours if self._instance.public_key < peer else theirs
 
-    def _close_link(self, address: str) -> None:
+    def _drop_link(self, address: str) -> None:
+        """Close a two-way link we no longer use, if we dialled it. A link the peer
+        dialled is left for the peer to close: it closes it once it has moved to the
+        link both ends keep, so no request of its finds the link gone meanwhile."""
         transport = self._transports.get(address.split("://", 1)[0])
-        if isinstance(transport, TwoWay):
+        if isinstance(transport, TwoWay) and not self._is_reply_address(address):
             transport.close(address)
 
     def _reachable(self, peer: str, address: str, tree: str | None) -> None:
@@ -581,17 +587,19 @@ class Supervisor:
         assert key is not None, "a link is up only after its handshake"
         self._linking.discard(link.address)
         old = self._peers.get(key)
-        if old is not None and old.address != link.address:
-            if self._keep(old.address, link.address, key) == old.address:
-                self._close_link(link.address)
-                if not self._is_reply_address(link.address):  # remember where it listens
-                    old.dial = link.address
-                    await self._require_state().add_peer(key, link.address)
-                return key
-            self._close_link(old.address)
+        if (
+            old is not None
+            and old.address != link.address
+            and self._keep(old.address, link.address, key) == old.address
+        ):
+            self._drop_link(link.address)
+            if not self._is_reply_address(link.address):  # remember where it listens
+                old.dial = link.address
+                await self._require_state().add_peer(key, link.address)
+            return key
         if old is not None:
             del self._peers[key]
-            old.jobs.close()
+            old.jobs.close()  # its actor finishes the job at hand, then drops the link
         send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
         down = self._reconnecting.pop(key, None)
         trees = old.trees if old else (down[1] if down else set())
@@ -602,24 +610,37 @@ class Supervisor:
             dial = old.dial if old else (down[0] or None if down else None)
         if dial is not None:
             await self._require_state().add_peer(key, dial)  # persist, then remember
-        known = _Peer(key, link.address, link, send, dial=dial, trees=trees)
+        known = _Peer(key, link.address, link, send, receive, dial=dial, trees=trees)
         self._peers[key] = known
+        if old is not None:  # what the old link had not started yet goes on this one
+            while True:
+                try:
+                    self._queue(known, old.queued.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
         await self._spawn().start(
             self._keep_running,
             f"peer {key}",
-            lambda: run_peer(
-                self._instance,
-                link,
-                receive,
-                report=self.inbox.clone(),
-                health=known.health,
-                breaker=self._config.breaker,
-            ),
+            partial(self._run_peer, known),
             send.close,  # a peer actor left down takes no more jobs: they fail at once
         )
         if resync:  # back after its link was lost: catch up on what it missed
             await self._queue_sync(known, None)
         return key
+
+    async def _run_peer(self, known: _Peer) -> None:
+        """A peer's actor; once its inbox closes (the peer was removed, or moved to
+        another link) and it has finished, its link is dropped unless still in use."""
+        await run_peer(
+            self._instance,
+            known.link,
+            known.queued,
+            report=self.inbox.clone(),
+            health=known.health,
+            breaker=self._config.breaker,
+        )
+        if all(other.address != known.address for other in self._peers.values()):
+            self._drop_link(known.address)
 
     def _status(self) -> dict[str, Any]:
         return {
