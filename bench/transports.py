@@ -15,9 +15,11 @@ in-memory node B connects to A and relates the tree, and the timed part is
 
 *Bytes on the wire.* During that pull the transport B's engine uses is wrapped, so
 every ``request()`` counts the bytes of the request it sends and of the answer it
-gets. That is the envelopes only: HTTP headers, WebSocket frame headers and TCP are
-not counted. The figure is the total over the entries pulled, and its ratio to the
-mean size of an entry's canonical bytes (``Entry.raw``).
+gets: the envelopes. HTTP compresses large answers, so for HTTP the bodies as they
+crossed the wire (``HttpTransport.wire_sent``/``wire_received``) are shown too; the
+other transports send envelopes as they are. HTTP headers, WebSocket frame headers
+and TCP are not counted. The figure is the total over the entries pulled, and its
+ratio to the mean size of an entry's canonical bytes (``Entry.raw``).
 
 *Commit to visible.* Fresh in-memory nodes A and B, linked both ways on a small
 tree B may write (as in the conformance tests), initial sync done. For each of
@@ -38,6 +40,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 import trio.testing
@@ -71,7 +74,8 @@ QUIET = SyncConfig(periodic_sync=86_400.0, connection_check=86_400.0, retry_swee
 
 class _Counting:
     """A transport that counts the bytes of the requests it sends through another
-    transport and of the answers it gets back."""
+    transport and of the answers it gets back. Anything else (a two-way transport's
+    ``attach``, ``reply_scheme``, ...) is the other transport's."""
 
     def __init__(self, inner: Transport) -> None:
         self.scheme = inner.scheme
@@ -79,6 +83,9 @@ class _Counting:
         self.requests = 0
         self.sent = 0
         self.received = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
     async def serve(
         self,
@@ -120,6 +127,8 @@ class _Initial:
     requests: int
     sent: int
     received: int
+    wire: int
+    """Body bytes both ways as they crossed the wire (compressed, over HTTP)."""
 
 
 async def _pull(a_address: str, scheme: str, network: SimNetwork, root_id: str) -> _Initial:
@@ -135,7 +144,7 @@ async def _pull(a_address: str, scheme: str, network: SimNetwork, root_id: str) 
             peer_a = await b_sync.connect(a_address)
             await b_sync.add_tree_sync(peer_a, root_id)
             await trio.testing.wait_all_tasks_blocked()
-            before = (counting.requests, counting.sent, counting.received)
+            before = (counting.requests, counting.sent, counting.received, _wire(inner, counting))
             began = time.perf_counter()
             with trio.fail_after(SYNC_WITHIN):
                 await b_sync.sync_with_peer(peer_a)
@@ -147,7 +156,15 @@ async def _pull(a_address: str, scheme: str, network: SimNetwork, root_id: str) 
                 requests=counting.requests - before[0],
                 sent=counting.sent - before[1],
                 received=counting.received - before[2],
+                wire=_wire(inner, counting) - before[3],
             )
+
+
+def _wire(inner: Transport, counting: _Counting) -> int:
+    """Body bytes both ways on the wire so far: HTTP's own count, else the envelopes."""
+    if isinstance(inner, HttpTransport):
+        return inner.wire_sent + inner.wire_received
+    return counting.sent + counting.received
 
 
 async def _initial_syncs(key: SigningKey, raw: Sequence[bytes]) -> dict[str, _Initial]:
@@ -255,7 +272,15 @@ def main() -> None:
     print_table(
         f"Bytes through B's transport per entry pulled (envelopes only; "
         f"mean canonical entry {mean_bytes:.0f} B)",
-        ["transport", "sent/entry", "received/entry", "total/entry", "x canonical"],
+        [
+            "transport",
+            "sent/entry",
+            "received/entry",
+            "total/entry",
+            "x canonical",
+            "on the wire/entry",
+            "x canonical",
+        ],
         [
             [
                 scheme,
@@ -263,6 +288,8 @@ def main() -> None:
                 f"{figures.received / figures.entries:,.1f}",
                 f"{(figures.sent + figures.received) / figures.entries:,.1f}",
                 f"{(figures.sent + figures.received) / figures.entries / mean_bytes:.2f}",
+                f"{figures.wire / figures.entries:,.1f}",
+                f"{figures.wire / figures.entries / mean_bytes:.2f}",
             ]
             for scheme, figures in initial.items()
         ],

@@ -3,10 +3,12 @@ status codes say what went wrong, and bad input never stops the server."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -381,3 +383,61 @@ async def test_bad_requests_get_their_status_and_the_server_keeps_serving(
             await b_sync.add_tree_sync(peer_a, shared.root_id)
             await b_sync.sync_with_peer(peer_a)
             assert await (await b.open_tree(shared.root_id)).tips() == await shared.tips()
+
+
+async def test_large_answers_travel_gzipped_and_small_ones_plain() -> None:
+    big = note("many entries " * 10_000)
+
+    async def answer(data: bytes) -> bytes:
+        return big if error_code(data) == "internal" and b"big" in data else note("small")
+
+    with trio.fail_after(10):
+        async with HttpTransport() as client, serving(answer) as address:
+            assert await client.request(address, note("big")) == big
+            assert await client.request(address, note("tiny")) == note("small")
+            async with httpx.AsyncClient() as raw:
+                url = f"{address}/api/v0"
+                for accept, encoding in [("gzip", "gzip"), ("identity", None)]:
+                    headers = {**JSON_TYPE, "accept-encoding": accept}
+                    async with raw.stream("POST", url, content=note("big"), headers=headers) as r:
+                        wire = b"".join([chunk async for chunk in r.aiter_raw()])
+                    assert r.headers.get("content-encoding") == encoding
+                    assert (len(wire) < len(big) / 10) if encoding else (wire == big)
+
+
+async def fake_server(answer: bytes) -> AsyncIterator[str]:
+    """An HTTP server that answers every request with the raw bytes ``answer``."""
+
+    async def respond(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        await stream.send_all(answer)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, respond, 0, host="127.0.0.1"))
+        yield f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        nursery.cancel_scope.cancel()
+
+
+def gzipped_answer(body: bytes, encoding: str = "gzip") -> bytes:
+    head = (
+        f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: {encoding}\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (gzipped_answer(gzip.compress(b"\0" * (limits.MAX_MESSAGE_BYTES * 4))), "once inflated"),
+        (gzipped_answer(gzip.compress(note("cut short"))[:-12]), "ends early"),
+        (gzipped_answer(b"not gzip at all"), "broken gzip"),
+        (gzipped_answer(note("x"), encoding="br"), "not gzip"),
+    ],
+    ids=["bomb", "truncated", "garbage", "unknown-encoding"],
+)
+async def test_a_bad_compressed_answer_is_a_transport_error(answer: bytes, error: str) -> None:
+    with trio.fail_after(10):
+        async with HttpTransport() as client, asynccontextmanager(fake_server)(answer) as at:
+            with pytest.raises(TransportError, match=error):
+                await client.request(at, note("hello"))

@@ -13,6 +13,12 @@ Bodies are limited before they are read: a declared ``Content-Length`` over
 a chunked body is cut off by quart's ``MAX_CONTENT_LENGTH`` as it arrives. The client
 limits answers the same way. ``GET /health`` answers 200 while the server is up.
 
+Large answers are compressed: an answer of :data:`COMPRESS_FROM` bytes or more goes
+out gzipped (level 1) to a client that accepts gzip. A page of 1,024 entries shrinks
+to about 0.41 of its JSON size, mostly by undoing base64; level 1 costs about 5 ms per
+such page, and bigger levels gain little on signed, random-looking bytes. The client
+inflates within the same limit, so a small compressed body cannot become a huge one.
+
 The server binds its socket itself (so port 0 resolves, and an address in use is a
 :class:`TransportError` with nothing left open) and hands it to hypercorn as
 ``fd://``. Cancelling :meth:`HttpTransport.serve` is a graceful shutdown: it stops
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from types import TracebackType
@@ -79,6 +86,14 @@ _GRACE_SECONDS = 3.0
 _SHUTDOWN_SECONDS = _GRACE_SECONDS + 2.0
 """How long stopping may take in all, hypercorn's own shutdown included."""
 
+COMPRESS_FROM = 16 * 1024
+"""Answers this big or bigger are gzipped for clients that accept it."""
+
+_COMPRESS_IN_THREAD_FROM = 1024 * 1024
+"""Bigger answers are gzipped on a worker thread, so the event loop goes on."""
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
 
 class _PeekBody(msgspec.Struct):
     type: str
@@ -130,6 +145,25 @@ def _split_address(address: str) -> tuple[str, int, str]:
 
 def _answer(body: bytes, status: int) -> TrioResponse:
     return TrioResponse(body, status=status, content_type=CONTENT_TYPE)
+
+
+def _gzip(data: bytes) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, _GZIP_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+async def _compressed_answer(body: bytes, status: int) -> TrioResponse:
+    """The answer, gzipped if it is big and the client accepts gzip."""
+    if len(body) < COMPRESS_FROM or not request.accept_encodings["gzip"]:
+        return _answer(body, status)
+    if len(body) >= _COMPRESS_IN_THREAD_FROM:
+        packed = await trio.to_thread.run_sync(_gzip, body)
+    else:
+        packed = _gzip(body)
+    response = _answer(packed, status)
+    response.headers["content-encoding"] = "gzip"
+    response.headers["vary"] = "accept-encoding"
+    return response
 
 
 def _refusal(status: int, code: str, reason: str) -> TrioResponse:
@@ -203,7 +237,7 @@ def _application(handler: Handler) -> QuartTrio:
         except Exception:
             log.exception("the sync handler failed")
             return _refusal(500, "internal", "the server failed to answer this request")
-        return _answer(answer, _status_of(answer))
+        return await _compressed_answer(answer, _status_of(answer))
 
     @app.get(HEALTH_PATH)
     async def health() -> TrioResponse:
@@ -270,6 +304,9 @@ class HttpTransport:
     it talks to), created at the first request. Close it with :meth:`aclose`, or use
     the transport as an ``async with`` block; a closed transport opens a fresh pool
     if it is used again.
+
+    ``wire_sent`` and ``wire_received`` count the body bytes of its requests and
+    answers as they crossed the wire (answers compressed, if they were).
     """
 
     scheme = SCHEME
@@ -277,6 +314,8 @@ class HttpTransport:
     def __init__(self, *, timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._client: httpx.AsyncClient | None = None
+        self.wire_sent = 0
+        self.wire_received = 0
 
     async def __aenter__(self) -> Self:
         return self
@@ -352,13 +391,18 @@ class HttpTransport:
         client = self._pool()
         try:
             outgoing = client.build_request(
-                "POST", url, content=data, headers={"content-type": CONTENT_TYPE}
+                "POST",
+                url,
+                content=data,
+                headers={"content-type": CONTENT_TYPE, "accept-encoding": "gzip"},
             )
             outgoing.stream = _OneChunk(data)
             response = await client.send(outgoing, stream=True)
+            self.wire_sent += len(data)
             try:
                 body = await _read_limited(response, url)
             finally:
+                self.wire_received += response.num_bytes_downloaded
                 await response.aclose()
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise Unreachable(f"nobody answers at {address}: {exc!r}") from exc
@@ -372,18 +416,48 @@ class HttpTransport:
 
 
 async def _read_limited(response: httpx.Response, url: str) -> bytes:
-    """The answer's body, refused as soon as it is known to be over the limit."""
+    """The answer's body, inflated if it came gzipped, and refused if it is (or
+    inflates to) more than the limit.
+
+    A body whose declared length is over the limit is refused before it is read, and
+    one that arrives without a declared length as soon as it passes the limit. A
+    declared, gzipped body is read to its end even when it inflates past the limit
+    (it is no bigger than the limit itself), inflating no further than the limit.
+    """
+    limit = limits.MAX_MESSAGE_BYTES
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.MAX_MESSAGE_BYTES:
-        raise TransportError(f"{url} answered {declared} bytes, over {limits.MAX_MESSAGE_BYTES}")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TransportError(f"{url} answered {declared} bytes, over {limit}")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise TransportError(f"{url} answered in the {encoding!r} encoding, not gzip")
+    inflater = zlib.decompressobj(_GZIP_WBITS) if encoding == "gzip" else None
     body = bytearray()
-    # aiter_bytes is an async generator (typed as a plain iterator): close it, so that
+    received = 0
+    refusal: str | None = None
+    # aiter_raw is an async generator (typed as a plain iterator): close it, so that
     # leaving early does not leave it to warn when collected.
-    async with aclosing(cast(AsyncGenerator[bytes], response.aiter_bytes())) as chunks:
+    async with aclosing(cast(AsyncGenerator[bytes], response.aiter_raw())) as chunks:
         async for chunk in chunks:
-            body += chunk
-            if len(body) > limits.MAX_MESSAGE_BYTES:
-                raise TransportError(f"{url} answered over {limits.MAX_MESSAGE_BYTES} bytes")
+            received += len(chunk)
+            if received > limit:
+                raise TransportError(f"{url} answered over {limit} bytes")
+            if refusal is not None:
+                continue  # drained, not kept: the body ends at its declared length
+            if inflater is None:
+                body += chunk
+                continue
+            try:
+                body += inflater.decompress(chunk, limit + 1 - len(body))
+            except zlib.error as exc:
+                refusal = f"{url} answered a broken gzip body: {exc}"
+            else:
+                if len(body) > limit or inflater.unconsumed_tail:
+                    refusal = f"{url} answered over {limit} bytes once inflated"
+    if refusal is None and inflater is not None and not inflater.eof:
+        refusal = f"{url} answered a gzip body that ends early"
+    if refusal is not None:
+        raise TransportError(refusal)
     return bytes(body)
 
 
