@@ -124,6 +124,9 @@ class Supervisor:
         address and trees; dialled again at every connection check."""
         self._linking: set[str] = set()
         """Reply addresses of links peers opened that we are handshaking over now."""
+        self._unlinkable: set[str] = set()
+        """Reply addresses over which a handshake back failed: the peer takes no
+        requests on links it dialled. Not tried again while the link lasts."""
         self._learned: dict[str, set[str]] = {}
         """Trees peers asked for over their links before we had finished linking back."""
         self._rng = random.Random()
@@ -494,7 +497,9 @@ class Supervisor:
             link = Link(self._transport(address), address, self._codec(address))
             await link.handshake(self._instance, expected_key=expected_key)
         except EideticaError as exc:
-            self._linking.discard(address)
+            if address in self._linking:
+                self._linking.discard(address)
+                self._unlinkable.add(address)
             if reply is not None:
                 reply.fail(exc)
             else:
@@ -548,13 +553,14 @@ class Supervisor:
             known.address == address or self._keep(known.address, address, peer) != address
         ):
             return
-        if address not in self._linking:
+        if address not in self._linking and address not in self._unlinkable:
             self._linking.add(address)
             self._spawn().start_soon(self._connect, address, None, peer)
 
     def _link_closed(self, address: str, reason: str) -> None:
         """A peer's two-way link closed: redial it with backoff if we know where, or
         forget it if it only ever dialled us (it dials again when it can)."""
+        self._unlinkable.discard(address)
         for known in list(self._peers.values()):
             if known.address != address:
                 continue

@@ -8,17 +8,20 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 import trio_websocket
 
 import eidetica
+from eidetica.actors.link import Link
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.base import Handler, Transport
 from eidetica.actors.transports.ws import WebSocketTransport
-from eidetica.errors import TransportError, Unreachable
+from eidetica.errors import RemoteError, TransportError, Unreachable
+from eidetica.protocol import limits
 from eidetica.protocol.codec import MSGPACK
 from eidetica.protocol.messages import Ack, ErrorReply, SendEntries
 
@@ -56,6 +59,23 @@ async def serving(
     """Serve ``handler`` for the block; yield the bound address; stop serving after."""
     async with trio.open_nursery() as nursery:
         yield await nursery.start(transport.serve, address, handler)
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def raw_client(
+    address: str, max_message_size: int = limits.MAX_MESSAGE_BYTES
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A bare WebSocket connection to ``address``, whose TCP stream is closed with the
+    block even when the server closed first (``open_websocket_url`` leaves it open)."""
+    host, port = address.removeprefix("ws://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream, trio.open_nursery() as nursery:
+        socket = await trio_websocket.wrap_client_stream(
+            nursery, stream, host, "/", max_message_size=max_message_size
+        )
+        yield socket
+        await socket.aclose()
         nursery.cancel_scope.cancel()
 
 
@@ -340,3 +360,62 @@ def test_a_dead_link_is_noticed_within_the_connection_check_interval() -> None:
     """The keepalive gives up on a silent link before the next connection check."""
     transport = WebSocketTransport()
     assert transport.ping_interval + transport.ping_timeout < SyncConfig().connection_check
+
+
+async def test_bad_requests_get_error_frames_and_the_server_keeps_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(30):
+        async with (
+            eidetica.open_instance(tmp_path / "a") as a,
+            eidetica.open_instance(tmp_path / "b") as b,
+            eidetica.open_instance(tmp_path / "c") as c,
+            open_sync(a) as a_sync,
+            open_sync(b) as b_sync,
+            WebSocketTransport() as c_ws,
+        ):
+            at = await a_sync.start_server(ANY_PORT)
+            shared = await a.create_tree(name="shared")
+            await shared.grant(b.public_key, "read")
+            private = await a.create_tree(name="private")
+            anonymous = MSGPACK.encode(SendEntries(tree=shared.root_id, entries=()))
+            bad = {
+                b"\xc1 this is not msgpack": "malformed",
+                anonymous[:-7]: "malformed",  # truncated
+                msgspec.msgpack.encode({"v": 99, "body": {"type": "sync"}}): "unknown-version",
+                msgspec.msgpack.encode({"v": 1, "body": {"type": "launch"}}): "unknown-message",
+                anonymous: "unauthenticated",  # valid, but no session
+            }
+            caplog.clear()
+            async with raw_client(at) as raw:
+                for request, code in bad.items():
+                    await raw.send_message(request)
+                    frame = await raw.get_message()
+                    assert isinstance(frame, bytes)
+                    answer = MSGPACK.decode(frame).body
+                    assert isinstance(answer, ErrorReply) and answer.code == code, answer
+            # C proves its key, then asks for a tree it may not read: as if none existed.
+            link = Link(c_ws, at, MSGPACK)
+            assert await link.handshake(c) == a.public_key
+            with pytest.raises(RemoteError, match="not-found"):
+                await link.call(SendEntries(tree=private.root_id, entries=()), Ack)
+            refusals = [r for r in caplog.records if r.getMessage().startswith("refused")]
+            assert len(refusals) == len(bad) + 1  # each logged once, with its reason
+            assert (await a_sync.status())["refused_requests"] == len(bad) + 1
+
+            # Frames the protocol does not speak close that connection, and only it.
+            oversized = b"x" * (limits.MAX_MESSAGE_BYTES + 1)
+            frames: list[tuple[str | bytes, int]] = [("text", 1003), (oversized, 1009)]
+            for unspoken, close_code in frames:
+                async with raw_client(at, 2 * limits.MAX_MESSAGE_BYTES) as raw:
+                    await raw.send_message(unspoken)
+                    with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                        await raw.get_message()
+                    assert closed.value.reason is not None
+                    assert closed.value.reason.code == close_code
+
+            # None of it stopped the server: B syncs as usual.
+            peer_a = await b_sync.connect(at)
+            await b_sync.add_tree_sync(peer_a, shared.root_id)
+            await b_sync.sync_with_peer(peer_a)
+            assert await (await b.open_tree(shared.root_id)).tips() == await shared.tips()
