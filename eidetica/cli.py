@@ -5,25 +5,33 @@ exits 0. Configuration comes from flags, then ``EIDETICA_*`` environment variabl
 then an optional TOML file (``--config``), in that order of precedence. Logs go to
 stderr, as plain lines or JSON lines. A bad flag, an unusable data directory or a
 taken port ends the process with one clear line and a non-zero exit code.
+
+The other commands work on the data directory, or, while ``serve`` runs on it (and
+so holds it), on the running node through its control socket
+(:mod:`eidetica.actors.control`): the same command, run by the node.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import signal
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import trio
 
 import eidetica
+from eidetica.actors import control
 from eidetica.actors.supervisor import SyncConfig
+from eidetica.actors.sync import Sync
 from eidetica.errors import EideticaError, first_leaf
 
 log = logging.getLogger("eidetica.cli")
@@ -137,52 +145,74 @@ class _Usage(Exception):
     """A configuration mistake, reported in one line with exit code 2."""
 
 
+_GLOBAL_FLAGS = ("data", "config", "log_level", "log_format")
+"""Arguments that say how to run a command, not what it is: not sent to a node."""
+
+Engine = Callable[[], AbstractAsyncContextManager[Sync]]
+"""The sync engine a command uses: its own, or the running node's."""
+
+
 async def _run(args: argparse.Namespace, settings: dict[str, Any]) -> int:
     data = settings["data"]
+    if args.command != "serve":
+        command = {key: value for key, value in vars(args).items() if key not in _GLOBAL_FLAGS}
+        answer = await control.ask(control.socket_path(data), command)
+        if answer is not None:  # a node runs on this directory: it ran the command
+            sys.stdout.write(answer.out)
+            sys.stderr.write(answer.err)
+            return answer.code
     async with eidetica.open_instance(data) as inst:
-        match args.command:
-            case "init":
-                print(inst.public_key)
-            case "id":
-                print(inst.public_key)
-            case "tree":
-                return await _tree(inst, args)
-            case "put":
-                tree = await inst.open_tree(args.tree)
-                try:
-                    value = json.loads(args.value)
-                except json.JSONDecodeError as exc:
-                    raise _Usage(f"value is not JSON: {exc}") from exc
-                async with tree.transaction() as op:
-                    op.doc(args.store).set(args.path, value)
-            case "get":
-                tree = await inst.open_tree(args.tree)
-                doc = await tree.doc(args.store)
-                print(json.dumps(doc.get(args.path) if args.path else doc.to_dict()))
-            case "peer":
-                async with inst.sync() as sync:  # the sync tree remembers what we add
-                    peer = await sync.connect(args.address)
-                    for tree in args.sync or []:
-                        await sync.add_tree_sync(peer, tree)
-                    print(peer)
-            case "sync":
-                async with inst.sync() as sync:
-                    peer = await sync.connect(args.peer)
-                    await sync.add_tree_sync(peer, args.tree)
-                    await sync.sync_with_peer(peer)
-                    print(f"synced {args.tree} with {peer}")
-            case "serve":
-                await _serve(inst, settings)
+        if args.command == "serve":
+            await _serve(inst, settings)
+            return EXIT_OK
+        return await _command(inst, args, sys.stdout, inst.sync)
+
+
+async def _command(
+    inst: eidetica.Instance, args: argparse.Namespace, out: TextIO, engine: Engine
+) -> int:
+    """Run one command other than ``serve`` on ``inst``, printing to ``out``."""
+    match args.command:
+        case "init" | "id":
+            print(inst.public_key, file=out)
+        case "tree":
+            return await _tree(inst, args, out)
+        case "put":
+            tree = await inst.open_tree(args.tree)
+            try:
+                value = json.loads(args.value)
+            except json.JSONDecodeError as exc:
+                raise _Usage(f"value is not JSON: {exc}") from exc
+            async with tree.transaction() as op:
+                op.doc(args.store).set(args.path, value)
+        case "get":
+            tree = await inst.open_tree(args.tree)
+            doc = await tree.doc(args.store)
+            print(json.dumps(doc.get(args.path) if args.path else doc.to_dict()), file=out)
+        case "peer":
+            async with engine() as sync:  # the sync tree remembers what we add
+                peer = await sync.connect(args.address)
+                for tree_id in args.sync or []:
+                    await sync.add_tree_sync(peer, tree_id)
+                print(peer, file=out)
+        case "sync":
+            async with engine() as sync:
+                peer = await sync.connect(args.peer)
+                await sync.add_tree_sync(peer, args.tree)
+                await sync.sync_with_peer(peer)
+                print(f"synced {args.tree} with {peer}", file=out)
+        case other:
+            raise _Usage(f"{other!r} is not a command a node runs for others")
     return EXIT_OK
 
 
-async def _tree(inst: eidetica.Instance, args: argparse.Namespace) -> int:
+async def _tree(inst: eidetica.Instance, args: argparse.Namespace, out: TextIO) -> int:
     match args.tree_command:
         case "create":
-            print((await inst.create_tree(name=args.name)).root_id)
+            print((await inst.create_tree(name=args.name)).root_id, file=out)
         case "list":
             for tree in await inst.trees():
-                print(tree.root_id, (await tree.settings()).get("name", ""))
+                print(tree.root_id, (await tree.settings()).get("name", ""), file=out)
         case "grant":
             await (await inst.open_tree(args.tree)).grant(args.key, args.permission)
         case "show":
@@ -192,14 +222,44 @@ async def _tree(inst: eidetica.Instance, args: argparse.Namespace) -> int:
                 "tips": await tree.tips(),
                 "settings": await tree.settings(),
             }
-            print(json.dumps(shown, indent=2))
+            print(json.dumps(shown, indent=2), file=out)
     return EXIT_OK
+
+
+def _commands_for(inst: eidetica.Instance, sync: Sync) -> control.ControlHandler:
+    """What the control socket runs: a command, on this node's instance and engine."""
+
+    @asynccontextmanager
+    async def running() -> AsyncIterator[Sync]:
+        yield sync
+
+    async def run(fields: dict[str, Any]) -> control.ControlAnswer:
+        out = io.StringIO()
+        try:
+            args = argparse.Namespace(**fields)
+            log.info("control: %s", args.command)
+            code = await _command(inst, args, out, running)
+        except _Usage as exc:
+            return control.ControlAnswer(EXIT_USAGE, out.getvalue(), f"eidetica: {exc}\n")
+        except (AttributeError, TypeError) as exc:
+            log.warning("refused a control request: %s", exc)
+            return control.ControlAnswer(EXIT_USAGE, "", f"eidetica: bad control request: {exc}\n")
+        except EideticaError as exc:
+            return control.ControlAnswer(EXIT_FAILURE, out.getvalue(), f"eidetica: {exc}\n")
+        return control.ControlAnswer(code, out.getvalue())
+
+    return run
 
 
 async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
     period = float(settings.get("periodic_sync") or SyncConfig.periodic_sync)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with inst.sync(config=SyncConfig(periodic_sync=period)) as sync:
+        async with (
+            inst.sync(config=SyncConfig(periodic_sync=period)) as sync,
+            trio.open_nursery() as nursery,
+        ):
+            path = control.socket_path(settings["data"])
+            await nursery.start(control.serve, path, _commands_for(inst, sync))
             for address in settings.get("listen") or []:
                 print(f"listening {await sync.start_server(address)}", flush=True)
             print(f"key {inst.public_key}", flush=True)
@@ -216,6 +276,7 @@ async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
             async for signum in signals:
                 log.info("got %s: shutting down", signal.Signals(signum).name)
                 break
+            nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,11 @@
-"""Two ``eidetica serve`` processes, configured only by flags, sync a tree over HTTP."""
+"""``eidetica serve`` processes, configured only by flags: two sync a tree over HTTP,
+and the other commands reach a running node through its control socket."""
 
 from __future__ import annotations
 
 import json
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +15,20 @@ import pytest
 COMMAND = [sys.executable, "-m", "eidetica.cli"]
 
 
-def cli(data: Path, *args: str) -> str:
-    result = subprocess.run(
+def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [*COMMAND, "--data", str(data), *args],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def cli(data: Path, *args: str) -> str:
+    """Run a command that must succeed; its output."""
+    result = run_cli(data, *args)
+    assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
@@ -55,23 +63,7 @@ def test_two_serve_processes_sync_a_tree_and_stop_cleanly(tmp_path: Path) -> Non
     b_key = cli(b_data, "init")
     tree = cli(a_data, "tree", "create", "shared")
     cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
-    # Let B read and write: grant through A's data directory before A serves.
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, trio, eidetica\n"
-            "async def main(d, t, k):\n"
-            "    async with eidetica.open_instance(d) as inst:\n"
-            "        await (await inst.open_tree(t)).grant(k, 'write')\n"
-            "trio.run(main, *sys.argv[1:])",
-            str(a_data),
-            tree,
-            b_key,
-        ],
-        check=True,
-        timeout=60,
-    )
+    cli(a_data, "tree", "grant", tree, b_key, "write")
     a, a_said = start(a_data, "--listen", "http://127.0.0.1:0")
     try:
         address = a_said["listening"]
@@ -102,3 +94,35 @@ def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
         assert result.stderr.strip().startswith("eidetica:")
     finally:
         stop(a)
+
+
+def test_commands_reach_a_running_node(tmp_path: Path) -> None:
+    a_data, b_data = tmp_path / "a", tmp_path / "b"
+    a, a_said = start(a_data, "--listen", "ws://127.0.0.1:0")
+    try:
+        b, _ = start(b_data)  # listens nowhere: it dials
+        try:
+            socket = a_data / "control.sock"
+            assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+            # Each command runs in the node that holds the directory.
+            tree = cli(a_data, "tree", "create", "shared")
+            b_key = cli(b_data, "id")
+            cli(a_data, "tree", "grant", tree, b_key, "write")
+            cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
+            synced = cli(b_data, "sync", tree, "--peer", a_said["listening"])
+            assert synced == f"synced {tree} with {a_said['key']}"
+            assert json.loads(cli(b_data, "get", tree, "todo")) == {"milk": {"done": False}}
+            assert tree in cli(b_data, "tree", "list")
+            # Mistakes come back as they would from the directory: one line, the code.
+            bad_json = run_cli(a_data, "put", tree, "todo", "eggs", "{not json")
+            missing = run_cli(a_data, "get", "f" * 64, "todo")
+            assert (bad_json.returncode, missing.returncode) == (2, 1)
+            for result in (bad_json, missing):
+                assert result.stderr.count("\n") == 1 and result.stderr.startswith("eidetica:")
+        finally:
+            stop(b)
+    finally:
+        stop(a)
+    assert not socket.exists()
+    # With the node stopped, the same commands open the directory itself.
+    assert json.loads(cli(a_data, "get", tree, "todo", "milk.done")) is False

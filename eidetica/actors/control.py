@@ -1,0 +1,144 @@
+"""The control socket: how the ``eidetica`` commands reach a node that is running.
+
+A running node owns its data directory (SQLite is opened with an exclusive lock),
+so ``eidetica put`` or ``eidetica sync`` cannot open the directory while
+``eidetica serve`` runs. Instead the node listens on a Unix socket in the directory,
+``control.sock``, made readable and writable by its owner only: whoever may use the
+socket may read the directory (and its device key) anyway. A command that finds a
+node answering there hands it the command, and the node runs it on its live
+instance and sync engine and sends back the exit code and the output.
+
+One request per connection: a JSON line (:class:`ControlRequest`), answered by a
+JSON line (:class:`ControlAnswer`), then the node closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from eidetica.errors import TransportError
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+class ControlRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A command, as the parsed arguments of the ``eidetica`` command line."""
+
+    command: dict[str, Any]
+
+
+class ControlAnswer(msgspec.Struct, frozen=True):
+    """What running the command printed, and its exit code."""
+
+    code: int
+    out: str = ""
+    err: str = ""
+
+
+ControlHandler = Callable[[dict[str, Any]], Awaitable[ControlAnswer]]
+
+_decode_request = msgspec.json.Decoder(ControlRequest)
+_decode_answer = msgspec.json.Decoder(ControlAnswer)
+
+
+def socket_path(data: str | os.PathLike[str]) -> Path:
+    return Path(data) / SOCKET_NAME
+
+
+async def serve(
+    path: Path,
+    handler: ControlHandler,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer commands at ``path`` until cancelled, then remove the socket file.
+
+    The caller owns the data directory (it holds the SQLite lock), so a socket file
+    already there is a stale one from a node that stopped without cleaning up.
+    """
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _remove(path)
+    mask = os.umask(0o177)  # the file is born owner-only: no window to connect in
+    try:
+        await listener.bind(os.fspath(path))
+    except OSError as exc:
+        listener.close()
+        raise TransportError(f"cannot listen at {path}: {exc}") from exc
+    finally:
+        os.umask(mask)
+    try:
+        listener.listen()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                trio.serve_listeners, _answerer(handler), [trio.SocketListener(listener)]
+            )
+            task_status.started()
+    finally:
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """Remove the socket file (a local unlink: no need for a worker thread)."""
+    path.unlink(missing_ok=True)
+
+
+def _answerer(handler: ControlHandler) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                request = _decode_request.decode(await _read_line(stream))
+            except (msgspec.DecodeError, ValueError) as exc:
+                log.warning("refused a control request: %s", exc)
+                reply = ControlAnswer(code=2, err=f"eidetica: bad control request: {exc}\n")
+            else:
+                reply = await handler(request.command)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(msgspec.json.encode(reply) + b"\n")
+
+    return answer
+
+
+async def _read_line(stream: trio.SocketStream, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """Bytes up to the first newline (which ends the request), or to the end."""
+    data = bytearray()
+    while b"\n" not in data:
+        chunk = await stream.receive_some()
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"request over {limit} bytes")
+    return bytes(data.split(b"\n", 1)[0])
+
+
+async def ask(path: Path, command: dict[str, Any]) -> ControlAnswer | None:
+    """Have the node running at ``path`` run ``command``; ``None`` if no node answers
+    there (no socket file, or a stale one)."""
+    try:
+        stream = await trio.open_unix_socket(os.fspath(path))
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            return None
+        raise TransportError(f"cannot reach the node at {path}: {exc}") from exc
+    async with stream:
+        await stream.send_all(msgspec.json.encode(ControlRequest(command)) + b"\n")
+        data = bytearray()
+        while chunk := await stream.receive_some():
+            data += chunk
+    try:
+        return _decode_answer.decode(bytes(data).strip())
+    except msgspec.DecodeError as exc:
+        raise TransportError(f"the node at {path} gave no answer ({exc})") from exc
