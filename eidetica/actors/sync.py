@@ -143,7 +143,7 @@ async def open_sync(
     opened before the engine starts and closed after it stops. ``transports`` adds or
     replaces transports by scheme (their owner closes them).
     """
-    http = HttpTransport()
+    http = HttpTransport(health=instance.healthy)
     async with WebSocketTransport() as websocket:
         chosen: dict[str, Transport] = {
             "sim": SimTransport(network, name=name),

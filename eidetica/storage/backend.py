@@ -118,6 +118,10 @@ class Backend(Protocol):
         """Store ``value`` under ``key``, replacing any earlier value; durable at once."""
         ...
 
+    def healthy(self) -> bool:
+        """Whether the store is open and answers (a cheap probe, for health checks)."""
+        ...
+
     def close(self) -> None:
         """Release the backend's resources; it is not used afterwards."""
         ...

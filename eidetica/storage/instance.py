@@ -215,6 +215,10 @@ class Instance:
             raise SyncError("the sync engine is not loaded: import eidetica")
         return _sync_opener(self, **options)
 
+    def healthy(self) -> bool:
+        """Whether this node's storage is open and answers."""
+        return self.backend.healthy()
+
     def close(self) -> None:
         self.backend.close()
 

@@ -59,6 +59,7 @@ class MemoryBackend:
         self._stores: dict[tuple[str, str], _Dag] = defaultdict(_Dag)
         self._roots: set[str] = set()
         self._local: dict[str, str] = {}
+        self._closed = False
 
     def put(self, records: Sequence[Record]) -> list[str]:
         added: list[str] = []
@@ -116,5 +117,9 @@ class MemoryBackend:
     def set_local(self, key: str, value: str) -> None:
         self._local[key] = value
 
+    def healthy(self) -> bool:
+        return not self._closed
+
     def close(self) -> None:
+        self._closed = True
         self._entries.clear()

@@ -325,5 +325,12 @@ class SqliteBackend:
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"storing local value {key!r} failed: {exc}") from exc
 
+    def healthy(self) -> bool:
+        try:
+            self._db.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
     def close(self) -> None:
         self._db.close()

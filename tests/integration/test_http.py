@@ -127,6 +127,21 @@ async def test_health_answers_200_with_a_small_json_body() -> None:
     assert response.json() == {"status": "ok"}
 
 
+async def test_health_answers_503_once_the_storage_is_closed(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with (
+            eidetica.open_instance(tmp_path / "a") as a,
+            open_sync(a) as a_sync,
+            httpx.AsyncClient() as client,
+        ):
+            health = f"{await a_sync.start_server(ANY_PORT)}/health"
+            assert (await client.get(health)).status_code == 200
+            a.backend.close()  # as if the disk went away under the node
+            response = await client.get(health)
+            assert response.status_code == 503
+            assert response.json() == {"status": "unavailable"}
+
+
 async def test_error_answers_get_the_status_of_their_code() -> None:
     codes = {
         "malformed": 400,

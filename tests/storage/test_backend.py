@@ -196,3 +196,9 @@ def test_local_values_are_replaced_kept_apart_and_survive_reopen(
         assert reopened.get_local("sync_tree") == "second"
         assert reopened.get_local("other") == ""
         reopened.close()
+
+
+def test_a_backend_is_healthy_until_closed(backend: Backend) -> None:
+    assert backend.healthy()
+    backend.close()
+    assert not backend.healthy()

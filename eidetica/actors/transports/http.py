@@ -11,7 +11,8 @@ client decodes an error answer exactly as it does over any other transport.
 Bodies are limited before they are read: a declared ``Content-Length`` over
 :data:`~eidetica.protocol.limits.MAX_MESSAGE_BYTES` is refused at once with 413, and
 a chunked body is cut off by quart's ``MAX_CONTENT_LENGTH`` as it arrives. The client
-limits answers the same way. ``GET /health`` answers 200 while the server is up.
+limits answers the same way. ``GET /health`` answers 200 while the server is up and
+the node's storage answers, and 503 once it does not.
 
 Large answers are compressed: an answer of :data:`COMPRESS_FROM` bytes or more goes
 out gzipped (level 1) to a client that accepts gzip. A page of 1,024 entries shrinks
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import socket
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from types import TracebackType
 from typing import Self, cast
@@ -212,8 +213,9 @@ class _HoldDisconnectAfterAnswer:
         await self._app(scope, receive_until_answered, send_noting_answer)
 
 
-def _application(handler: Handler) -> QuartTrio:
-    """The quart-trio application that puts ``handler`` at ``POST /api/v0``."""
+def _application(handler: Handler, health: Callable[[], bool] | None) -> QuartTrio:
+    """The quart-trio application that puts ``handler`` at ``POST /api/v0``, and
+    ``GET /health`` answering 200 while ``health()`` is true, 503 otherwise."""
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = limits.MAX_MESSAGE_BYTES
 
@@ -240,7 +242,9 @@ def _application(handler: Handler) -> QuartTrio:
         return await _compressed_answer(answer, _status_of(answer))
 
     @app.get(HEALTH_PATH)
-    async def health() -> TrioResponse:
+    async def health_check() -> TrioResponse:
+        if health is not None and not health():
+            return _answer(msgspec.json.encode({"status": "unavailable"}), 503)
         return _answer(msgspec.json.encode({"status": "ok"}), 200)
 
     return app
@@ -305,13 +309,23 @@ class HttpTransport:
     the transport as an ``async with`` block; a closed transport opens a fresh pool
     if it is used again.
 
+    ``health`` says whether the node behind its servers is well (its storage open);
+    ``GET /health`` answers 503 when it is not.
+
     ``wire_sent`` and ``wire_received`` count the body bytes of its requests and
     answers as they crossed the wire (answers compressed, if they were).
     """
 
     scheme = SCHEME
 
-    def __init__(self, *, timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        health: Callable[[], bool] | None = None,
+    ) -> None:
+        self._health = health
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._client: httpx.AsyncClient | None = None
         self.wire_sent = 0
@@ -360,7 +374,7 @@ class HttpTransport:
         address is reported through ``task_status.started`` once hypercorn accepts
         connections. :class:`TransportError` if the address cannot be bound.
         """
-        app = _application(handler)
+        app = _application(handler, self._health)
         config = _server_config(await _bind(address))
         stop = trio.Event()
         shutdown = trio.CancelScope(shield=True)
