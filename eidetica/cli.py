@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -98,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="append", help="an address to serve (repeatable)")
     serve.add_argument("--peer", action="append", help="a peer address to dial (repeatable)")
     serve.add_argument("--sync", action="append", help="a tree id to sync with every peer")
-    serve.add_argument("--periodic-sync", type=float, help="seconds between syncs")
+    for name, what in _INTERVALS.items():
+        serve.add_argument(f"--{name.replace('_', '-')}", help=f"seconds {what}")
     peer = commands.add_parser("peer", help="remember peers for serve to dial")
     peer_commands = peer.add_subparsers(dest="peer_command", required=True)
     peer_add = peer_commands.add_parser("add", help="handshake with a node and remember it")
@@ -126,7 +128,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "listen": _split(os.environ.get("EIDETICA_LISTEN")),
         "peer": _split(os.environ.get("EIDETICA_PEERS")),
         "sync": _split(os.environ.get("EIDETICA_SYNC")),
-        "periodic_sync": os.environ.get("EIDETICA_PERIODIC_SYNC"),
+        **{name: os.environ.get(f"EIDETICA_{name.upper()}") for name in _INTERVALS},
     }
     settings.update({key: value for key, value in env.items() if value})
     flags = {key: getattr(args, key, None) for key in env}
@@ -134,7 +136,29 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings.setdefault("data", "node-data")
     settings.setdefault("log_level", "info")
     settings.setdefault("log_format", "plain")
+    for name in _INTERVALS:
+        if settings.get(name) is not None:
+            settings[name] = _seconds(name, settings[name])
     return settings
+
+
+_INTERVALS = {
+    "periodic_sync": "between syncs of every peer's trees",
+    "connection_check": "between checks that each peer still answers",
+    "retry_sweep": "between looks at the retry queue",
+}
+"""The timer intervals ``serve`` takes (flag, ``EIDETICA_*`` variable, TOML key)."""
+
+
+def _seconds(name: str, value: object) -> float:
+    """An interval setting as seconds, or a one-line usage error."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _Usage(f"{name.replace('_', '-')} must be a number of seconds above 0, not {value!r}")
+    return seconds
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -252,10 +276,12 @@ def _commands_for(inst: eidetica.Instance, sync: Sync) -> control.ControlHandler
 
 
 async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
-    period = float(settings.get("periodic_sync") or SyncConfig.periodic_sync)
+    config = SyncConfig(
+        **{name: settings[name] for name in _INTERVALS if settings.get(name) is not None}
+    )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
-            inst.sync(config=SyncConfig(periodic_sync=period)) as sync,
+            inst.sync(config=config) as sync,
             trio.open_nursery() as nursery,
         ):
             path = control.socket_path(settings["data"])

@@ -42,6 +42,9 @@ def test_tree_put_get_round_trip(tmp_path: Path) -> None:
         (["id", "--no-such-flag"], 2, "unrecognized arguments"),
         (["put", "0" * 64, "d", "x", "not json"], 1, "no tree"),
         (["get", "0" * 64, "d", "x"], 1, "no tree"),
+        (["serve", "--periodic-sync", "soon"], 2, "periodic-sync must be a number"),
+        (["serve", "--retry-sweep", "-1"], 2, "retry-sweep must be a number"),
+        (["serve", "--connection-check", "inf"], 2, "connection-check must be a number"),
     ],
 )
 def test_mistakes_end_with_one_clear_line(

@@ -100,7 +100,8 @@ def test_commands_reach_a_running_node(tmp_path: Path) -> None:
     a_data, b_data = tmp_path / "a", tmp_path / "b"
     a, a_said = start(a_data, "--listen", "ws://127.0.0.1:0")
     try:
-        b, _ = start(b_data)  # listens nowhere: it dials
+        # B listens nowhere: it dials. Its timers are set by flags.
+        b, _ = start(b_data, "--periodic-sync", "30", "--connection-check", "10")
         try:
             socket = a_data / "control.sock"
             assert stat.S_IMODE(socket.stat().st_mode) == 0o600
