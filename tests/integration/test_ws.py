@@ -24,6 +24,7 @@ from eidetica.errors import RemoteError, TransportError, Unreachable
 from eidetica.protocol import limits
 from eidetica.protocol.codec import MSGPACK
 from eidetica.protocol.messages import Ack, ErrorReply, SendEntries
+from tests.nodes import ws_node
 
 ANY_PORT = "ws://127.0.0.1:0"
 
@@ -317,12 +318,8 @@ async def test_serving_a_taken_port_raises() -> None:
 async def test_two_nodes_sync_a_tree_both_ways_over_websocket(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with (
-            eidetica.open_instance(tmp_path / "a") as a,
-            eidetica.open_instance(tmp_path / "b") as b,
-            WebSocketTransport() as a_ws,
-            WebSocketTransport() as b_ws,
-            open_sync(a, transports={"ws": a_ws}) as a_sync,
-            open_sync(b, transports={"ws": b_ws}) as b_sync,
+            ws_node(tmp_path / "a") as (a, a_sync, a_ws),
+            ws_node(tmp_path / "b") as (b, b_sync, b_ws),
         ):
             a_at = await a_sync.start_server(ANY_PORT)
             b_at = await b_sync.start_server(ANY_PORT)

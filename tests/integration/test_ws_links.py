@@ -8,10 +8,9 @@ from pathlib import Path
 
 import trio
 
-import eidetica
 from eidetica.actors.supervisor import SyncConfig
-from eidetica.actors.sync import open_sync
-from eidetica.actors.transports.ws import WebSocketTransport
+from eidetica.storage.tree import Tree
+from tests.nodes import WsNode, ws_node
 from tests.waiting import links_settle, settle, stored
 
 ANY_PORT = "ws://127.0.0.1:0"
@@ -19,48 +18,46 @@ NO_POLLING = SyncConfig(periodic_sync=3600, connection_check=3600)
 """No timer fires within a test's bound: whatever arrives was pushed."""
 
 
+async def served_to(server: WsNode, client: WsNode, permission: str) -> tuple[Tree, str]:
+    """A tree of the server's, which the client may use with ``permission``, served at
+    an address the client dials, relates and syncs once. Returns the tree and address."""
+    tree = await server.inst.create_tree(name="notes")
+    await tree.grant(client.inst.public_key, permission)
+    at = await server.sync.start_server(ANY_PORT)
+    peer = await client.sync.connect(at)
+    await client.sync.add_tree_sync(peer, tree.root_id)
+    await client.sync.sync_with_peer(peer)
+    return tree, at
+
+
 async def test_a_commit_reaches_a_peer_that_only_dialled(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with (
-            eidetica.open_instance(tmp_path / "server") as server,
-            eidetica.open_instance(tmp_path / "client") as client,
-            WebSocketTransport() as server_ws,
-            WebSocketTransport() as client_ws,
-            open_sync(server, transports={"ws": server_ws}, config=NO_POLLING) as server_sync,
-            open_sync(client, transports={"ws": client_ws}, config=NO_POLLING) as client_sync,
+            ws_node(tmp_path / "server", NO_POLLING) as server,
+            ws_node(tmp_path / "client", NO_POLLING) as client,
         ):
-            tree = await server.create_tree(name="notes")
-            await tree.grant(client.public_key, "write")
-            at = await server_sync.start_server(ANY_PORT)
             # The client listens nowhere: it dials, and syncs the tree once.
-            peer = await client_sync.connect(at)
-            await client_sync.add_tree_sync(peer, tree.root_id)
-            await client_sync.sync_with_peer(peer)
-            theirs = await client.open_tree(tree.root_id)
+            tree, _ = await served_to(server, client, "write")
+            theirs = await client.inst.open_tree(tree.root_id)
 
             async with tree.transaction() as op:
                 op.doc("todo").set("milk", 1)
-            await stored(client, (await tree.tips())[0])  # pushed over the client's link
+            await stored(client.inst, (await tree.tips())[0])  # pushed over the client's link
             async with theirs.transaction() as op:
                 op.doc("todo").set("eggs", 2)
             await settle(tree, theirs)
 
-            status = await server_sync.status()
-            assert status["peers"][client.public_key]["address"].startswith("ws-in://")
-            assert status["peers"][client.public_key]["dial"] is None
+            status = (await server.sync.status())["peers"][client.inst.public_key]
+            assert status["address"].startswith("ws-in://") and status["dial"] is None
             assert (await tree.doc("todo")).to_dict() == {"milk": 1, "eggs": 2}
-    assert server_ws.dials == 0 and client_ws.dials == 1
+    assert server.ws.dials == 0 and client.ws.dials == 1
 
 
 async def test_nodes_that_dial_each_other_keep_one_link(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with (
-            eidetica.open_instance(tmp_path / "a") as a,
-            eidetica.open_instance(tmp_path / "b") as b,
-            WebSocketTransport() as a_ws,
-            WebSocketTransport() as b_ws,
-            open_sync(a, transports={"ws": a_ws}, config=NO_POLLING) as a_sync,
-            open_sync(b, transports={"ws": b_ws}, config=NO_POLLING) as b_sync,
+            ws_node(tmp_path / "a", NO_POLLING) as (a, a_sync, a_ws),
+            ws_node(tmp_path / "b", NO_POLLING) as (b, b_sync, b_ws),
         ):
             tree = await a.create_tree(name="notes")
             await tree.grant(b.public_key, "write")
@@ -99,32 +96,23 @@ async def test_a_lost_link_is_redialled_and_the_peer_catches_up(tmp_path: Path) 
     quick = SyncConfig(periodic_sync=3600, connection_check=3600, redial_min=0.01)
     with trio.fail_after(20):
         async with (
-            eidetica.open_instance(tmp_path / "server") as server,
-            eidetica.open_instance(tmp_path / "client") as client,
-            WebSocketTransport() as server_ws,
-            WebSocketTransport() as client_ws,
-            open_sync(server, transports={"ws": server_ws}, config=NO_POLLING) as server_sync,
-            open_sync(client, transports={"ws": client_ws}, config=quick) as client_sync,
+            ws_node(tmp_path / "server", NO_POLLING) as server,
+            ws_node(tmp_path / "client", quick) as client,
         ):
-            tree = await server.create_tree(name="notes")
-            await tree.grant(client.public_key, "read")
-            at = await server_sync.start_server(ANY_PORT)
-            peer = await client_sync.connect(at)
-            await client_sync.add_tree_sync(peer, tree.root_id)
-            await client_sync.sync_with_peer(peer)
+            tree, at = await served_to(server, client, "read")
 
             # The server goes away, taking the link with it, and commits meanwhile.
-            await server_sync.stop_server(at)
-            await links_settle(client_ws, count=0)
+            await server.sync.stop_server(at)
+            await links_settle(client.ws, count=0)
             async with tree.transaction() as op:
                 op.doc("todo").set("while_away", 1)
             missed = (await tree.tips())[0]
-            assert client.backend.get(missed) is None
+            assert client.inst.backend.get(missed) is None
 
             # Back at the same address: the client redials by itself and catches up.
-            assert await server_sync.start_server(at) == at
-            await stored(client, missed)
+            assert await server.sync.start_server(at) == at
+            await stored(client.inst, missed)
             async with tree.transaction() as op:
                 op.doc("todo").set("after", 2)
-            await stored(client, (await tree.tips())[0])  # pushed over the new link
-    assert client_ws.dials >= 2
+            await stored(client.inst, (await tree.tips())[0])  # pushed over the new link
+    assert client.ws.dials >= 2
