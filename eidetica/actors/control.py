@@ -19,7 +19,8 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST_BYTES = 64 * 1024
+_MAX_SOCKET_PATH = 100
+"""Bytes of a socket path that surely fit ``sockaddr_un`` (108 on Linux, less
+elsewhere); a longer path is reached through a descriptor of its directory."""
+_NO_NODE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.ENAMETOOLONG)
+"""Errors that mean nobody serves commands at a socket path."""
 
 
 class ControlRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -73,7 +79,8 @@ async def serve(
     _remove(path)
     mask = os.umask(0o177)  # the file is born owner-only: no window to connect in
     try:
-        await listener.bind(os.fspath(path))
+        with _short(path) as where:
+            await listener.bind(where)
     except OSError as exc:
         listener.close()
         raise TransportError(f"cannot listen at {path}: {exc}") from exc
@@ -88,6 +95,20 @@ async def serve(
             task_status.started()
     finally:
         _remove(path)
+
+
+@contextmanager
+def _short(path: Path) -> Iterator[str]:
+    """A name for the socket file ``path`` short enough to bind or connect to: the
+    path itself, or (Linux) the same file through an open descriptor of its folder."""
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH or not os.path.isdir("/proc/self/fd"):
+        yield os.fspath(path)
+        return
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
 def _remove(path: Path) -> None:
@@ -128,9 +149,10 @@ async def ask(path: Path, command: dict[str, Any]) -> ControlAnswer | None:
     """Have the node running at ``path`` run ``command``; ``None`` if no node answers
     there (no socket file, or a stale one)."""
     try:
-        stream = await trio.open_unix_socket(os.fspath(path))
+        with _short(path) as where:
+            stream = await trio.open_unix_socket(where)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        if exc.errno in _NO_NODE:
             return None
         raise TransportError(f"cannot reach the node at {path}: {exc}") from exc
     async with stream:

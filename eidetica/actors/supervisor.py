@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from eidetica.actors import commands as cmd
+from eidetica.actors import linkbook
 from eidetica.actors.link import Link
 from eidetica.actors.peer import (
     BreakerConfig,
@@ -79,7 +80,11 @@ class _Peer:
     moved from it to the actor of the link that replaces this one."""
     dial: str | None = None
     """An address we can dial it at, if we know one (a peer that only ever dialled us
-    has none, and is forgotten when its link closes)."""
+    has none, and is forgotten when its link closes unless ``kept``)."""
+    kept: bool = False
+    """It is in the sync tree (we dialled it, or the operator related it)."""
+    lost: bool = False
+    """Its two-way link closed; it is being redialled, or forgotten."""
     health: PeerHealth = field(default_factory=PeerHealth)
     trees: set[str] = field(default_factory=set)
     dropped: int = 0
@@ -92,6 +97,8 @@ class _PeerUp(cmd._Command, frozen=True):
     reply: Reply[str]
     resync: bool = False
     """Sync its trees at once: it came back after its link was lost."""
+    chosen: bool = False
+    """The operator asked for this link (``connect``)."""
 
 
 class Supervisor:
@@ -122,13 +129,7 @@ class Supervisor:
         self._reconnecting: dict[str, tuple[str, set[str]]] = {}
         """Peers known but not connected (after a restart, or unreachable), with their
         address and trees; dialled again at every connection check."""
-        self._linking: set[str] = set()
-        """Reply addresses of links peers opened that we are handshaking over now."""
-        self._unlinkable: set[str] = set()
-        """Reply addresses over which a handshake back failed: the peer takes no
-        requests on links it dialled. Not tried again while the link lasts."""
-        self._learned: dict[str, set[str]] = {}
-        """Trees peers asked for over their links before we had finished linking back."""
+        self._book = linkbook.LinkBook({two_way.reply_scheme for two_way in self._two_way})
         self._rng = random.Random()
         self.crashed: list[str] = []
         """Actors that kept crashing and were left down (reported in status)."""
@@ -253,7 +254,9 @@ class Supervisor:
             case cmd.ConnectToPeer():
                 self._spawn().start_soon(self._connect, command.address, command.reply)
             case _PeerUp():
-                command.reply.set(await self._peer_up(command.link, resync=command.resync))
+                command.reply.set(
+                    await self._peer_up(command.link, resync=command.resync, chosen=command.chosen)
+                )
             case cmd.PeerReachable():
                 self._reachable(command.peer, command.address, command.tree)
             case cmd.LinkClosed():
@@ -261,6 +264,7 @@ class Supervisor:
             case cmd.RemovePeer():
                 self._trees_of(command.peer)  # unknown peers are an error
                 await self._require_state().remove_peer(command.peer)
+                self._book.removed.add(command.peer)
                 self._reconnecting.pop(command.peer, None)
                 known = self._peers.pop(command.peer, None)
                 if known is not None:
@@ -273,6 +277,8 @@ class Supervisor:
                 await state.add_peer(command.peer)  # one that dialled us may be new to it
                 await state.add_relationship(command.peer, command.tree)
                 trees.add(command.tree)
+                if command.peer in self._peers:
+                    self._peers[command.peer].kept = True
                 command.reply.set(None)
             case cmd.RemoveRelationship():
                 trees = self._trees_of(command.peer)
@@ -313,6 +319,9 @@ class Supervisor:
             case cmd.PushFailed():
                 pass  # from the actor of a peer removed since
             case cmd.CheckConnections():
+                for known in list(self._peers.values()):  # a closure whose notice was lost
+                    if not known.lost and not self._is_open(known.address):
+                        self._link_closed(known.address, "found closed at a connection check")
                 for known in self._peers.values():
                     self._queue(known, ProbeJob())
                 for key, (address, _) in self._reconnecting.items():
@@ -323,6 +332,7 @@ class Supervisor:
             case cmd.Status():
                 command.reply.set(self._status())
             case cmd.AddPeer():
+                self._book.removed.discard(command.peer)
                 await self._require_state().add_peer(command.peer, command.address)
                 trees = self._reconnecting.get(command.peer, ("", set()))[1]
                 self._reconnecting[command.peer] = (command.address, trees)
@@ -492,21 +502,22 @@ class Supervisor:
         resync: bool = False,
     ) -> bool:
         """Handshake with the node at ``address`` and hand the link to the supervisor;
-        whether the handshake succeeded."""
+        whether the handshake succeeded. A connection attempt never takes the engine
+        down: whatever goes wrong is the caller's error, or a logged line."""
         try:
             link = Link(self._transport(address), address, self._codec(address))
             await link.handshake(self._instance, expected_key=expected_key)
-        except EideticaError as exc:
-            if address in self._linking:
-                self._linking.discard(address)
-                self._unlinkable.add(address)
+        except Exception as exc:
+            if self._book.is_reply(address):
+                self._book.failed(address, still_open=self._is_open(address))
+            error = exc if isinstance(exc, EideticaError) else SyncError(f"{address}: {exc!r}")
             if reply is not None:
-                reply.fail(exc)
+                reply.fail(error)
             else:
-                log.warning("could not reach %s at %s: %s", expected_key, address, exc)
+                log.warning("could not reach %s at %s: %s", expected_key, address, error)
             return False
         try:
-            await self.inbox.send(_PeerUp(link, reply or Reply[str](), resync))
+            await self.inbox.send(_PeerUp(link, reply or Reply[str](), resync, reply is not None))
         except trio.ClosedResourceError:
             if reply is not None:
                 reply.fail(SyncError("the sync engine stopped"))
@@ -517,90 +528,117 @@ class Supervisor:
         have been down, or we were, in the middle of a sync)."""
         self._spawn().start_soon(partial(self._connect, address, None, key, resync=True))
 
-    def _is_reply_address(self, address: str) -> bool:
-        scheme = address.split("://", 1)[0]
-        return any(two_way.reply_scheme == scheme for two_way in self._two_way)
+    def _two_way_of(self, address: str) -> TwoWay | None:
+        transport = self._transports.get(address.split("://", 1)[0])
+        return transport if isinstance(transport, TwoWay) else None
+
+    def _is_open(self, address: str) -> bool:
+        """Whether the link at ``address`` is open (always, for one-shot transports)."""
+        two_way = self._two_way_of(address)
+        return two_way is None or two_way.is_open(address)
 
     def _keep(self, current: str, offered: str, peer: str) -> str:
-        """Of two links to ``peer``, the one to keep: the newer one, except that between
-        a link we dialled and one the peer dialled over the same two-way transport, the
-        link dialled by the smaller key wins. Both ends choose alike, so a duplicate
-        link between two nodes that dial each other is resolved to one."""
-        same = self._transports.get(current.split("://", 1)[0]) is self._transports.get(
+        """Of two links to ``peer``, the one to keep (:func:`linkbook.keep`); between
+        different transports, the newer."""
+        if self._transports.get(current.split("://", 1)[0]) is not self._transports.get(
             offered.split("://", 1)[0]
-        )
-        if not same or self._is_reply_address(current) == self._is_reply_address(offered):
+        ):
             return offered
-        ours, theirs = (offered, current) if self._is_reply_address(current) else (current, offered)
-        return ours if self._instance.public_key < peer else theirs
+        mine = self._instance.public_key
+        return linkbook.keep(current, offered, mine=mine, peer=peer, reply=self._book.reply_schemes)
 
     def _drop_link(self, address: str) -> None:
         """Close a two-way link we no longer use, if we dialled it. A link the peer
         dialled is left for the peer to close: it closes it once it has moved to the
         link both ends keep, so no request of its finds the link gone meanwhile."""
-        transport = self._transports.get(address.split("://", 1)[0])
-        if isinstance(transport, TwoWay) and not self._is_reply_address(address):
-            transport.close(address)
+        two_way = self._two_way_of(address)
+        if two_way is not None and not self._book.is_reply(address):
+            two_way.close(address)
 
     def _reachable(self, peer: str, address: str, tree: str | None) -> None:
-        """A proven peer can be sent requests at ``address``, over a link it opened:
-        register it (the seed's "register peer" at the handshake), learn the trees it
-        syncs with us, and link back to it unless we keep a better link already."""
+        """A proven peer sent us a request over a two-way link (asking for ``tree``,
+        if given): register it (the seed's "register peer" at the handshake), learn
+        the trees it syncs with us, and link back over a link it opened unless we keep
+        a better link to it already. Peers the operator removed are left alone."""
+        if peer in self._book.removed:
+            return
         known = self._peers.get(peer)
-        if tree is not None:
-            (known.trees if known is not None else self._learned.setdefault(peer, set())).add(tree)
-        if known is not None and (
-            known.address == address or self._keep(known.address, address, peer) != address
+        if known is not None and tree is not None:
+            known.trees.add(tree)
+            tree = None  # learned
+        if not self._book.is_reply(address):
+            return  # over a link we dialled: we are linked over it already
+        if (
+            known is not None
+            and not known.lost
+            and (known.address == address or self._keep(known.address, address, peer) != address)
         ):
             return
-        if address not in self._linking and address not in self._unlinkable:
-            self._linking.add(address)
+        if self._book.offer(peer, address, tree):
             self._spawn().start_soon(self._connect, address, None, peer)
 
     def _link_closed(self, address: str, reason: str) -> None:
-        """A peer's two-way link closed: redial it with backoff if we know where, or
-        forget it if it only ever dialled us (it dials again when it can)."""
-        self._unlinkable.discard(address)
+        """A two-way link closed: a peer linked over it is redialled with backoff if
+        we know where, kept as down if the operator related it, or else forgotten (it
+        only ever dialled us, and dials again when it can)."""
+        self._book.closed(address)
         for known in list(self._peers.values()):
-            if known.address != address:
+            if known.address != address or known.lost:
                 continue
-            if known.dial is None:
-                del self._peers[known.key]
-                known.jobs.close()
-                log.info("peer %s went away (%s); it will dial again", known.key, reason)
-            else:
+            known.lost = True
+            if known.dial is not None:
                 log.info("link to peer %s lost (%s); redialling %s", known.key, reason, known.dial)
-                self._spawn().start_soon(self._redial, known)
+                if known.key not in self._book.redialling:
+                    self._book.redialling.add(known.key)
+                    self._spawn().start_soon(self._redial, known.key)
+                continue
+            log.info("peer %s went away (%s); it will dial again", known.key, reason)
+            del self._peers[known.key]
+            known.jobs.close()
+            if known.kept:
+                self._reconnecting[known.key] = ("", known.trees)
 
-    async def _redial(self, lost: _Peer) -> None:
+    async def _redial(self, key: str) -> None:
         """Dial a peer whose link was lost until it answers, waiting ``redial_min``
         seconds first and twice as long after each failure (up to ``redial_max``),
-        each wait stretched by up to ``retry_jitter``. Stops once the peer has another
-        link, or is removed."""
-        assert lost.dial is not None
+        each wait stretched by up to ``retry_jitter``. Stops once the peer is linked
+        again (by either side), or removed. One such loop per peer."""
         delay = self._config.redial_min
-        while True:
-            await trio.sleep(delay * (1 + self._rng.uniform(0, self._config.retry_jitter)))
-            current = self._peers.get(lost.key)
-            if current is None or current.link is not lost.link:
-                return
-            if await self._connect(lost.dial, None, lost.key, resync=True):
-                return
-            delay = min(delay * 2, self._config.redial_max)
+        try:
+            while True:
+                await trio.sleep(delay * (1 + self._rng.uniform(0, self._config.retry_jitter)))
+                lost = self._peers.get(key)
+                if lost is None or not lost.lost or lost.dial is None:
+                    return
+                if await self._connect(lost.dial, None, key, resync=True):
+                    return
+                delay = min(delay * 2, self._config.redial_max)
+        finally:
+            self._book.redialling.discard(key)
 
-    async def _peer_up(self, link: Link, *, resync: bool = False) -> str:
+    async def _peer_up(self, link: Link, *, resync: bool = False, chosen: bool = False) -> str:
+        """A handshake over ``link`` succeeded: make it the peer's link, or keep the
+        one it has. ``chosen``: the operator asked for this link (``connect``)."""
         key = link.peer_key
         assert key is not None, "a link is up only after its handshake"
-        self._linking.discard(link.address)
+        learned = self._book.linked(link.address)
+        if key in self._book.removed:
+            if not chosen:  # a background redial or link-back that outlived a removal
+                self._drop_link(link.address)
+                return key
+            self._book.removed.discard(key)
         old = self._peers.get(key)
         if (
             old is not None
+            and not old.lost
             and old.address != link.address
             and self._keep(old.address, link.address, key) == old.address
         ):
             self._drop_link(link.address)
-            if not self._is_reply_address(link.address):  # remember where it listens
+            old.trees |= learned
+            if not self._book.is_reply(link.address):  # remember where it listens
                 old.dial = link.address
+                old.kept = True
                 await self._require_state().add_peer(key, link.address)
             return key
         if old is not None:
@@ -608,15 +646,15 @@ class Supervisor:
             old.jobs.close()  # its actor finishes the job at hand, then drops the link
         send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
         down = self._reconnecting.pop(key, None)
-        trees = old.trees if old else (down[1] if down else set())
-        trees |= self._learned.pop(key, set())
-        if not self._is_reply_address(link.address):
+        trees = (old.trees if old else (down[1] if down else set())) | learned
+        if not self._book.is_reply(link.address):
             dial: str | None = link.address
         else:
             dial = old.dial if old else (down[0] or None if down else None)
         if dial is not None:
             await self._require_state().add_peer(key, dial)  # persist, then remember
-        known = _Peer(key, link.address, link, send, receive, dial=dial, trees=trees)
+        kept = dial is not None or (old.kept if old else down is not None)
+        known = _Peer(key, link.address, link, send, receive, dial=dial, kept=kept, trees=trees)
         self._peers[key] = known
         if old is not None:  # what the old link had not started yet goes on this one
             while True:

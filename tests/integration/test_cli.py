@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
+
+from eidetica.actors import control
 
 COMMAND = [sys.executable, "-m", "eidetica.cli"]
 
@@ -83,3 +86,22 @@ def test_serve_prints_its_key_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     assert process.returncode == 0
     assert "Traceback" not in err
     assert "SIGTERM" in err
+
+
+async def test_the_control_socket_works_under_a_long_data_path(tmp_path: Path) -> None:
+    """A socket path has a length limit (about 108 bytes); data directories do not."""
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    path = control.socket_path(deep)
+
+    async def answer(command: dict[str, object]) -> control.ControlAnswer:
+        return control.ControlAnswer(0, out=f"ran {command['command']}\n")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control.serve, path, answer)
+            reply = await control.ask(path, {"command": "id"})
+            nursery.cancel_scope.cancel()
+    assert reply == control.ControlAnswer(0, out="ran id\n")
+    assert not path.exists()
+    assert await control.ask(path, {"command": "id"}) is None  # nobody there now

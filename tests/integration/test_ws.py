@@ -416,3 +416,11 @@ async def test_bad_requests_get_error_frames_and_the_server_keeps_serving(
             await b_sync.add_tree_sync(peer_a, shared.root_id)
             await b_sync.sync_with_peer(peer_a)
             assert await (await b.open_tree(shared.root_id)).tips() == await shared.tips()
+
+
+async def test_a_mistyped_address_is_an_error_and_the_engine_goes_on(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with ws_node(tmp_path / "a") as a:
+            with pytest.raises(TransportError, match="not a ws address"):
+                await a.sync.connect("ws://[::1")
+            assert (await a.sync.status())["crashed"] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.storage.tree import Tree
@@ -116,3 +117,53 @@ async def test_a_lost_link_is_redialled_and_the_peer_catches_up(tmp_path: Path) 
                 op.doc("todo").set("after", 2)
             await stored(client.inst, (await tree.tips())[0])  # pushed over the new link
     assert client.ws.dials >= 2
+
+
+async def test_a_removed_peer_is_not_registered_again_by_its_requests(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with (
+            ws_node(tmp_path / "server", NO_POLLING) as server,
+            ws_node(tmp_path / "client", NO_POLLING) as client,
+        ):
+            tree, _ = await served_to(server, client, "read")
+            assert client.inst.public_key in await server.sync.peers()
+            await server.sync.remove_peer(client.inst.public_key)
+            await client.sync.sync_with_peer(server.inst.public_key)  # it syncs on, as it may
+            assert client.inst.public_key not in await server.sync.peers()
+            async with tree.transaction() as op:
+                op.doc("d").set("after_removal", 1)
+            # Nothing is pushed to it now; it still pulls what it may read.
+            assert (await server.sync.status())["peers"] == {}
+            await client.sync.sync_with_peer(server.inst.public_key)
+            await stored(client.inst, (await tree.tips())[0])
+
+
+async def test_after_a_blip_the_larger_key_keeps_its_own_redial(tmp_path: Path) -> None:
+    """The smaller key's dial was the link both kept; when it drops, the larger key's
+    redial (the first to come) must not be thrown away for the dead link."""
+    slow = SyncConfig(periodic_sync=3600, connection_check=3600, redial_min=600)
+    fast = SyncConfig(periodic_sync=3600, connection_check=3600, redial_min=0.01)
+    with trio.fail_after(20):
+        async with ws_node(tmp_path / "x") as x, ws_node(tmp_path / "y") as y:
+            small_key, large_key = sorted([x.inst.public_key, y.inst.public_key])
+        async with (
+            ws_node(tmp_path / ("x" if x.inst.public_key == small_key else "y"), slow) as small,
+            ws_node(tmp_path / ("y" if x.inst.public_key == small_key else "x"), fast) as large,
+        ):
+            assert (small.inst.public_key, large.inst.public_key) == (small_key, large_key)
+            small_at = await small.sync.start_server(ANY_PORT)
+            large_at = await large.sync.start_server(ANY_PORT)
+            await small.sync.connect(large_at)
+            await large.sync.connect(small_at)
+            await links_settle(small.ws, large.ws, count=1)
+            assert small.ws.links() == [large_at]
+
+            small.ws.close(large_at)  # the one link drops, as in a network blip
+            await links_settle(small.ws, large.ws, count=0)
+            await links_settle(small.ws, large.ws, count=1)  # the larger key's redial
+            assert large.ws.links() == [small_at]
+            await trio.testing.wait_all_tasks_blocked(0.05)  # both engines are done with it
+            view = (await large.sync.status())["peers"][small_key]
+            assert view["address"] == small_at
+            # And it carries traffic: the small node reaches the large one over it.
+            await small.sync.sync_with_peer(large_key)

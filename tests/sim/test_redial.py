@@ -43,6 +43,9 @@ class LinkedSim(SimTransport):
     def close(self, address: str) -> None:
         pass
 
+    def is_open(self, address: str) -> bool:
+        return True
+
     def drop(self, address: str) -> None:
         assert self.on_closed is not None
         self.on_closed(address, "dropped by the test")

@@ -72,6 +72,10 @@ class TwoWay(Protocol):
         """Close the link at ``address`` (dialled or not), if one is open."""
         ...
 
+    def is_open(self, address: str) -> bool:
+        """Whether a link at ``address`` is open now."""
+        ...
+
 
 class PendingAnswer:
     """The one-shot answer to one request: bytes, or the error the caller will get

@@ -104,7 +104,10 @@ def _classify(data: bytes) -> tuple[int | None, bool]:
 
 def _parse(address: str) -> SplitResult:
     """The parts of a ``ws://HOST[:PORT][/PATH]`` address, or :class:`TransportError`."""
-    parts = urlsplit(address)
+    try:
+        parts = urlsplit(address)
+    except ValueError as exc:
+        raise TransportError(f"not a ws address: {address!r} ({exc})") from exc
     if parts.scheme != SCHEME:
         raise TransportError(f"not a ws address: {address!r}")
     try:
@@ -243,6 +246,9 @@ class WebSocketTransport:
         connection = self._connections.get(address)
         if connection is not None:
             self._close(connection, "closed by this node")
+
+    def is_open(self, address: str) -> bool:
+        return address in self._connections
 
     def links(self) -> list[str]:
         """The addresses of the open links, dialled and accepted."""
