@@ -70,6 +70,9 @@ class SyncService:
         self._on_received = on_received
         self._wanted = wanted
         self._on_reachable = on_reachable
+        self._reported: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        """(peer, reply address, tree) already reported: a peer syncing a tree every
+        few seconds must not post a notice per request to the supervisor's inbox."""
         self._clock = wall_clock
         self._handshakes = HandshakeResponder(instance.device_key)
         self._sessions: OrderedDict[bytes, str] = OrderedDict()
@@ -130,9 +133,19 @@ class SyncService:
                 return self._refuse("unknown-message", f"{type(body).__name__} is not a request")
 
     def _reachable(self, peer: str, tree: str | None) -> None:
+        """Tell the supervisor a peer reached us over a two-way link: after every
+        handshake, and the first time it asks for each tree over that link."""
         address = reply_address.get()
-        if address is not None and self._on_reachable is not None:
-            self._on_reachable(peer, address, tree)
+        if address is None or self._on_reachable is None:
+            return
+        if tree is not None:
+            seen = (peer, address, tree)
+            if seen in self._reported:
+                return
+            self._reported[seen] = None
+            while len(self._reported) > MAX_SESSIONS:
+                self._reported.popitem(last=False)
+        self._on_reachable(peer, address, tree)
 
     def _peer(self, session: bytes | None) -> str:
         peer = self._sessions.get(session) if session is not None else None

@@ -85,6 +85,12 @@ class _Peer:
     """It is in the sync tree (we dialled it, or the operator related it)."""
     lost: bool = False
     """Its two-way link closed; it is being redialled, or forgotten."""
+    since: float = field(default_factory=trio.current_time)
+    """When this link came up (trio time)."""
+    redial_wait: float = 0.0
+    """The wait before the redial that made this link (0: not a redial). A link that
+    dies soon after a redial is redialled after twice that, so a peer that answers
+    and then drops every time is not dialled at the first step forever."""
     health: PeerHealth = field(default_factory=PeerHealth)
     trees: set[str] = field(default_factory=set)
     dropped: int = 0
@@ -590,7 +596,9 @@ class Supervisor:
                 log.info("link to peer %s lost (%s); redialling %s", known.key, reason, known.dial)
                 if known.key not in self._book.redialling:
                     self._book.redialling.add(known.key)
-                    self._spawn().start_soon(self._redial, known.key)
+                    flapped = trio.current_time() - known.since < self._config.redial_max
+                    first = known.redial_wait * 2 if flapped else 0.0
+                    self._spawn().start_soon(self._redial, known.key, first)
                 continue
             log.info("peer %s went away (%s); it will dial again", known.key, reason)
             del self._peers[known.key]
@@ -598,18 +606,20 @@ class Supervisor:
             if known.kept:
                 self._reconnecting[known.key] = ("", known.trees)
 
-    async def _redial(self, key: str) -> None:
+    async def _redial(self, key: str, first: float = 0.0) -> None:
         """Dial a peer whose link was lost until it answers, waiting ``redial_min``
-        seconds first and twice as long after each failure (up to ``redial_max``),
-        each wait stretched by up to ``retry_jitter``. Stops once the peer is linked
-        again (by either side), or removed. One such loop per peer."""
-        delay = self._config.redial_min
+        seconds first (or ``first``, if longer) and twice as long after each failure
+        (up to ``redial_max``), each wait stretched by up to ``retry_jitter``. Stops
+        once the peer is linked again (by either side), or removed. One such loop
+        per peer."""
+        delay = min(max(first, self._config.redial_min), self._config.redial_max)
         try:
             while True:
                 await trio.sleep(delay * (1 + self._rng.uniform(0, self._config.retry_jitter)))
                 lost = self._peers.get(key)
                 if lost is None or not lost.lost or lost.dial is None:
                     return
+                lost.redial_wait = delay  # handed on to the link this dial makes
                 if await self._connect(lost.dial, None, key, resync=True):
                     return
                 delay = min(delay * 2, self._config.redial_max)
@@ -655,6 +665,8 @@ class Supervisor:
             await self._require_state().add_peer(key, dial)  # persist, then remember
         kept = dial is not None or (old.kept if old else down is not None)
         known = _Peer(key, link.address, link, send, receive, dial=dial, kept=kept, trees=trees)
+        if old is not None and old.lost:
+            known.redial_wait = old.redial_wait
         self._peers[key] = known
         if old is not None:  # what the old link had not started yet goes on this one
             while True:

@@ -98,3 +98,31 @@ async def test_a_lost_link_is_redialled_with_doubling_jittered_waits(
             with trio.move_on_after(300):
                 await client_transport.dials.receive()
                 raise AssertionError("redialled a peer that is linked again")
+
+
+async def test_a_link_that_keeps_dropping_at_once_is_redialled_ever_more_slowly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    config = SyncConfig(periodic_sync=10**6, connection_check=10**6, redial_min=1, redial_max=60)
+    client_transport = LinkedSim(network, "client")
+    with trio.fail_after(1000):
+        async with (
+            eidetica.open_instance(None) as server,
+            eidetica.open_instance(None) as client,
+            open_sync(server, network=network, name="server", config=config) as server_sync,
+            open_sync(client, transports={"sim": client_transport}, config=config) as client_sync,
+        ):
+            at = await server_sync.start_server("sim://server")
+            await client_sync.connect(at)
+            client_transport.dials.receive_nowait()  # connect's own
+            waits = []
+            for lives in [0, 0, 0, 0, 120, 0]:  # how long each new link lasts
+                await trio.sleep(lives)
+                dropped = trio.current_time()
+                client_transport.drop(at)
+                waits.append(await client_transport.dials.receive() - dropped)
+                await trio.testing.wait_all_tasks_blocked()  # the new link is up
+            # Each link that died at once doubled the wait; one that lived reset it.
+            for wait, base in zip(waits, [1, 2, 4, 8, 1, 2], strict=True):
+                assert base <= wait <= base * 1.1, waits
