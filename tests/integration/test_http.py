@@ -47,10 +47,12 @@ def error_code(answer: bytes) -> str:
 
 
 @asynccontextmanager
-async def serving(handler: Handler, address: str = ANY_PORT) -> AsyncIterator[str]:
+async def serving(
+    handler: Handler, address: str = ANY_PORT, *, compress: bool = True
+) -> AsyncIterator[str]:
     """Serve ``handler`` for the block; yield the bound address; stop serving after."""
     async with trio.open_nursery() as nursery:
-        yield await nursery.start(HttpTransport().serve, address, handler)
+        yield await nursery.start(HttpTransport(compress=compress).serve, address, handler)
         nursery.cancel_scope.cancel()
 
 
@@ -418,6 +420,24 @@ async def test_large_answers_travel_gzipped_and_small_ones_plain() -> None:
                         wire = b"".join([chunk async for chunk in r.aiter_raw()])
                     assert r.headers.get("content-encoding") == encoding
                     assert (len(wire) < len(big) / 10) if encoding else (wire == big)
+
+
+@pytest.mark.parametrize(("client_gzip", "server_gzip"), [(False, True), (True, False)])
+async def test_compression_can_be_turned_off_at_either_end(
+    client_gzip: bool, server_gzip: bool
+) -> None:
+    big = note("many entries " * 10_000)
+
+    async def answer(data: bytes) -> bytes:
+        return big
+
+    with trio.fail_after(10):
+        async with (
+            HttpTransport(compress=client_gzip) as client,
+            serving(answer, compress=server_gzip) as address,
+        ):
+            assert await client.request(address, note("big")) == big
+    assert client.wire_received == len(big)  # it came plain
 
 
 async def fake_server(answer: bytes) -> AsyncIterator[str]:

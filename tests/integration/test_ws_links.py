@@ -167,3 +167,28 @@ async def test_after_a_blip_the_larger_key_keeps_its_own_redial(tmp_path: Path) 
             assert view["address"] == small_at
             # And it carries traffic: the small node reaches the large one over it.
             await small.sync.sync_with_peer(large_key)
+
+
+async def test_a_dial_only_peer_related_by_the_operator_keeps_its_trees_over_a_blip(
+    tmp_path: Path,
+) -> None:
+    quick = SyncConfig(periodic_sync=3600, connection_check=3600, redial_min=0.01)
+    with trio.fail_after(20):
+        async with (
+            ws_node(tmp_path / "server", NO_POLLING) as server,
+            ws_node(tmp_path / "client", quick) as client,
+        ):
+            tree, at = await served_to(server, client, "read")
+            other = await server.inst.create_tree(name="other")  # never asked for by it
+            await other.grant(client.inst.public_key, "read")
+            client_key = client.inst.public_key
+            await server.sync.add_tree_sync(client_key, other.root_id)  # the operator's
+            before = client.ws.link_version
+            client.ws.close(at)  # a blip: the client redials by itself
+            while client.ws.link_version < before + 2:  # closed, then open again
+                await client.ws.link_changed(client.ws.link_version)
+            await links_settle(server.ws, client.ws, count=1)
+            await trio.testing.wait_all_tasks_blocked(0.05)  # both engines are done with it
+            view = (await server.sync.status())["peers"][client_key]
+            assert view["address"].startswith("ws-in://") and view["dial"] is None
+            assert sorted(view["trees"]) == sorted([tree.root_id, other.root_id])
