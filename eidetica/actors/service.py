@@ -63,6 +63,7 @@ class SyncService:
         on_received: Received | None = None,
         wanted: Wanted | None = None,
         on_reachable: Reachable | None = None,
+        heard: Wanted | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._instance = instance
@@ -70,9 +71,9 @@ class SyncService:
         self._on_received = on_received
         self._wanted = wanted
         self._on_reachable = on_reachable
-        self._reported: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        """(peer, reply address, tree) already reported: a peer syncing a tree every
-        few seconds must not post a notice per request to the supervisor's inbox."""
+        self._heard = heard
+        """Whether a peer's request for a tree would tell the listener nothing new:
+        then no notice is posted (a busy peer must not post one per request)."""
         self._clock = wall_clock
         self._handshakes = HandshakeResponder(instance.device_key)
         self._sessions: OrderedDict[bytes, str] = OrderedDict()
@@ -133,18 +134,13 @@ class SyncService:
                 return self._refuse("unknown-message", f"{type(body).__name__} is not a request")
 
     def _reachable(self, peer: str, tree: str | None) -> None:
-        """Tell the supervisor a peer reached us over a two-way link: after every
-        handshake, and the first time it asks for each tree over that link."""
+        """Tell the listener a peer reached us over a two-way link: after every
+        handshake, and at requests for trees it is not known to sync already."""
         address = reply_address.get()
         if address is None or self._on_reachable is None:
             return
-        if tree is not None:
-            seen = (peer, address, tree)
-            if seen in self._reported:
-                return
-            self._reported[seen] = None
-            while len(self._reported) > MAX_SESSIONS:
-                self._reported.popitem(last=False)
+        if tree is not None and self._heard is not None and self._heard(peer, tree):
+            return
         self._on_reachable(peer, address, tree)
 
     def _peer(self, session: bytes | None) -> str:

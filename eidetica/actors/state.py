@@ -26,6 +26,7 @@ supervisor's) for writing.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -47,6 +48,9 @@ SYNC_TREE_NAME = "_sync"
 """The name the sync tree is created with; for people reading a node, not for lookup."""
 SYNC_TREE_KEY = "sync_tree"
 """The backend-local key holding the sync tree's root id."""
+REMOVED_KEY = "sync_removed_peers"
+"""The backend-local key holding the peers the operator removed (a JSON list): not
+registered again by their own requests, across restarts too."""
 DEFAULT_MAX_HISTORY = 100
 
 PEERS = "peers"
@@ -165,6 +169,7 @@ class SyncState:
         if max_history < 1:
             raise SyncError(f"max_history must be at least 1, got {max_history}")
         self.tree = tree
+        self._backend = tree.instance.backend
         self.max_history = max_history
         self._lock = trio.Lock()
 
@@ -192,6 +197,18 @@ class SyncState:
         """One locked read-modify-write transaction."""
         async with self._lock, self.tree.transaction() as op:
             yield op
+
+    # Peers the operator removed (node-local: a fact about this node, not to sync)
+
+    def removed(self) -> set[str]:
+        raw = self._backend.get_local(REMOVED_KEY)
+        return set(json.loads(raw)) if raw else set()
+
+    def set_removed(self, key: str, removed: bool) -> None:
+        keys = self.removed()
+        if (key in keys) != removed:
+            keys = keys | {key} if removed else keys - {key}
+            self._backend.set_local(REMOVED_KEY, json.dumps(sorted(keys)))
 
     # Peers and relationships
 

@@ -184,6 +184,7 @@ class Supervisor:
         """Run until cancelled, resuming the peers, relationships and retries that the
         sync tree kept from the last run."""
         self._state = await SyncState.open(self._instance)
+        self._book.removed = self._state.removed()
         back = self._service(MSGPACK)  # answers requests on the links we dialled
         self._services[""] = back  # served at no address of ours
         for two_way in self._two_way:
@@ -258,7 +259,9 @@ class Supervisor:
                 scope.cancel()
                 command.reply.set(None)
             case cmd.ConnectToPeer():
-                self._spawn().start_soon(self._connect, command.address, command.reply)
+                self._spawn().start_soon(
+                    partial(self._connect, command.address, command.reply, chosen=True)
+                )
             case _PeerUp():
                 command.reply.set(
                     await self._peer_up(command.link, resync=command.resync, chosen=command.chosen)
@@ -270,6 +273,7 @@ class Supervisor:
             case cmd.RemovePeer():
                 self._trees_of(command.peer)  # unknown peers are an error
                 await self._require_state().remove_peer(command.peer)
+                self._require_state().set_removed(command.peer, True)
                 self._book.removed.add(command.peer)
                 self._reconnecting.pop(command.peer, None)
                 known = self._peers.pop(command.peer, None)
@@ -339,6 +343,7 @@ class Supervisor:
                 command.reply.set(self._status())
             case cmd.AddPeer():
                 self._book.removed.discard(command.peer)
+                self._require_state().set_removed(command.peer, False)
                 await self._require_state().add_peer(command.peer, command.address)
                 trees = self._reconnecting.get(command.peer, ("", set()))[1]
                 self._reconnecting[command.peer] = (command.address, trees)
@@ -391,9 +396,13 @@ class Supervisor:
             self._last_sync[key] = time.time()
         if idle:
             return
-        state = self._require_state()
         if done.ok:
             self._cursors[key] = done.tips
+        known = self._peers.get(done.peer)
+        if known is None or not known.kept:
+            return  # a peer that only dialled us leaves nothing in the sync tree
+        state = self._require_state()
+        if done.ok:
             await state.set_cursor(done.peer, done.tree, done.tips, time.time(), done.received)
         await state.record_sync(done.peer, done.ok, done.received, done.duration * 1000)
 
@@ -484,6 +493,7 @@ class Supervisor:
             codec,
             on_received=lambda tree, ids, peer: self.notify(cmd.EntriesReceived(tree, ids, peer)),
             wanted=self._wants,
+            heard=self._heard,
             on_reachable=lambda peer, address, tree: self.notify(
                 cmd.PeerReachable(peer, address, tree)
             ),
@@ -506,10 +516,12 @@ class Supervisor:
         expected_key: str | None = None,
         *,
         resync: bool = False,
+        chosen: bool = False,
     ) -> bool:
-        """Handshake with the node at ``address`` and hand the link to the supervisor;
-        whether the handshake succeeded. A connection attempt never takes the engine
-        down: whatever goes wrong is the caller's error, or a logged line."""
+        """Handshake with the node at ``address`` and hand the link to the supervisor
+        (``reply`` hears when it has taken it up); whether the handshake succeeded. A
+        connection attempt never takes the engine down: whatever goes wrong is the
+        caller's error, or a logged line. ``chosen``: the operator asked for it."""
         try:
             link = Link(self._transport(address), address, self._codec(address))
             await link.handshake(self._instance, expected_key=expected_key)
@@ -523,7 +535,7 @@ class Supervisor:
                 log.warning("could not reach %s at %s: %s", expected_key, address, error)
             return False
         try:
-            await self.inbox.send(_PeerUp(link, reply or Reply[str](), resync, reply is not None))
+            await self.inbox.send(_PeerUp(link, reply or Reply[str](), resync, chosen))
         except trio.ClosedResourceError:
             if reply is not None:
                 reply.fail(SyncError("the sync engine stopped"))
@@ -574,9 +586,11 @@ class Supervisor:
             tree = None  # learned
         if not self._book.is_reply(address):
             return  # over a link we dialled: we are linked over it already
+        if tree is None:  # a fresh handshake over it: a refused link-back may work now
+            self._book.refused.pop(address, None)
         if (
             known is not None
-            and not known.lost
+            and self._usable(known)
             and (known.address == address or self._keep(known.address, address, peer) != address)
         ):
             return
@@ -605,6 +619,10 @@ class Supervisor:
             known.jobs.close()
             if known.kept:
                 self._reconnecting[known.key] = ("", known.trees)
+            else:  # nothing of it is kept: its cursors go too
+                for tree in known.trees:
+                    self._cursors.pop((known.key, tree), None)
+                    self._last_sync.pop((known.key, tree), None)
 
     async def _redial(self, key: str, first: float = 0.0) -> None:
         """Dial a peer whose link was lost until it answers, waiting ``redial_min``
@@ -620,8 +638,10 @@ class Supervisor:
                 if lost is None or not lost.lost or lost.dial is None:
                     return
                 lost.redial_wait = delay  # handed on to the link this dial makes
-                if await self._connect(lost.dial, None, key, resync=True):
-                    return
+                taken_up = Reply[str]()
+                if await self._connect(lost.dial, taken_up, key, resync=True):
+                    with contextlib.suppress(EideticaError):
+                        await taken_up.wait()  # then look again: it may be lost already
                 delay = min(delay * 2, self._config.redial_max)
         finally:
             self._book.redialling.discard(key)
@@ -637,10 +657,12 @@ class Supervisor:
                 self._drop_link(link.address)
                 return key
             self._book.removed.discard(key)
+        if chosen:
+            self._require_state().set_removed(key, False)
         old = self._peers.get(key)
         if (
             old is not None
-            and not old.lost
+            and self._usable(old)
             and old.address != link.address
             and self._keep(old.address, link.address, key) == old.address
         ):
@@ -651,9 +673,6 @@ class Supervisor:
                 old.kept = True
                 await self._require_state().add_peer(key, link.address)
             return key
-        if old is not None:
-            del self._peers[key]
-            old.jobs.close()  # its actor finishes the job at hand, then drops the link
         send, receive = trio.open_memory_channel[Job](self._config.peer_inbox_size)
         down = self._reconnecting.pop(key, None)
         trees = (old.trees if old else (down[1] if down else set())) | learned
@@ -665,8 +684,12 @@ class Supervisor:
             await self._require_state().add_peer(key, dial)  # persist, then remember
         kept = dial is not None or (old.kept if old else down is not None)
         known = _Peer(key, link.address, link, send, receive, dial=dial, kept=kept, trees=trees)
-        if old is not None and old.lost:
-            known.redial_wait = old.redial_wait
+        # The swap has no checkpoint in it: the old actor must not find its inbox
+        # closed (and drop the link, which may be this one) before the new peer is in.
+        if old is not None:
+            if old.lost:
+                known.redial_wait = old.redial_wait
+            old.jobs.close()  # its actor finishes the job at hand, then drops its link
         self._peers[key] = known
         if old is not None:  # what the old link had not started yet goes on this one
             while True:
@@ -682,7 +705,22 @@ class Supervisor:
         )
         if resync:  # back after its link was lost: catch up on what it missed
             await self._queue_sync(known, None)
+        if not self._is_open(link.address):  # it closed while we were taking it up
+            self._link_closed(link.address, "closed before it was taken up")
         return key
+
+    def _usable(self, known: _Peer) -> bool:
+        """Whether a peer's link can still carry requests."""
+        return not known.lost and self._is_open(known.address)
+
+    def _heard(self, peer: str, tree: str) -> bool:
+        """Read by the services: whether a peer's request for ``tree`` tells nothing
+        new (the peer was removed, or syncs the tree over a live link already), so
+        that a busy peer does not post a notice per request."""
+        if peer in self._book.removed:
+            return True
+        known = self._peers.get(peer)
+        return known is not None and tree in known.trees and self._usable(known)
 
     async def _run_peer(self, known: _Peer) -> None:
         """A peer's actor; once its inbox closes (the peer was removed, or moved to
@@ -747,14 +785,21 @@ async def _serve(
     task_status: trio.TaskStatus[tuple[str, trio.CancelScope]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The server actor: serve one address until its scope is cancelled. A failure to
-    listen comes out as the single typed error it is, not wrapped in a group."""
+    listen comes out as the single typed error it is, not wrapped in a group; a
+    failure once serving stops this server (logged), never the engine."""
+    started = False
     with trio.CancelScope() as scope:
         try:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(transport.serve, address, service.handle)
                 task_status.started((bound, scope))
+                started = True
         except BaseExceptionGroup as group:
-            matched, rest = group.split(EideticaError)
-            if matched is None or rest is not None:
-                raise
-            raise first_leaf(matched) from group
+            if not started:
+                matched, rest = group.split(EideticaError)
+                if matched is None or rest is not None:
+                    raise
+                raise first_leaf(matched) from group
+            if group.split(Exception)[1] is not None:
+                raise  # cancellation (or worse) goes on up
+            log.error("the server at %s failed and stopped", address, exc_info=group)

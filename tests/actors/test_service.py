@@ -27,17 +27,30 @@ class BackLink:
             reply_address.reset(token)
 
 
-async def test_a_peer_is_reported_at_each_handshake_and_once_per_tree_and_link() -> None:
+async def test_a_peer_is_reported_at_each_handshake_and_at_trees_not_heard_of() -> None:
     seen: list[tuple[str, str, str | None]] = []
+    heard: set[tuple[str, str]] = set()  # what the listener knows (the supervisor's look)
+
+    def reachable(peer: str, address: str, tree: str | None) -> None:
+        seen.append((peer, address, tree))
+        if tree is not None:
+            heard.add((peer, tree))
+
     async with eidetica.open_instance(None) as node, eidetica.open_instance(None) as peer:
         tree = await node.create_tree(name="t")
         await tree.grant(peer.public_key, "read")
-        service = SyncService(node, MSGPACK, on_reachable=lambda *notice: seen.append(notice))
+        service = SyncService(
+            node,
+            MSGPACK,
+            on_reachable=reachable,
+            heard=lambda key, tree_id: (key, tree_id) in heard,
+        )
         for address in ("ws-in://1", "ws-in://2"):
             link = Link(BackLink(service.handle, address), "ws://node", MSGPACK)  # type: ignore[arg-type]
             await link.handshake(peer)
             for _ in range(3):
                 await link.sync_tree(peer, tree.root_id)
+            heard.clear()  # as if the listener forgot the peer when the link closed
     key = peer.public_key
     assert seen == [
         (key, "ws-in://1", None),

@@ -3,6 +3,8 @@ answers matched to requests by id, dropped links noticed and redialled."""
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -424,3 +426,24 @@ async def test_a_mistyped_address_is_an_error_and_the_engine_goes_on(tmp_path: P
             with pytest.raises(TransportError, match="not a ws address"):
                 await a.sync.connect("ws://[::1")
             assert (await a.sync.status())["crashed"] == []
+
+
+async def test_a_client_that_resets_during_the_upgrade_harms_nothing(tmp_path: Path) -> None:
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(20):
+        async with ws_node(tmp_path / "a") as a, ws_node(tmp_path / "b") as b:
+            at = await a.sync.start_server(ANY_PORT)
+            for _ in range(3):
+                sock = trio.socket.socket()
+                await sock.connect(("127.0.0.1", int(at.rsplit(":", 1)[1])))
+                # Linger 0: closing sends a reset, not a goodbye.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await sock.send(upgrade)
+                sock.close()
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            status = await a.sync.status()
+            assert status["servers"] == [at] and status["crashed"] == []
+            assert await b.sync.connect(at) == a.inst.public_key  # still serving

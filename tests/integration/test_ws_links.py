@@ -192,3 +192,21 @@ async def test_a_dial_only_peer_related_by_the_operator_keeps_its_trees_over_a_b
             view = (await server.sync.status())["peers"][client_key]
             assert view["address"].startswith("ws-in://") and view["dial"] is None
             assert sorted(view["trees"]) == sorted([tree.root_id, other.root_id])
+
+
+async def test_a_removed_peer_stays_removed_after_a_restart(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with ws_node(tmp_path / "client", NO_POLLING) as client:
+            async with ws_node(tmp_path / "server", NO_POLLING) as server:
+                _, at = await served_to(server, client, "read")
+                await server.sync.remove_peer(client.inst.public_key)
+            async with ws_node(tmp_path / "server", NO_POLLING) as server:  # restarted
+                assert await server.sync.start_server(at) == at
+                await client.sync.sync_with_peer(server.inst.public_key)  # it syncs on
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                assert client.inst.public_key not in await server.sync.peers()
+                # Naming it again on purpose registers it again.
+                await server.sync.add_peer(client.inst.public_key, "ws://127.0.0.1:1")
+                await client.sync.sync_with_peer(server.inst.public_key)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                assert client.inst.public_key in await server.sync.peers()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import trio
 import trio.testing
@@ -19,13 +20,15 @@ from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.base import Handler, LinkClosedCallback, TwoWay
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.protocol.codec import MSGPACK
-from eidetica.protocol.messages import HandshakeInit
+from eidetica.protocol.messages import HandshakeFinish, HandshakeInit
 from tests.waiting import stored
 
 
 class LinkedSim(SimTransport):
-    """A sim transport that pretends to keep links: the test closes one with
-    :meth:`drop`, and :attr:`dials` says when each handshake was tried."""
+    """A sim transport that pretends to keep links: a request opens the link to its
+    address, the test closes one with :meth:`drop` (or has the next handshake's link
+    close as soon as it is answered), and :attr:`dials` says when each handshake was
+    tried."""
 
     reply_scheme = "sim-in"
 
@@ -33,6 +36,9 @@ class LinkedSim(SimTransport):
         super().__init__(network, name)
         self.on_closed: LinkClosedCallback | None = None
         self._dialled, self.dials = trio.open_memory_channel[float](math.inf)
+        self.open: set[str] = set()
+        self.drop_after_handshake: Callable[[], None] | None = None
+        """Called (then forgotten) when the next handshake is answered; the link closes."""
 
     def attach(self, handler: Handler, on_closed: LinkClosedCallback) -> None:
         self.on_closed = on_closed
@@ -41,19 +47,27 @@ class LinkedSim(SimTransport):
         self.on_closed = None
 
     def close(self, address: str) -> None:
-        pass
+        self.open.discard(address)
 
     def is_open(self, address: str) -> bool:
-        return True
+        return address in self.open
 
     def drop(self, address: str) -> None:
         assert self.on_closed is not None
+        self.open.discard(address)
         self.on_closed(address, "dropped by the test")
 
     async def request(self, address: str, data: bytes) -> bytes:
-        if isinstance(MSGPACK.decode(data).body, HandshakeInit):
+        body = MSGPACK.decode(data).body
+        if isinstance(body, HandshakeInit):
             self._dialled.send_nowait(trio.current_time())
-        return await super().request(address, data)
+        answer = await super().request(address, data)
+        self.open.add(address)
+        if isinstance(body, HandshakeFinish) and self.drop_after_handshake is not None:
+            self.drop_after_handshake()
+            self.drop_after_handshake = None
+            self.drop(address)  # closed before the dialler has even taken the link up
+        return answer
 
 
 async def test_a_lost_link_is_redialled_with_doubling_jittered_waits(
@@ -126,3 +140,31 @@ async def test_a_link_that_keeps_dropping_at_once_is_redialled_ever_more_slowly(
             # Each link that died at once doubled the wait; one that lived reset it.
             for wait, base in zip(waits, [1, 2, 4, 8, 1, 2], strict=True):
                 assert base <= wait <= base * 1.1, waits
+
+
+async def test_a_link_that_closes_before_it_is_taken_up_is_redialled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    config = SyncConfig(periodic_sync=10**6, connection_check=10**6, redial_min=1, redial_max=8)
+    client_transport = LinkedSim(network, "client")
+    with trio.fail_after(1000):
+        async with (
+            eidetica.open_instance(None) as server,
+            eidetica.open_instance(None) as client,
+            open_sync(server, network=network, name="server", config=config) as server_sync,
+            open_sync(client, transports={"sim": client_transport}, config=config) as client_sync,
+        ):
+            at = await server_sync.start_server("sim://server")
+            await client_sync.connect(at)
+            client_transport.dials.receive_nowait()  # connect's own
+            # The first redial's link closes the moment its handshake is answered.
+            client_transport.drop_after_handshake = lambda: None
+            client_transport.drop(at)
+            await client_transport.dials.receive()
+            # Not left on the closed link: redialled, with the backoff going on.
+            dialled_again = await client_transport.dials.receive()
+            await trio.testing.wait_all_tasks_blocked()
+            assert client_transport.is_open(at)
+            assert (await client_sync.status())["peers"][server.public_key]["address"] == at
+            assert dialled_again < 60  # not at a connection check (10**6 s)

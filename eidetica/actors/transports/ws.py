@@ -580,8 +580,13 @@ class WebSocketTransport:
             task_status.started(f"{SCHEME}://{shown_host}:{port}{parts.path}")
 
     async def _serve_connection(self, handler: Handler, request: WebSocketRequest) -> None:
-        """One accepted link: carry it until it closes."""
-        socket = await request.accept()
+        """One accepted link: carry it until it closes. Nothing a client does takes the
+        server down: a client gone during the upgrade is just gone."""
+        try:
+            socket = await request.accept()
+        except ConnectionClosed as exc:
+            log.info("a client left during the WebSocket upgrade: %s", _describe(exc.reason))
+            return
         self.accepted += 1
         connection = _Connection(f"{INBOUND_SCHEME}://{next(self._inbound)}")
         connection.socket = socket
