@@ -531,7 +531,7 @@ class Supervisor:
             error = exc if isinstance(exc, EideticaError) else SyncError(f"{address}: {exc!r}")
             if reply is not None:
                 reply.fail(error)
-            else:
+            if not chosen:  # the operator hears of their own attempts; the log of ours
                 log.warning("could not reach %s at %s: %s", expected_key, address, error)
             return False
         try:
