@@ -315,8 +315,9 @@ class HttpTransport:
 
     ``health`` says whether the node behind its servers is well (its storage open);
     ``GET /health`` answers 503 when it is not. ``compress=False`` asks peers for
-    plain answers and sends plain ones: on a fast network gzip costs more CPU than
-    the bytes it saves (on loopback, about a tenth of a big pull's speed).
+    plain answers and sends plain ones, for networks fast enough that the bytes
+    matter less than gzip's CPU (on loopback a big pull ran at 5,900-7,450 entries/s
+    with gzip over three runs, against 6,745 without: within run-to-run noise).
 
     ``wire_sent`` and ``wire_received`` count the body bytes of its requests and
     answers as they crossed the wire (answers compressed, if they were).
