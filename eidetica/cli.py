@@ -121,6 +121,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             settings = tomllib.loads(Path(config_file).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise _Usage(f"cannot read config file {config_file}: {exc}") from exc
+        _check_file_settings(config_file, settings)
     env = {
         "data": os.environ.get("EIDETICA_DATA"),
         "log_level": os.environ.get("EIDETICA_LOG_LEVEL"),
@@ -150,14 +151,41 @@ _INTERVALS = {
 """The timer intervals ``serve`` takes (flag, ``EIDETICA_*`` variable, TOML key)."""
 
 
+MIN_INTERVAL = 0.1
+"""Shorter timer intervals would keep a core busy for nothing."""
+
+_TEXT_SETTINGS = ("data", "log_level", "log_format")
+_LIST_SETTINGS = ("listen", "peer", "sync")
+
+
+def _check_file_settings(config_file: str, settings: dict[str, Any]) -> None:
+    """The TOML file's keys are known ones, of the right types: a typo is an error,
+    not a setting silently ignored (or a string read one letter at a time)."""
+    for key, value in settings.items():
+        if key in _TEXT_SETTINGS:
+            right = isinstance(value, str)
+        elif key in _LIST_SETTINGS:
+            right = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        elif key in _INTERVALS:
+            right = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            known = ", ".join((*_TEXT_SETTINGS, *_LIST_SETTINGS, *_INTERVALS))
+            raise _Usage(f"{config_file}: unknown setting {key!r} (known: {known})")
+        if not right:
+            kind = "a list of strings" if key in _LIST_SETTINGS else "a string"
+            kind = "a number of seconds" if key in _INTERVALS else kind
+            raise _Usage(f"{config_file}: {key} must be {kind}, not {value!r}")
+
+
 def _seconds(name: str, value: object) -> float:
     """An interval setting as seconds, or a one-line usage error."""
     try:
-        seconds = float(value)  # type: ignore[arg-type]
+        seconds = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise _Usage(f"{name.replace('_', '-')} must be a number of seconds above 0, not {value!r}")
+    if not math.isfinite(seconds) or seconds < MIN_INTERVAL:
+        flag = name.replace("_", "-")
+        raise _Usage(f"{flag} must be a number of seconds, at least {MIN_INTERVAL}, not {value!r}")
     return seconds
 
 
@@ -205,8 +233,8 @@ async def _command(
             tree = await inst.open_tree(args.tree)
             try:
                 value = json.loads(args.value)
-            except json.JSONDecodeError as exc:
-                raise _Usage(f"value is not JSON: {exc}") from exc
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise _Usage(f"value is not JSON (or nests too deep): {exc}") from exc
             async with tree.transaction() as op:
                 op.doc(args.store).set(args.path, value)
         case "get":
@@ -247,6 +275,8 @@ async def _tree(inst: eidetica.Instance, args: argparse.Namespace, out: TextIO) 
                 "settings": await tree.settings(),
             }
             print(json.dumps(shown, indent=2), file=out)
+        case other:
+            raise _Usage(f"no tree command {other!r}")
     return EXIT_OK
 
 
@@ -268,8 +298,11 @@ def _commands_for(inst: eidetica.Instance, sync: Sync) -> control.ControlHandler
         except (AttributeError, TypeError) as exc:
             log.warning("refused a control request: %s", exc)
             return control.ControlAnswer(EXIT_USAGE, "", f"eidetica: bad control request: {exc}\n")
-        except EideticaError as exc:
-            return control.ControlAnswer(EXIT_FAILURE, out.getvalue(), f"eidetica: {exc}\n")
+        except Exception as exc:  # a command never takes the node down
+            first = first_leaf(exc)
+            if not isinstance(first, EideticaError):
+                log.exception("control: %s failed", fields.get("command"))
+            return control.ControlAnswer(EXIT_FAILURE, out.getvalue(), f"eidetica: {first}\n")
         return control.ControlAnswer(code, out.getvalue())
 
     return run

@@ -32,7 +32,12 @@ from eidetica.errors import TransportError
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
-MAX_REQUEST_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""More than a command line can carry (the kernel's limit is 2 MiB of arguments)."""
+READ_SECONDS = 10.0
+"""How long a client may take to send its request."""
+MAX_CLIENTS = 32
+"""Commands run at once; a client beyond them is told the node is busy."""
 _MAX_SOCKET_PATH = 100
 """Bytes of a socket path that surely fit ``sockaddr_un`` (108 on Linux, less
 elsewhere); a longer path is reached through a descriptor of its directory."""
@@ -117,19 +122,36 @@ def _remove(path: Path) -> None:
 
 
 def _answerer(handler: ControlHandler) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    clients = 0
+
     async def answer(stream: trio.SocketStream) -> None:
+        nonlocal clients
         async with stream:
-            try:
-                request = _decode_request.decode(await _read_line(stream))
-            except (msgspec.DecodeError, ValueError) as exc:
-                log.warning("refused a control request: %s", exc)
-                reply = ControlAnswer(code=2, err=f"eidetica: bad control request: {exc}\n")
+            if clients >= MAX_CLIENTS:
+                reply = ControlAnswer(code=1, err="eidetica: the node is busy; try again\n")
             else:
-                reply = await handler(request.command)
+                clients += 1
+                try:
+                    reply = await _answer_one(stream, handler)
+                finally:
+                    clients -= 1
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(msgspec.json.encode(reply) + b"\n")
 
     return answer
+
+
+async def _answer_one(stream: trio.SocketStream, handler: ControlHandler) -> ControlAnswer:
+    try:
+        with trio.fail_after(READ_SECONDS):
+            request = _decode_request.decode(await _read_line(stream))
+    except (msgspec.DecodeError, ValueError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        reason = (
+            f"no request within {READ_SECONDS} s" if isinstance(exc, trio.TooSlowError) else exc
+        )
+        log.warning("refused a control request: %s", reason)
+        return ControlAnswer(code=2, err=f"eidetica: bad control request: {reason}\n")
+    return await handler(request.command)
 
 
 async def _read_line(stream: trio.SocketStream, limit: int = MAX_REQUEST_BYTES) -> bytes:
@@ -156,10 +178,14 @@ async def ask(path: Path, command: dict[str, Any]) -> ControlAnswer | None:
             return None
         raise TransportError(f"cannot reach the node at {path}: {exc}") from exc
     async with stream:
-        await stream.send_all(msgspec.json.encode(ControlRequest(command)) + b"\n")
+        # A node that refuses a request answers and closes before reading it all:
+        # the answer is still there to read.
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(msgspec.json.encode(ControlRequest(command)) + b"\n")
         data = bytearray()
-        while chunk := await stream.receive_some():
-            data += chunk
+        with contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some():
+                data += chunk
     try:
         return _decode_answer.decode(bytes(data).strip())
     except msgspec.DecodeError as exc:

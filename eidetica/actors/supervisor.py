@@ -41,7 +41,7 @@ from eidetica.actors.transports.base import Transport, TwoWay
 from eidetica.errors import EideticaError, SyncError, TreeNotFound, first_leaf
 from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.codec import JSON, MSGPACK, Codec
-from eidetica.protocol.entry import Entry
+from eidetica.protocol.entry import Entry, is_entry_id
 from eidetica.storage.instance import Instance
 from eidetica.storage.tree import Tree
 
@@ -162,12 +162,15 @@ class Supervisor:
         """Reconnect to the peers the sync tree names and requeue its retries."""
         state = self._require_state()
         for record in (await state.peers()).values():
-            for tree in record.trees:
+            bad = [tree for tree in record.trees if not is_entry_id(tree)]
+            if bad:  # written before ids were checked: skipped, not fatal
+                log.warning("peer %s: ignoring stored relationships %s", record.key, bad)
+            for tree in set(record.trees) - set(bad):
                 cursor = await state.cursor(record.key, tree)
                 if cursor is not None:
                     self._cursors[record.key, tree] = cursor.last_synced_tips
             address = record.addresses[0] if record.addresses else ""
-            self._reconnecting[record.key] = (address, set(record.trees))
+            self._reconnecting[record.key] = (address, set(record.trees) - set(bad))
             if address:  # a peer with no address is linked again when it dials us
                 self._redial_now(address, record.key)
         now = trio.current_time()
@@ -282,6 +285,8 @@ class Supervisor:
                 self._retries.forget_peer(command.peer)
                 command.reply.set(None)
             case cmd.CreateRelationship():
+                if not is_entry_id(command.tree):
+                    raise SyncError(f"not a tree id: {command.tree!r}")
                 trees = self._trees_of(command.peer)
                 state = self._require_state()
                 await state.add_peer(command.peer)  # one that dialled us may be new to it

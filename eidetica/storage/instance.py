@@ -19,7 +19,14 @@ from eidetica.errors import (
     SyncError,
     TreeNotFound,
 )
-from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry, validate_entry
+from eidetica.protocol.entry import (
+    SETTINGS_STORE,
+    Entry,
+    StoreWrite,
+    create_entry,
+    is_entry_id,
+    validate_entry,
+)
 from eidetica.protocol.intake import Intake, Rejection
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
@@ -94,7 +101,10 @@ class Instance:
         return tree
 
     async def open_tree(self, root_id: str) -> Tree:
-        """A tree this node holds, or :class:`TreeNotFound`."""
+        """A tree this node holds, or :class:`TreeNotFound` (also for an id that is
+        not one: 64 lowercase hex digits)."""
+        if not is_entry_id(root_id):
+            raise TreeNotFound(f"no tree with root {root_id!r}: not an entry id")
         meta = self.backend.meta([root_id]).get(root_id)
         if meta is None or meta.tree != root_id:
             raise TreeNotFound(f"no tree with root {root_id!r} on this node")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from eidetica.actors import control
 
@@ -48,6 +49,7 @@ def test_tree_put_get_round_trip(tmp_path: Path) -> None:
         (["serve", "--periodic-sync", "soon"], 2, "periodic-sync must be a number"),
         (["serve", "--retry-sweep", "-1"], 2, "retry-sweep must be a number"),
         (["serve", "--connection-check", "inf"], 2, "connection-check must be a number"),
+        (["serve", "--connection-check", "1e-6"], 2, "at least 0.1"),
     ],
 )
 def test_mistakes_end_with_one_clear_line(
@@ -105,3 +107,37 @@ async def test_the_control_socket_works_under_a_long_data_path(tmp_path: Path) -
     assert reply == control.ControlAnswer(0, out="ran id\n")
     assert not path.exists()
     assert await control.ask(path, {"command": "id"}) is None  # nobody there now
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("periodic_sync = true", "periodic_sync must be a number of seconds"),
+        ('listen = "http://127.0.0.1:0"', "listen must be a list of strings"),
+        ("periodic-sync = 30", "unknown setting 'periodic-sync'"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, toml: str, message: str) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(toml + "\n")
+    result = run("--config", str(config), "serve", data=tmp_path / "node")
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+async def test_a_control_client_that_sends_nothing_is_refused_in_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = control.socket_path(tmp_path)
+
+    async def never(command: dict[str, object]) -> control.ControlAnswer:
+        raise AssertionError("no command came")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.serve, path, never)
+        async with await trio.open_unix_socket(str(path)) as silent:
+            began = trio.current_time()
+            answer = await silent.receive_some()  # it sends nothing at all
+            assert trio.current_time() - began == control.READ_SECONDS
+        assert b"no request within" in answer and b'"code":2' in answer
+        nursery.cancel_scope.cancel()

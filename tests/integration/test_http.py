@@ -467,12 +467,31 @@ def gzipped_answer(body: bytes, encoding: str = "gzip") -> bytes:
         (gzipped_answer(gzip.compress(b"\0" * (limits.MAX_MESSAGE_BYTES * 4))), "once inflated"),
         (gzipped_answer(gzip.compress(note("cut short"))[:-12]), "ends early"),
         (gzipped_answer(b"not gzip at all"), "broken gzip"),
+        (gzipped_answer(gzip.compress(note("one")) + gzip.compress(note("two"))), "after the end"),
         (gzipped_answer(note("x"), encoding="br"), "not gzip"),
     ],
-    ids=["bomb", "truncated", "garbage", "unknown-encoding"],
+    ids=["bomb", "truncated", "garbage", "two-members", "unknown-encoding"],
 )
 async def test_a_bad_compressed_answer_is_a_transport_error(answer: bytes, error: str) -> None:
     with trio.fail_after(10):
         async with HttpTransport() as client, asynccontextmanager(fake_server)(answer) as at:
             with pytest.raises(TransportError, match=error):
                 await client.request(at, note("hello"))
+
+
+async def test_a_server_that_dribbles_its_answer_is_cut_off_at_the_timeout() -> None:
+    async def dribble(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+        for _ in range(1000):  # a byte at a time, each well inside the read timeout
+            await stream.send_all(b" ")
+            await trio.sleep(0.1)
+
+    with trio.fail_after(10):
+        async with HttpTransport(timeout=1.0) as client, trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, dribble, 0, host="127.0.0.1"))
+            at = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+            # 1,000 bytes at 0.1 s each would take 100 s; fail_after(10) bounds the test.
+            with pytest.raises(TransportError, match=r"within 1\.0 s"):
+                await client.request(at, note("hello"))
+            nursery.cancel_scope.cancel()

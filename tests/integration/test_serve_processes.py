@@ -117,9 +117,15 @@ def test_commands_reach_a_running_node(tmp_path: Path) -> None:
             # Mistakes come back as they would from the directory: one line, the code.
             bad_json = run_cli(a_data, "put", tree, "todo", "eggs", "{not json")
             missing = run_cli(a_data, "get", "f" * 64, "todo")
-            assert (bad_json.returncode, missing.returncode) == (2, 1)
-            for result in (bad_json, missing):
+            not_an_id = run_cli(a_data, "get", "zz", "todo")
+            bad_sync = run_cli(b_data, "sync", "zz", "--peer", a_said["listening"])
+            codes = [r.returncode for r in (bad_json, missing, not_an_id, bad_sync)]
+            assert codes == [2, 1, 1, 1]
+            for result in (bad_json, missing, not_an_id, bad_sync):
                 assert result.stderr.count("\n") == 1 and result.stderr.startswith("eidetica:")
+            # A value bigger than a small request limit goes through the node too.
+            cli(a_data, "put", tree, "notes", "long", json.dumps("x" * 100_000))
+            assert len(json.loads(cli(a_data, "get", tree, "notes", "long"))) == 100_000
         finally:
             stop(b)
     finally:

@@ -337,6 +337,9 @@ class HttpTransport:
         self._accept = "gzip" if compress else "identity"
         self._compress = compress
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._request_seconds = timeout
+        """A bound on the whole request: httpx's timeouts restart at every read, so a
+        server dribbling a byte at a time would otherwise hold a request forever."""
         self._client: httpx.AsyncClient | None = None
         self.wire_sent = 0
         self.wire_received = 0
@@ -402,7 +405,8 @@ class HttpTransport:
 
         An error answer (4xx or 5xx carrying an envelope) is returned like any other:
         the caller decodes it into the error it is. :class:`Unreachable` when nothing
-        accepts the connection; :class:`TransportError` on a timeout, a broken
+        accepts the connection; :class:`TransportError` on a timeout (of any one read,
+        or of the whole request, ``timeout`` seconds either way), a broken
         connection, an answer over the size limit, or an error status that carries
         no envelope (a proxy's page, a framework's own 413).
         """
@@ -413,6 +417,13 @@ class HttpTransport:
                 f"request is {len(data)} bytes, over {limits.MAX_MESSAGE_BYTES}; not sent"
             )
         client = self._pool()
+        with trio.move_on_after(self._request_seconds):
+            return await self._exchange(client, address, url, data)
+        raise TransportError(f"no answer from {url} within {self._request_seconds} s")
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, address: str, url: str, data: bytes
+    ) -> bytes:
         try:
             outgoing = client.build_request(
                 "POST",
@@ -427,7 +438,8 @@ class HttpTransport:
                 body = await _read_limited(response, url)
             finally:
                 self.wire_received += response.num_bytes_downloaded
-                await response.aclose()
+                with trio.CancelScope(shield=True):  # even at the deadline: no leak
+                    await response.aclose()
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise Unreachable(f"nobody answers at {address}: {exc!r}") from exc
         except httpx.TimeoutException as exc:
@@ -480,6 +492,8 @@ async def _read_limited(response: httpx.Response, url: str) -> bytes:
                     refusal = f"{url} answered over {limit} bytes once inflated"
     if refusal is None and inflater is not None and not inflater.eof:
         refusal = f"{url} answered a gzip body that ends early"
+    if refusal is None and inflater is not None and inflater.unused_data:
+        refusal = f"{url} answered bytes after the end of its gzip body"
     if refusal is not None:
         raise TransportError(refusal)
     return bytes(body)
