@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import trio
 import trio.testing
 
 import eidetica
 from eidetica.actors.supervisor import SyncConfig
-from eidetica.actors.sync import open_sync
+from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.base import Handler, LinkClosedCallback, TwoWay
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.protocol.codec import MSGPACK
@@ -70,32 +72,53 @@ class LinkedSim(SimTransport):
         return answer
 
 
+class Pair(NamedTuple):
+    server: eidetica.Instance
+    client: eidetica.Instance
+    client_sync: Sync
+    transport: LinkedSim
+    at: str
+    """The server's address, which the client has dialled (that dial already drained
+    from ``transport.dials``)."""
+
+
+@asynccontextmanager
+async def linked(network: SimNetwork, redial_max: float) -> AsyncIterator[Pair]:
+    """A server, and a client on a :class:`LinkedSim` that has dialled it; timers
+    that never fire, and redials from 1 s up to ``redial_max``."""
+    config = SyncConfig(
+        periodic_sync=10**6, connection_check=10**6, redial_min=1, redial_max=redial_max
+    )
+    transport = LinkedSim(network, "client")
+    async with (
+        eidetica.open_instance(None) as server,
+        eidetica.open_instance(None) as client,
+        open_sync(server, network=network, name="server", config=config) as server_sync,
+        open_sync(client, transports={"sim": transport}, config=config) as client_sync,
+    ):
+        at = await server_sync.start_server("sim://server")
+        await client_sync.connect(at)
+        transport.dials.receive_nowait()  # connect's own
+        yield Pair(server, client, client_sync, transport, at)
+
+
 async def test_a_lost_link_is_redialled_with_doubling_jittered_waits(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     network = SimNetwork()
-    config = SyncConfig(periodic_sync=10**6, connection_check=10**6, redial_min=1, redial_max=8)
-    client_transport = LinkedSim(network, "client")
-    assert isinstance(client_transport, TwoWay)
     with trio.fail_after(1000):
-        async with (
-            eidetica.open_instance(None) as server,
-            eidetica.open_instance(None) as client,
-            open_sync(server, network=network, name="server", config=config) as server_sync,
-            open_sync(client, transports={"sim": client_transport}, config=config) as client_sync,
-        ):
-            tree = await server.create_tree(name="notes")
+        async with linked(network, redial_max=8) as pair:
+            client, client_transport, at = pair.client, pair.transport, pair.at
+            assert isinstance(client_transport, TwoWay)
+            tree = await pair.server.create_tree(name="notes")
             await tree.grant(client.public_key, "read")
-            at = await server_sync.start_server("sim://server")
-            peer = await client_sync.connect(at)
-            await client_sync.add_tree_sync(peer, tree.root_id)
-            await client_sync.sync_with_peer(peer)
+            await pair.client_sync.add_tree_sync(pair.server.public_key, tree.root_id)
+            await pair.client_sync.sync_with_peer(pair.server.public_key)
 
             network.partition("client", "server")
             async with tree.transaction() as op:
                 op.doc("todo").set("while_away", 1)
             missed = (await tree.tips())[0]
-            assert client_transport.dials.receive_nowait() <= trio.current_time()  # connect's
             lost = trio.current_time()
             client_transport.drop(at)
             times = [lost]
@@ -117,19 +140,9 @@ async def test_a_lost_link_is_redialled_with_doubling_jittered_waits(
 async def test_a_link_that_keeps_dropping_at_once_is_redialled_ever_more_slowly(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    network = SimNetwork()
-    config = SyncConfig(periodic_sync=10**6, connection_check=10**6, redial_min=1, redial_max=60)
-    client_transport = LinkedSim(network, "client")
     with trio.fail_after(1000):
-        async with (
-            eidetica.open_instance(None) as server,
-            eidetica.open_instance(None) as client,
-            open_sync(server, network=network, name="server", config=config) as server_sync,
-            open_sync(client, transports={"sim": client_transport}, config=config) as client_sync,
-        ):
-            at = await server_sync.start_server("sim://server")
-            await client_sync.connect(at)
-            client_transport.dials.receive_nowait()  # connect's own
+        async with linked(SimNetwork(), redial_max=60) as pair:
+            client_transport, at = pair.transport, pair.at
             waits = []
             for lives in [0, 0, 0, 0, 120, 0]:  # how long each new link lasts
                 await trio.sleep(lives)
@@ -145,19 +158,9 @@ async def test_a_link_that_keeps_dropping_at_once_is_redialled_ever_more_slowly(
 async def test_a_link_that_closes_before_it_is_taken_up_is_redialled(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    network = SimNetwork()
-    config = SyncConfig(periodic_sync=10**6, connection_check=10**6, redial_min=1, redial_max=8)
-    client_transport = LinkedSim(network, "client")
     with trio.fail_after(1000):
-        async with (
-            eidetica.open_instance(None) as server,
-            eidetica.open_instance(None) as client,
-            open_sync(server, network=network, name="server", config=config) as server_sync,
-            open_sync(client, transports={"sim": client_transport}, config=config) as client_sync,
-        ):
-            at = await server_sync.start_server("sim://server")
-            await client_sync.connect(at)
-            client_transport.dials.receive_nowait()  # connect's own
+        async with linked(SimNetwork(), redial_max=8) as pair:
+            client_transport, at = pair.transport, pair.at
             # The first redial's link closes the moment its handshake is answered.
             client_transport.drop_after_handshake = lambda: None
             client_transport.drop(at)
@@ -166,5 +169,6 @@ async def test_a_link_that_closes_before_it_is_taken_up_is_redialled(
             dialled_again = await client_transport.dials.receive()
             await trio.testing.wait_all_tasks_blocked()
             assert client_transport.is_open(at)
-            assert (await client_sync.status())["peers"][server.public_key]["address"] == at
+            peers = (await pair.client_sync.status())["peers"]
+            assert peers[pair.server.public_key]["address"] == at
             assert dialled_again < 60  # not at a connection check (10**6 s)
