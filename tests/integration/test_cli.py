@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,7 @@ import trio
 import trio.testing
 
 from eidetica.actors import control
-
-COMMAND = [sys.executable, "-m", "eidetica.cli"]
-
-
-def run(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, "--data", str(data), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.processes import COMMAND, run
 
 
 def test_tree_put_get_round_trip(tmp_path: Path) -> None:

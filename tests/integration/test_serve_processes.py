@@ -7,27 +7,16 @@ import json
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-COMMAND = [sys.executable, "-m", "eidetica.cli"]
-
-
-def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, "--data", str(data), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.processes import COMMAND, run
 
 
 def cli(data: Path, *args: str) -> str:
     """Run a command that must succeed; its output."""
-    result = run_cli(data, *args)
+    result = run(*args, data=data)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -115,10 +104,10 @@ def test_commands_reach_a_running_node(tmp_path: Path) -> None:
             assert json.loads(cli(b_data, "get", tree, "todo")) == {"milk": {"done": False}}
             assert tree in cli(b_data, "tree", "list")
             # Mistakes come back as they would from the directory: one line, the code.
-            bad_json = run_cli(a_data, "put", tree, "todo", "eggs", "{not json")
-            missing = run_cli(a_data, "get", "f" * 64, "todo")
-            not_an_id = run_cli(a_data, "get", "zz", "todo")
-            bad_sync = run_cli(b_data, "sync", "zz", "--peer", a_said["listening"])
+            bad_json = run("put", tree, "todo", "eggs", "{not json", data=a_data)
+            missing = run("get", "f" * 64, "todo", data=a_data)
+            not_an_id = run("get", "zz", "todo", data=a_data)
+            bad_sync = run("sync", "zz", "--peer", a_said["listening"], data=b_data)
             codes = [r.returncode for r in (bad_json, missing, not_an_id, bad_sync)]
             assert codes == [2, 1, 1, 1]
             for result in (bad_json, missing, not_an_id, bad_sync):
