@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from eidetica.actors.transports.base import reply_address
+from eidetica.actors.transports.framing import LOCAL, Origin
 from eidetica.errors import (
     EideticaError,
     ProtocolError,
@@ -81,13 +81,14 @@ class SyncService:
         self.refused = 0
         """Requests answered with an error."""
 
-    async def handle(self, data: bytes) -> bytes:
-        """One request's bytes in, the answer's bytes out; never raises for bad input."""
+    async def handle(self, data: bytes, origin: Origin = LOCAL) -> bytes:
+        """One request's bytes in, the answer's bytes out; never raises for bad input.
+        ``origin`` says who sent it (the transport knows)."""
         request_id = None
         try:
             envelope = self._codec.decode(data)
             request_id = envelope.id
-            answer = await self._answer(envelope.body, envelope.session)
+            answer = await self._answer(envelope.body, envelope.session, origin)
         except ProtocolError as exc:
             answer = self._refuse(exc.code, str(exc))
         except EideticaError as exc:
@@ -99,7 +100,7 @@ class SyncService:
         log.warning("refused a request (%s): %s", code, reason)
         return ErrorReply(code=code, message=reason[:1000])
 
-    async def _answer(self, body: Message, session: bytes | None) -> Message:
+    async def _answer(self, body: Message, session: bytes | None, origin: Origin) -> Message:
         match body:
             case HandshakeInit():
                 return self._handshakes.receive_init(body, now=self._clock())
@@ -108,17 +109,17 @@ class SyncService:
                 self._sessions[proven.session] = proven.peer_key
                 while len(self._sessions) > MAX_SESSIONS:
                     self._sessions.popitem(last=False)
-                self._reachable(proven.peer_key, None)
+                self._reachable(proven.peer_key, origin, None)
                 return proven.done
             case SyncRequest():
                 peer = self._peer(session)
                 view = await self._readable(body.tree, peer)
-                self._reachable(peer, body.tree)
+                self._reachable(peer, origin, body.tree)
                 return self._planner.answer(view, body, peer=peer)
             case SendEntries():
                 peer = self._peer(session)
                 view = await self._readable(body.tree, peer)
-                self._reachable(peer, body.tree)
+                self._reachable(peer, origin, body.tree)
                 receipt = await self._instance.receive(body.tree, body.entries)
                 if receipt.stored and self._on_received is not None:
                     self._on_received(body.tree, tuple(receipt.stored), peer)
@@ -133,10 +134,10 @@ class SyncService:
             case _:
                 return self._refuse("unknown-message", f"{type(body).__name__} is not a request")
 
-    def _reachable(self, peer: str, tree: str | None) -> None:
+    def _reachable(self, peer: str, origin: Origin, tree: str | None) -> None:
         """Tell the listener a peer reached us over a two-way link: after every
         handshake, and at requests for trees it is not known to sync already."""
-        address = reply_address.get()
+        address = origin.reply
         if address is None or self._on_reachable is None:
             return
         if tree is not None and self._heard is not None and self._heard(peer, tree):

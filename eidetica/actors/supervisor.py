@@ -37,6 +37,7 @@ from eidetica.actors.retry import RetryItem, RetryQueue, run_retry
 from eidetica.actors.service import SyncService
 from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
+from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.base import Transport, TwoWay
 from eidetica.errors import EideticaError, SyncError, TreeNotFound, first_leaf
 from eidetica.protocol.auth import Permission, permission_of
@@ -66,6 +67,8 @@ class SyncConfig:
     """Seconds before the first redial of a peer whose two-way link closed; each failed
     redial doubles the wait, up to ``redial_max``, stretched by up to ``retry_jitter``."""
     redial_max: float = 60.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    """What the node's servers let clients hold (connections, time, bytes)."""
 
 
 @dataclass
@@ -124,6 +127,7 @@ class Supervisor:
         )
         self._peers: dict[str, _Peer] = {}
         self._servers: dict[str, trio.CancelScope] = {}
+        self._server_health: dict[str, ServerHealth] = {}
         self._services: dict[str, SyncService] = {}
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryItem](config.inbox_size)
@@ -259,6 +263,7 @@ class Supervisor:
                 scope = self._servers.pop(command.address, None)
                 if scope is None:
                     raise SyncError(f"no server at {command.address}")
+                self._server_health.pop(command.address, None)
                 scope.cancel()
                 command.reply.set(None)
             case cmd.ConnectToPeer():
@@ -509,9 +514,11 @@ class Supervisor:
         service = self._service(self._codec(address))
         bound: str
         scope: trio.CancelScope
-        bound, scope = await self._spawn().start(_serve, transport, address, service)
+        health = ServerHealth()
+        bound, scope = await self._spawn().start(_serve, transport, address, service, health)
         self._services[bound] = service
         self._servers[bound] = scope
+        self._server_health[bound] = health
         return bound
 
     async def _connect(
@@ -744,6 +751,11 @@ class Supervisor:
     def _status(self) -> dict[str, Any]:
         return {
             "servers": sorted(self._servers),
+            "server_restarts": {
+                address: {"restarts": health.restarts, "last_error": health.last_error}
+                for address, health in sorted(self._server_health.items())
+                if health.restarts
+            },
             "refused_requests": sum(service.refused for service in self._services.values()),
             "dropped_notices": self.dropped_notices,
             "crashed": list(self.crashed),
@@ -782,29 +794,69 @@ class Supervisor:
         }
 
 
+@dataclass
+class ServerHealth:
+    """How one server actor has fared: written by it, read for status."""
+
+    restarts: int = 0
+    last_error: str | None = None
+
+
+_SERVER_BACKOFF_MAX = 30.0
+"""The longest wait before a failed server is started again, in seconds."""
+
+_SERVER_STEADY = 60.0
+"""A server that ran this long before failing is restarted after the shortest wait."""
+
+
 async def _serve(
     transport: Transport,
     address: str,
     service: SyncService,
+    health: ServerHealth,
     *,
     task_status: trio.TaskStatus[tuple[str, trio.CancelScope]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The server actor: serve one address until its scope is cancelled. A failure to
-    listen comes out as the single typed error it is, not wrapped in a group; a
-    failure once serving stops this server (logged), never the engine."""
-    started = False
+    """The server actor: serve one address until its scope is cancelled.
+
+    A failure to listen at first comes out as the single typed error it is, not
+    wrapped in a group. Once serving, the server never stops for a client (each
+    connection is walled off by the transport); if it fails for a reason of its own
+    (its listening socket broke), it is started again at the same bound address,
+    after 1 s, doubling up to 30 s while it keeps failing, and each failure is
+    logged and counted in ``health``.
+    """
+    listen_at: str | None = None
+    wait = 1.0
     with trio.CancelScope() as scope:
-        try:
-            async with trio.open_nursery() as nursery:
-                bound = await nursery.start(transport.serve, address, service.handle)
-                task_status.started((bound, scope))
-                started = True
-        except BaseExceptionGroup as group:
-            if not started:
-                matched, rest = group.split(EideticaError)
-                if matched is None or rest is not None:
-                    raise
-                raise first_leaf(matched) from group
-            if group.split(Exception)[1] is not None:
-                raise  # cancellation (or worse) goes on up
-            log.error("the server at %s failed and stopped", address, exc_info=group)
+        while True:
+            began = trio.current_time()
+            try:
+                async with trio.open_nursery() as nursery:
+                    at = listen_at or address
+                    bound = await nursery.start(transport.serve, at, service.handle)
+                    if listen_at is None:
+                        task_status.started((bound, scope))
+                    listen_at = bound
+            except BaseExceptionGroup as group:
+                if listen_at is None:
+                    matched, rest = group.split(EideticaError)
+                    if matched is None or rest is not None:
+                        raise
+                    raise first_leaf(matched) from group
+                if group.split(Exception)[1] is not None:
+                    raise  # cancellation (or worse) goes on up
+                health.last_error = repr(first_leaf(group))
+            else:
+                health.last_error = "it stopped serving"
+            if trio.current_time() - began >= _SERVER_STEADY:
+                wait = 1.0
+            health.restarts += 1
+            log.error(
+                "the server at %s failed (%s); starting it again in %.0f s",
+                listen_at,
+                health.last_error,
+                wait,
+            )
+            await trio.sleep(wait)
+            wait = min(wait * 2, _SERVER_BACKOFF_MAX)

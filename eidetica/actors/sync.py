@@ -16,6 +16,7 @@ import trio
 from eidetica.actors import commands as cmd
 from eidetica.actors.reply import Reply
 from eidetica.actors.supervisor import Supervisor, SyncConfig
+from eidetica.actors.transports.admission import Admission
 from eidetica.actors.transports.base import Transport
 from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
@@ -143,15 +144,17 @@ async def open_sync(
     opened before the engine starts and closed after it stops. ``transports`` adds or
     replaces transports by scheme (their owner closes them).
     """
-    http = HttpTransport(health=instance.healthy)
-    async with WebSocketTransport() as websocket:
+    config = config or SyncConfig()
+    admission = Admission(config.limits)  # one set of bounds for all the node's servers
+    http = HttpTransport(health=instance.healthy, admission=admission)
+    async with WebSocketTransport(admission=admission) as websocket:
         chosen: dict[str, Transport] = {
             "sim": SimTransport(network, name=name),
             "http": http,
             "ws": websocket,
             **(transports or {}),
         }
-        supervisor = Supervisor(instance, chosen, config or SyncConfig())
+        supervisor = Supervisor(instance, chosen, config)
         instance.add_commit_hook(supervisor.on_commit)
         try:
             async with trio.open_nursery() as nursery:

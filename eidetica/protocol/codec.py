@@ -3,7 +3,12 @@
 Both codecs carry the same :class:`Envelope`. Decoding checks, in order: the size (before
 reading anything), the version, the message type, then the whole message with the
 limits its field types carry. Each failure is its own typed error, so a peer's bad
-bytes become an error answer, never a crash.
+bytes become an error answer, never a crash: whatever the decoder raises (invalid
+UTF-8, nesting past its recursion guard, anything else) becomes
+:class:`~eidetica.errors.MalformedMessage`. Nesting is bounded by the schema itself:
+every message forbids unknown fields and holds no free-form values, so a message that
+decodes is at most five levels deep, and deeper input fails at the first level the
+schema does not allow (or at msgspec's recursion guard, inside the version probe).
 """
 
 from __future__ import annotations
@@ -64,16 +69,25 @@ class Codec:
             raise MessageTooLarge(f"message is {len(data)} bytes, over {limits.MAX_MESSAGE_BYTES}")
         try:
             probe = self._probe.decode(data)
-        except DECODE_ERRORS as exc:
-            raise MalformedMessage(f"not a {self.name} envelope: {exc}") from exc
+        except Exception as exc:  # hostile bytes: whatever the decoder raises is "malformed"
+            raise MalformedMessage(f"not a {self.name} envelope: {_reason(exc)}") from exc
         if probe.v != PROTOCOL_VERSION:
             raise UnknownVersion(f"protocol version {probe.v} is not {PROTOCOL_VERSION}")
         if probe.body.type not in _KNOWN_TYPES:
             raise UnknownMessage(f"unknown message type {probe.body.type[:64]!r}")
         try:
             return self._decoder.decode(data)
-        except DECODE_ERRORS as exc:
-            raise MalformedMessage(f"invalid {probe.body.type} message: {exc}") from exc
+        except Exception as exc:  # as above: no decoder failure escapes untyped
+            raise MalformedMessage(f"invalid {probe.body.type} message: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """One line on why bytes did not decode, whatever the decoder raised."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, DECODE_ERRORS):
+        return str(exc)[:200]
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 JSON = Codec("json")

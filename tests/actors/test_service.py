@@ -5,13 +5,13 @@ from __future__ import annotations
 import eidetica
 from eidetica.actors.link import Link
 from eidetica.actors.service import SyncService
-from eidetica.actors.transports.base import Handler, reply_address
+from eidetica.actors.transports.base import Handler, Origin
 from eidetica.protocol.codec import MSGPACK
 
 
 class BackLink:
     """A transport that hands requests straight to a handler, as a two-way link
-    would: with the link's reply address set while the handler runs."""
+    would: with the link's reply address in the request's origin."""
 
     scheme = "ws"
 
@@ -20,11 +20,8 @@ class BackLink:
         self._address = address
 
     async def request(self, address: str, data: bytes) -> bytes:
-        token = reply_address.set(self._address)
-        try:
-            return await self._handler(data)
-        finally:
-            reply_address.reset(token)
+        origin = Origin(source="127.0.0.1", link=self._address, reply=self._address)
+        return await self._handler(data, origin)
 
 
 async def test_a_peer_is_reported_at_each_handshake_and_at_trees_not_heard_of() -> None:

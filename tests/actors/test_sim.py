@@ -8,12 +8,12 @@ import trio
 import trio.testing
 
 from eidetica.actors.transports import sim
-from eidetica.actors.transports.base import Transport
+from eidetica.actors.transports.base import Origin, Transport
 from eidetica.actors.transports.sim import DEFAULT_NETWORK, SimNetwork, SimTransport
 from eidetica.errors import TransportError, Unreachable
 
 
-async def echo(data: bytes) -> bytes:
+async def echo(data: bytes, origin: Origin) -> bytes:
     """Answers with the request reversed, so an answer is visibly the handler's work."""
     return data[::-1]
 
@@ -27,7 +27,7 @@ async def test_request_round_trips_through_the_served_handler() -> None:
     network = SimNetwork()
     seen: list[bytes] = []
 
-    async def handler(data: bytes) -> bytes:
+    async def handler(data: bytes, origin: Origin) -> bytes:
         seen.append(data)
         return data + b"!"
 
@@ -192,7 +192,7 @@ async def test_request_slower_than_timeout_fails(
     network = SimNetwork(timeout=5.0)
     transport = SimTransport(network)
 
-    async def stuck(data: bytes) -> bytes:
+    async def stuck(data: bytes, origin: Origin) -> bytes:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
@@ -213,7 +213,7 @@ async def test_duplicate_invokes_the_handler_twice_with_the_same_bytes() -> None
     seen: list[bytes] = []
     both = trio.Event()
 
-    async def handler(data: bytes) -> bytes:
+    async def handler(data: bytes, origin: Origin) -> bytes:
         seen.append(data)
         if len(seen) == 2:
             both.set()
@@ -235,7 +235,7 @@ async def test_failing_handler_gives_transport_error_and_keeps_serving() -> None
     network = SimNetwork()
     transport = SimTransport(network)
 
-    async def fragile(data: bytes) -> bytes:
+    async def fragile(data: bytes, origin: Origin) -> bytes:
         if data == b"boom":
             raise ValueError("cannot handle boom")
         return data
@@ -253,7 +253,7 @@ async def test_handler_answering_non_bytes_is_a_transport_error() -> None:
     network = SimNetwork()
     transport = SimTransport(network)
 
-    async def sloppy(data: bytes) -> bytes:
+    async def sloppy(data: bytes, origin: Origin) -> bytes:
         return {"not": "bytes"}  # type: ignore[return-value]
 
     with trio.fail_after(5):
@@ -287,7 +287,7 @@ async def test_stopping_the_server_fails_requests_in_flight() -> None:
     entered = trio.Event()
     handler_cancelled = False
 
-    async def slow(data: bytes) -> bytes:
+    async def slow(data: bytes, origin: Origin) -> bytes:
         nonlocal handler_cancelled
         entered.set()
         try:

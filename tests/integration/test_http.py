@@ -19,7 +19,7 @@ import trio.testing
 import eidetica
 from eidetica.actors.link import Link
 from eidetica.actors.sync import Sync, open_sync
-from eidetica.actors.transports.base import Handler, Transport
+from eidetica.actors.transports.base import Handler, Origin, Transport
 from eidetica.actors.transports.http import HttpTransport
 from eidetica.errors import RemoteError, TransportError, Unreachable
 from eidetica.protocol import limits
@@ -30,7 +30,7 @@ ANY_PORT = "http://127.0.0.1:0"
 JSON_TYPE = {"content-type": "application/json"}
 
 
-async def echo(data: bytes) -> bytes:
+async def echo(data: bytes, origin: Origin) -> bytes:
     """Answers with the request's own envelope, so an answer shows what arrived."""
     return data
 
@@ -157,7 +157,7 @@ async def test_error_answers_get_the_status_of_their_code() -> None:
         "internal": 500,
     }
 
-    async def refuse(data: bytes) -> bytes:
+    async def refuse(data: bytes, origin: Origin) -> bytes:
         return JSON.encode(ErrorReply(code=data.decode(), message="no"))
 
     with trio.fail_after(10):
@@ -169,7 +169,7 @@ async def test_error_answers_get_the_status_of_their_code() -> None:
 
 
 async def test_the_client_hands_back_error_answers_for_the_caller_to_decode() -> None:
-    async def forbid(data: bytes) -> bytes:
+    async def forbid(data: bytes, origin: Origin) -> bytes:
         return JSON.encode(ErrorReply(code="forbidden", message="not you"))
 
     with trio.fail_after(10):
@@ -179,7 +179,7 @@ async def test_the_client_hands_back_error_answers_for_the_caller_to_decode() ->
 
 
 async def test_a_failing_handler_is_answered_500_with_an_internal_error() -> None:
-    async def broken(data: bytes) -> bytes:
+    async def broken(data: bytes, origin: Origin) -> bytes:
         raise RuntimeError("bug")
 
     with trio.fail_after(10):
@@ -216,7 +216,7 @@ async def test_a_chunked_body_is_cut_off_once_it_goes_over_the_limit() -> None:
 async def test_a_request_over_the_limit_is_refused_before_sending() -> None:
     seen: list[bytes] = []
 
-    async def handler(data: bytes) -> bytes:
+    async def handler(data: bytes, origin: Origin) -> bytes:
         seen.append(data)
         return data
 
@@ -227,14 +227,14 @@ async def test_a_request_over_the_limit_is_refused_before_sending() -> None:
     assert seen == []
 
 
-async def test_an_answer_over_the_limit_is_refused() -> None:
-    async def verbose(data: bytes) -> bytes:
+async def test_an_answer_over_the_limit_becomes_a_too_large_error_answer() -> None:
+    async def verbose(data: bytes, origin: Origin) -> bytes:
         return b" " * (limits.MAX_MESSAGE_BYTES + 1)
 
     with trio.fail_after(10):
         async with HttpTransport() as client, serving(verbose) as address:
-            with pytest.raises(TransportError, match="over"):
-                await client.request(address, note("tell me everything"))
+            answer = JSON.decode(await client.request(address, note("tell me everything")))
+    assert isinstance(answer.body, ErrorReply) and answer.body.code == "too-large"
 
 
 async def test_nobody_listening_is_unreachable() -> None:
@@ -276,7 +276,7 @@ async def test_stopping_lets_a_request_in_flight_finish_then_stops_listening() -
     entered = trio.Event()
     release = trio.Event()
 
-    async def slow(data: bytes) -> bytes:
+    async def slow(data: bytes, origin: Origin) -> bytes:
         entered.set()
         await release.wait()
         return data
@@ -405,7 +405,7 @@ async def test_bad_requests_get_their_status_and_the_server_keeps_serving(
 async def test_large_answers_travel_gzipped_and_small_ones_plain() -> None:
     big = note("many entries " * 10_000)
 
-    async def answer(data: bytes) -> bytes:
+    async def answer(data: bytes, origin: Origin) -> bytes:
         return big if error_code(data) == "internal" and b"big" in data else note("small")
 
     with trio.fail_after(10):
@@ -428,7 +428,7 @@ async def test_compression_can_be_turned_off_at_either_end(
 ) -> None:
     big = note("many entries " * 10_000)
 
-    async def answer(data: bytes) -> bytes:
+    async def answer(data: bytes, origin: Origin) -> bytes:
         return big
 
     with trio.fail_after(10):

@@ -20,7 +20,7 @@ import eidetica
 from eidetica.actors.link import Link
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import open_sync
-from eidetica.actors.transports.base import Handler, Transport
+from eidetica.actors.transports.base import Handler, Origin, Transport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import RemoteError, TransportError, Unreachable
 from eidetica.protocol import limits
@@ -46,7 +46,7 @@ def text_of(message: bytes) -> str:
     return body.entries[0].decode()
 
 
-async def echo(data: bytes) -> bytes:
+async def echo(data: bytes, origin: Origin) -> bytes:
     """Answers a note with its text under the request's id, as SyncService answers."""
     envelope = MSGPACK.decode(data)
     assert isinstance(envelope.body, SendEntries)
@@ -90,9 +90,9 @@ def test_websocket_transport_is_a_transport() -> None:
 async def test_serve_reports_the_bound_port_and_answers() -> None:
     seen: list[int | None] = []
 
-    async def handler(data: bytes) -> bytes:
+    async def handler(data: bytes, origin: Origin) -> bytes:
         seen.append(MSGPACK.decode(data).id)
-        return await echo(data)
+        return await echo(data, origin)
 
     with trio.fail_after(10):
         async with WebSocketTransport() as client, serving(WebSocketTransport(), handler) as at:
@@ -110,14 +110,14 @@ async def test_concurrent_requests_get_their_own_answers_even_in_reverse_order()
     answered = [trio.Event() for _ in range(count)]
     order: list[int] = []
 
-    async def backwards(data: bytes) -> bytes:
+    async def backwards(data: bytes, origin: Origin) -> bytes:
         """Answers request k only once request k+1 was answered: last first."""
         index = int(text_of(data))
         if index + 1 < count:
             await answered[index + 1].wait()
         order.append(index)
         answered[index].set()
-        return await echo(data)
+        return await echo(data, origin)
 
     results: dict[int, str] = {}
     server = WebSocketTransport()
@@ -157,7 +157,7 @@ async def test_server_going_away_fails_in_flight_requests_and_the_next_request_r
     failed = trio.Event()
     errors: list[TransportError] = []
 
-    async def stuck(data: bytes) -> bytes:
+    async def stuck(data: bytes, origin: Origin) -> bytes:
         arrived.set()
         await trio.sleep_forever()
         raise AssertionError("unreachable")
@@ -249,13 +249,13 @@ async def test_bytes_that_are_not_an_envelope_are_refused() -> None:
 
 
 async def test_a_failing_handler_is_answered_with_an_internal_error() -> None:
-    async def broken(data: bytes) -> bytes:
+    async def broken(data: bytes, origin: Origin) -> bytes:
         raise RuntimeError("bug")
 
     with trio.fail_after(10):
         async with WebSocketTransport() as client, serving(WebSocketTransport(), broken) as at:
             answer = MSGPACK.decode(await client.request(at, note("x"))).body
-    assert answer == ErrorReply(code="internal", message="the handler failed")
+    assert answer == ErrorReply(code="internal", message="the node failed to answer this request")
 
 
 async def test_a_missing_pong_closes_the_connection(

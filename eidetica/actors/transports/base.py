@@ -6,17 +6,15 @@ It knows nothing of messages, sessions or trees; the handler it serves does.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import trio
 
+from eidetica.actors.transports.framing import Handler, Origin
 from eidetica.errors import TransportError
 
-Handler = Callable[[bytes], Awaitable[bytes]]
-"""Turns one request's bytes into its answer's bytes. Never raises for bad input:
-bad input gets an error answer."""
+__all__ = ["Handler", "LinkClosedCallback", "Origin", "PendingAnswer", "Transport", "TwoWay"]
 
 
 class Transport(Protocol):
@@ -40,11 +38,6 @@ class Transport(Protocol):
         """Send one request and return the answer; :class:`TransportError` on failure."""
         ...
 
-
-reply_address: ContextVar[str | None] = ContextVar("reply_address", default=None)
-"""While a handler runs: the address at which the node that sent the request can be
-sent requests back, over the same link. Set only by transports whose links carry
-requests both ways (:class:`TwoWay`); ``None`` otherwise."""
 
 LinkClosedCallback = Callable[[str, str], None]
 """Told (address, reason) when a two-way link closes."""

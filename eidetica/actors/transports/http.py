@@ -34,15 +34,15 @@ import socket
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
+from functools import partial
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGIReceiveEvent,
@@ -55,7 +55,10 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from eidetica.actors.transports.base import Handler
+from eidetica.actors.transports.admission import Admission, ServerLimits
+from eidetica.actors.transports.base import Handler, Origin
+from eidetica.actors.transports.framing import guard
+from eidetica.actors.transports.hypercorn_shell import run_hypercorn
 from eidetica.errors import TransportError, Unreachable
 from eidetica.protocol import limits
 from eidetica.protocol.codec import JSON
@@ -213,13 +216,32 @@ class _HoldDisconnectAfterAnswer:
         await self._app(scope, receive_until_answered, send_noting_answer)
 
 
+def _origin() -> Origin:
+    """Who sent the request being handled: its IP, and its IP and port as the link."""
+    source = request.remote_addr or "unknown"
+    client = request.scope.get("client")
+    link = f"{source}:{client[1]}" if isinstance(client, list | tuple) else source
+    return Origin(source=source, link=f"http://{link}")
+
+
 def _application(
-    handler: Handler, health: Callable[[], bool] | None, *, compress: bool
+    handler: Handler,
+    health: Callable[[], bool] | None,
+    admission: Admission,
+    *,
+    compress: bool,
 ) -> QuartTrio:
     """The quart-trio application that puts ``handler`` at ``POST /api/v0``, and
-    ``GET /health`` answering 200 while ``health()`` is true, 503 otherwise."""
+    ``GET /health`` answering 200 while ``health()`` is true, 503 otherwise.
+
+    A body is charged to the node's byte budget before it is read (its declared
+    length, or the whole message limit when it declares none), and must arrive whole
+    within ``message_timeout``; the handler is guarded, so nothing it raises escapes.
+    """
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = limits.MAX_MESSAGE_BYTES
+    answer_for = guard(handler, JSON)
+    deadline = admission.limits.message_timeout
 
     @app.post(API_PATH)
     async def sync_request() -> TrioResponse:
@@ -232,15 +254,20 @@ def _application(
             return _refusal(
                 413, "too-large", f"body is {declared} bytes, over {limits.MAX_MESSAGE_BYTES}"
             )
+        charge = limits.MAX_MESSAGE_BYTES if declared is None else declared
+        if not admission.budget.reserve(charge):
+            return _refusal(503, "internal", "the node is busy: try again later")
         try:
-            data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            data: bytes | None = None
+            with trio.move_on_after(deadline):
+                data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            if data is None:
+                return _refusal(408, "malformed", f"the body did not arrive within {deadline} s")
+            answer = await answer_for(data, _origin())
         except RequestEntityTooLarge:
             return _refusal(413, "too-large", f"body is over {limits.MAX_MESSAGE_BYTES} bytes")
-        try:
-            answer = await handler(data)
-        except Exception:
-            log.exception("the sync handler failed")
-            return _refusal(500, "internal", "the server failed to answer this request")
+        finally:
+            admission.budget.release(charge)
         if not compress:
             return _answer(answer, _status_of(answer))
         return await _compressed_answer(answer, _status_of(answer))
@@ -276,33 +303,34 @@ async def _bind(address: str) -> socket.socket:
     return listener
 
 
-def _server_config(listener: socket.socket) -> Config:
-    """Hypercorn's settings: serve the socket we bound, log only to our logger."""
+def _server_config(limits: ServerLimits) -> Config:
+    """Hypercorn's settings: log only to our logger; no read waits longer than a whole
+    message may take."""
     config = Config()
-    config.bind = [f"fd://{listener.detach()}"]  # hypercorn owns the socket from here
     config.accesslog = None
     config.errorlog = log
     config.graceful_timeout = _GRACE_SECONDS
+    config.read_timeout = int(max(1.0, limits.message_timeout))
     return config
 
 
+def _shown_address(listener: socket.socket) -> str:
+    """The ``http://`` address a bound socket serves, its port resolved."""
+    host, port = listener.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{SCHEME}://{shown}:{port}"
+
+
 async def _run_server(
-    app: QuartTrio,
-    config: Config,
-    stop: trio.Event,
     shutdown: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    *args: Any,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    **kwargs: Any,
 ) -> None:
     """Hypercorn, shielded so that a cancellation becomes its graceful shutdown
     (``stop``), bounded by the deadline the caller puts on ``shutdown``."""
     with shutdown:
-        await hypercorn_serve(
-            _HoldDisconnectAfterAnswer(app),
-            config,
-            shutdown_trigger=stop.wait,
-            task_status=task_status,
-        )
+        await run_hypercorn(*args, task_status=task_status, **kwargs)
 
 
 class HttpTransport:
@@ -332,7 +360,10 @@ class HttpTransport:
         connect_timeout: float = 10.0,
         health: Callable[[], bool] | None = None,
         compress: bool = True,
+        limits: ServerLimits | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission if admission is not None else Admission(limits or ServerLimits())
         self._health = health
         self._accept = "gzip" if compress else "identity"
         self._compress = compress
@@ -384,17 +415,35 @@ class HttpTransport:
         """Serve ``handler`` at ``POST /api/v0`` of ``address`` until cancelled.
 
         ``address`` is ``http://HOST:PORT``; port 0 binds a free port, and the bound
-        address is reported through ``task_status.started`` once hypercorn accepts
+        address is reported through ``task_status.started`` once it accepts
         connections. :class:`TransportError` if the address cannot be bound.
+        Connections are admitted by :attr:`admission`; whatever one of them does ends
+        it alone. Only a failure of the listening socket itself ends this call.
         """
-        app = _application(handler, self._health, compress=self._compress)
-        config = _server_config(await _bind(address))
+        limits = self.admission.limits
+        app = _HoldDisconnectAfterAnswer(
+            _application(handler, self._health, self.admission, compress=self._compress)
+        )
+        listener = await _bind(address)
+        bound = _shown_address(listener)
         stop = trio.Event()
         shutdown = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
             try:
-                binds = await nursery.start(_run_server, app, config, stop, shutdown)
-                task_status.started(binds[0])
+                await nursery.start(
+                    partial(
+                        _run_server,
+                        shutdown,
+                        app,
+                        _server_config(limits),
+                        listener,
+                        self.admission,
+                        stop,
+                        send_timeout=limits.message_timeout,
+                        name=f"the HTTP server at {bound}",
+                    )
+                )
+                task_status.started(bound)
                 await trio.sleep_forever()
             finally:
                 stop.set()

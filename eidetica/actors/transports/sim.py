@@ -21,7 +21,7 @@ import random
 
 import trio
 
-from eidetica.actors.transports.base import Handler, PendingAnswer
+from eidetica.actors.transports.base import Handler, Origin, PendingAnswer
 from eidetica.errors import TransportError, Unreachable
 
 SCHEME = "sim"
@@ -160,20 +160,22 @@ class SimNetwork:
         return server
 
     async def _deliver(
-        self, server: _Server, data: bytes, reply: PendingAnswer, twice: bool
+        self, server: _Server, data: bytes, origin: Origin, reply: PendingAnswer, twice: bool
     ) -> None:
         """Hand one request to the handler; a duplicated one arrives again once the
         first copy is answered, like a retransmission, so "the caller gets the first
         answer" does not depend on how trio happens to schedule the two."""
-        await self._invoke(server, data, reply)
+        await self._invoke(server, data, origin, reply)
         if twice:
-            await self._invoke(server, data, None)
+            await self._invoke(server, data, origin, None)
 
-    async def _invoke(self, server: _Server, data: bytes, reply: PendingAnswer | None) -> None:
+    async def _invoke(
+        self, server: _Server, data: bytes, origin: Origin, reply: PendingAnswer | None
+    ) -> None:
         """Run the handler on one copy; its answer or failure goes to ``reply``
         (``None`` for a duplicate copy, whose outcome nobody hears)."""
         try:
-            answer = await server.handler(data)
+            answer = await server.handler(data, origin)
             if not isinstance(answer, bytes | bytearray | memoryview):
                 raise TypeError(f"handler answered {type(answer).__name__}, not bytes")
             copied = bytes(answer)
@@ -217,7 +219,8 @@ class SimNetwork:
             self.delivered += 1
             if twice:
                 self.duplicated += 1
-            server.nursery.start_soon(self._deliver, server, payload, reply, twice)
+            origin = Origin(source=caller, link=f"{_PREFIX}{caller}")
+            server.nursery.start_soon(self._deliver, server, payload, origin, reply, twice)
             try:
                 await reply.done.wait()
             finally:

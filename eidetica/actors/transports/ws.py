@@ -40,28 +40,18 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import SplitResult, urlsplit
 
-import msgspec
 import trio
-from trio_websocket import (
-    CloseReason,
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-    wrap_client_stream,
-)
+from trio_websocket import CloseReason, ConnectionClosed, HandshakeError
 
-from eidetica.actors.transports.base import (
-    Handler,
-    LinkClosedCallback,
-    PendingAnswer,
-    reply_address,
-)
-from eidetica.errors import ProtocolError, TransportError, Unreachable
-from eidetica.protocol import limits
+from eidetica.actors.transports.accept import serve_listeners
+from eidetica.actors.transports.admission import Admission, ServerLimits
+from eidetica.actors.transports.base import Handler, LinkClosedCallback, Origin, PendingAnswer
+from eidetica.actors.transports.framing import guard, peek, refusal
+from eidetica.actors.transports.wssocket import BoundedSocket
+from eidetica.errors import ProtocolError, TransportError, Unreachable, first_leaf
 from eidetica.protocol.codec import MSGPACK
-from eidetica.protocol.messages import ANSWERS, ErrorReply
+from eidetica.protocol.limits import MAX_MESSAGE_BYTES
+from eidetica.protocol.messages import HandshakeDone
 
 log = logging.getLogger(__name__)
 
@@ -76,30 +66,12 @@ make a 16 MiB message cost four thousand reads."""
 _UNSUPPORTED_DATA = 1003
 """The close code for a text message: the protocol speaks binary only."""
 
+_POLICY_VIOLATION = 1008
+"""The close code for a link that broke a rule of ours (no handshake in time, a
+message too slow)."""
 
-class _Kind(msgspec.Struct):
-    type: str = ""
-
-
-class _Probe(msgspec.Struct):
-    """Just the ``id`` and message type of an envelope, so routing a message does not
-    decode it all."""
-
-    id: int | None = None
-    body: _Kind | None = None
-
-
-_probe = msgspec.msgpack.Decoder(_Probe)
-
-
-def _classify(data: bytes) -> tuple[int | None, bool]:
-    """The request id in an envelope's bytes (``None`` if it has none or is not an
-    envelope), and whether the envelope is an answer rather than a request."""
-    try:
-        probe = _probe.decode(data)
-    except msgspec.DecodeError:
-        return None, False
-    return probe.id, probe.body is not None and probe.body.type in ANSWERS
+_PROVEN = HandshakeDone.__struct_config__.tag
+"""The answer that completes a handshake: a link that carried one is no stranger's."""
 
 
 def _parse(address: str) -> SplitResult:
@@ -130,11 +102,20 @@ class _Connection:
     """One open link, dialled or accepted: its socket, the requests of ours waiting
     on it, and the scope that closes it."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, source: str, *, inbound: bool = False) -> None:
         self.address = address
         """How this node sends requests over the link: the dialled ``ws://`` address,
         or the ``ws-in://N`` of an accepted link."""
-        self.socket: WebSocketConnection | None = None
+        self.source = source
+        """The peer's network address (its host, for a link we dialled)."""
+        self.socket: BoundedSocket | None = None
+        self.proven = trio.Event()
+        """Set once a handshake completed over the link, either way."""
+        self.inbound = inbound
+        """A peer opened it to us (so it is a stranger's until it proves a key)."""
+        self.opened = trio.current_time()
+        self.close_code = 1000
+        """The code its close frame will carry."""
         self.pending: dict[int, PendingAnswer] = {}
         self.closed: str | None = None
         """Why the connection closed, once it has."""
@@ -155,6 +136,15 @@ class WebSocketTransport:
     handlers per connection at once, and stops reading that connection until one
     finishes.
 
+    ``admission`` (shared with the node's other servers; by default one of this
+    transport's own, with ``limits``) caps accepted connections in all and per source,
+    and its byte budget bounds the message bytes all links hold at once, dialled
+    ones included. An accepted link that has not completed a handshake within
+    ``limits.handshake_timeout`` (its upgrade included) is closed, and so is any link
+    on which one message takes longer than ``limits.message_timeout`` to arrive.
+    Whatever one link does ends that link only: a dialled link's failure fails its
+    requests, never the transport.
+
     ``dials`` counts connections this transport opened, ``accepted`` the ones its
     servers accepted.
     """
@@ -170,8 +160,10 @@ class WebSocketTransport:
         close_timeout: float = 5.0,
         ping_interval: float = 20.0,
         ping_timeout: float = 20.0,
-        max_message_bytes: int = limits.MAX_MESSAGE_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_concurrent: int = 16,
+        limits: ServerLimits | None = None,
+        admission: Admission | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"a connection must run at least one handler, not {max_concurrent}")
@@ -182,6 +174,10 @@ class WebSocketTransport:
         self.ping_timeout = ping_timeout
         self.max_message_bytes = max_message_bytes
         self.max_concurrent = max_concurrent
+        if admission is None:
+            admission = Admission(limits or ServerLimits())
+        self.admission = admission
+        self.limits = admission.limits
         self.dials = 0
         self.accepted = 0
         self._nursery: trio.Nursery | None = None
@@ -312,9 +308,7 @@ class WebSocketTransport:
             )
         return stamped
 
-    async def _send(
-        self, connection: _Connection, socket: WebSocketConnection, data: bytes
-    ) -> None:
+    async def _send(self, connection: _Connection, socket: BoundedSocket, data: bytes) -> None:
         sent = False
         try:
             await socket.send_message(data)
@@ -350,6 +344,10 @@ class WebSocketTransport:
         """Dial ``address``, then carry the link until it closes; fail whatever is
         still waiting when it does.
 
+        A failure before the link opens is the caller's :class:`Unreachable`; after
+        it opened, whatever the peer does (hostile bytes, a reset mid-answer) ends this
+        link alone, with one logged reason, and never the transport's nursery.
+
         The TCP stream is opened and closed here rather than by trio-websocket's
         ``open_websocket_url``, which leaves the socket open (to the garbage
         collector) when the peer drops the connection first.
@@ -357,7 +355,7 @@ class WebSocketTransport:
         parts = _parse(address)
         assert parts.hostname is not None
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        connection = _Connection(address)
+        connection = _Connection(address, parts.hostname)
         self.dials += 1
         try:
             with trio.fail_after(self.connect_timeout):
@@ -369,8 +367,16 @@ class WebSocketTransport:
                 await self._speak(connection, stream, parts.netloc, resource, task_status)
             except* HandshakeError as group:
                 connection.closed = f"the WebSocket handshake failed: {group.exceptions[0]!r}"
+            except* Exception as group:
+                if connection.socket is None:
+                    connection.closed = f"the connection failed: {group.exceptions[0]!r}"
+                else:
+                    log.warning("link %s failed: %r", address, group.exceptions[0])
+                    self._close(connection, f"the link failed: {group.exceptions[0]!r}")
             finally:
                 self._close(connection, "the connection ended")
+                if connection.socket is not None:
+                    connection.socket.release_all()
         if connection.socket is None:
             raise Unreachable(f"cannot connect to {address}: {connection.closed}")
 
@@ -384,18 +390,12 @@ class WebSocketTransport:
     ) -> None:
         """The WebSocket part of a dialled connection, on an open TCP stream."""
         async with trio.open_nursery() as nursery:
-            socket: WebSocketConnection | None = None
-            with trio.move_on_after(self.connect_timeout):
-                socket = await wrap_client_stream(
-                    nursery,
-                    stream,
-                    host,
-                    resource,
-                    max_message_size=self.max_message_bytes,
-                    receive_buffer_size=_RECEIVE_BYTES,
-                )
-            if socket is None:
+            socket = self._socket(stream, client=True, host=host, path=resource)
+            with trio.move_on_after(self.connect_timeout) as opening:
+                await socket.open_client(nursery)
+            if opening.cancelled_caught:
                 connection.closed = f"no WebSocket handshake within {self.connect_timeout} s"
+                socket.release_all()
                 nursery.cancel_scope.cancel()
                 return
             connection.socket = socket
@@ -404,14 +404,23 @@ class WebSocketTransport:
             await self._converse(connection, self._answer_on_dialled)
             nursery.cancel_scope.cancel()
 
-    async def _answer_on_dialled(self, request: bytes) -> bytes:
+    def _socket(self, stream: trio.SocketStream, *, client: bool, **options: str) -> BoundedSocket:
+        return BoundedSocket(
+            stream,
+            client=client,
+            budget=self.admission.budget,
+            max_message_size=self.max_message_bytes,
+            receive_buffer_size=_RECEIVE_BYTES,
+            **options,
+        )
+
+    async def _answer_on_dialled(self, request: bytes, origin: Origin) -> bytes:
         """A request the peer sent back over a link we dialled: the attached handler's."""
         handler = self._handler
         if handler is None:
-            return self._refusal(
-                request, "unknown-message", "this node takes no requests on links it dialled"
-            )
-        return await handler(request)
+            reason = "this node takes no requests on links it dialled"
+            return refusal(MSGPACK, request, "unknown-message", reason)
+        return await handler(request, origin)
 
     # -- one link, either way -------------------------------------------------------
 
@@ -432,16 +441,17 @@ class WebSocketTransport:
             with connection.scope:
                 async with trio.open_nursery() as reading:
                     reading.start_soon(self._keepalive, socket, partial(self._close, connection))
+                    reading.start_soon(self._message_deadline, connection, socket)
                     await self._read(connection, socket, handler, answering, slots)
                     reading.cancel_scope.cancel()
             # Whoever closed, finish the closing handshake, briefly.
             with trio.move_on_after(self.close_timeout):
-                await socket.aclose()
+                await socket.aclose(connection.close_code, connection.closed)
 
     async def _read(
         self,
         connection: _Connection,
-        socket: WebSocketConnection,
+        socket: BoundedSocket,
         handler: Handler,
         answering: trio.Nursery,
         slots: trio.Semaphore,
@@ -453,22 +463,24 @@ class WebSocketTransport:
                 self._close(connection, _describe(exc.reason))
                 return
             if isinstance(message, str):
-                with trio.move_on_after(self.close_timeout):
-                    await socket.aclose(_UNSUPPORTED_DATA, "binary messages only")
-                self._close(connection, "the peer sent a text message")
+                socket.settle(message)
+                self._abandon(connection, "the peer sent a text message", _UNSUPPORTED_DATA)
                 return
-            request_id, is_answer = _classify(message)
-            if not is_answer:
+            seen = peek(MSGPACK, message)
+            if not seen.is_answer:
                 await slots.acquire()
                 answering.start_soon(self._answer, connection, handler, message, slots)
                 continue
-            reply = connection.pending.get(request_id) if request_id is not None else None
+            socket.settle(message)
+            if seen.kind == _PROVEN:
+                connection.proven.set()
+            reply = connection.pending.get(seen.id) if seen.id is not None else None
             if reply is None:
                 # Normal for an answer that comes after its request timed out.
                 log.debug(
                     "dropped an answer from %s: no request waits for id %s",
                     connection.address,
-                    request_id,
+                    seen.id,
                 )
                 continue
             reply.succeed(message)
@@ -476,29 +488,43 @@ class WebSocketTransport:
     async def _answer(
         self, connection: _Connection, handler: Handler, request: bytes, slots: trio.Semaphore
     ) -> None:
+        """Answer one request on the link; ``handler`` is guarded, so it never raises."""
         socket = connection.socket
         assert socket is not None
-        reply_address.set(connection.address)  # this task's own context
+        origin = Origin(source=connection.source, link=connection.address, reply=connection.address)
         try:
-            try:
-                answer = bytes(await handler(request))
-            except Exception:
-                log.exception("the handler failed on a request from %s", socket.remote)
-                answer = self._refusal(request, "internal", "the handler failed")
-            if len(answer) > self.max_message_bytes:
-                answer = self._refusal(
-                    request, "too-large", f"the answer is over {self.max_message_bytes} bytes"
-                )
-            try:
-                await socket.send_message(answer)
-            except ConnectionClosed:
-                log.debug("an answer to %s found the connection closed", socket.remote)
+            answer = await handler(request, origin)
+            socket.settle(request)
+            if peek(MSGPACK, answer).kind == _PROVEN:
+                connection.proven.set()
+            await socket.send_message(answer)
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            log.debug("an answer on %s found the connection closed", connection.address)
         finally:
             slots.release()
 
-    @staticmethod
-    def _refusal(request: bytes, code: str, reason: str) -> bytes:
-        return MSGPACK.encode(ErrorReply(code=code, message=reason), _classify(request)[0])
+    def _abandon(self, connection: _Connection, reason: str, code: int = _POLICY_VIOLATION) -> None:
+        """Close a link that broke a rule, saying which in its close frame and the log."""
+        log.warning("closing link %s from %s: %s", connection.address, connection.source, reason)
+        connection.close_code = code
+        self._close(connection, reason)
+
+    async def _message_deadline(self, connection: _Connection, socket: BoundedSocket) -> None:
+        """Close the link if one message takes longer than ``message_timeout`` to arrive;
+        and an accepted link if it has no handshake within ``handshake_timeout``."""
+        timeout = self.limits.message_timeout
+        if connection.inbound:
+            with trio.move_on_at(connection.opened + self.limits.handshake_timeout):
+                await connection.proven.wait()
+            if not connection.proven.is_set():
+                self._abandon(connection, f"no handshake within {self.limits.handshake_timeout} s")
+                return
+        while True:
+            began = await socket.message_started()
+            await trio.sleep_until(began + timeout)
+            if socket.message_began == began:
+                self._abandon(connection, f"a message took more than {timeout} s to arrive")
+                return
 
     def _close(self, connection: _Connection, reason: str) -> None:
         """Take ``connection`` out of use: new requests dial again (or fail, for an
@@ -521,7 +547,7 @@ class WebSocketTransport:
 
     # -- keepalive ------------------------------------------------------------------
 
-    async def _keepalive(self, socket: WebSocketConnection, dead: Callable[[str], object]) -> None:
+    async def _keepalive(self, socket: BoundedSocket, dead: Callable[[str], object]) -> None:
         """Ping every ``ping_interval``; call ``dead`` if a pong is late, and stop."""
         if math.isinf(self.ping_interval):
             return
@@ -549,12 +575,13 @@ class WebSocketTransport:
 
         Port 0 binds a free port; the bound address is reported through
         ``task_status.started``. Every request on an accepted link is answered by
-        the handler (up to ``max_concurrent`` at once per link), with
-        :data:`~eidetica.actors.transports.base.reply_address` set to the link's
-        ``ws-in://`` address, at which this node can send the peer requests back. A
-        handler that raises, or answers with more than ``max_message_bytes``, is
-        answered for with an ``internal`` or ``too-large`` :class:`ErrorReply`
-        carrying the request's id.
+        the handler (up to ``max_concurrent`` at once per link), told the link's
+        ``ws-in://`` address as its origin's ``reply``, at which this node can send
+        the peer requests back. A handler that raises, or answers with more than
+        ``max_message_bytes``, is answered for with an ``internal`` or ``too-large``
+        :class:`ErrorReply` carrying the request's id. Connections are admitted by
+        :attr:`admission`; whatever one of them does ends it alone. Only a failure
+        of the listening socket itself ends this call.
         """
         parts = _parse(address)
         host = parts.hostname
@@ -565,34 +592,48 @@ class WebSocketTransport:
             listeners = await trio.open_tcp_listeners(parts.port, host=host)
         except OSError as exc:
             raise TransportError(f"cannot listen at {address}: {exc}") from exc
-        server = WebSocketServer(
-            partial(self._serve_connection, handler),
-            listeners,
-            max_message_size=self.max_message_bytes,
-            receive_buffer_size=_RECEIVE_BYTES,
-            connect_timeout=self.connect_timeout,
-            disconnect_timeout=self.close_timeout,
-        )
         port = listeners[0].socket.getsockname()[1]
         shown_host = f"[{host}]" if ":" in host else host
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            task_status.started(f"{SCHEME}://{shown_host}:{port}{parts.path}")
-
-    async def _serve_connection(self, handler: Handler, request: WebSocketRequest) -> None:
-        """One accepted link: carry it until it closes. Nothing a client does takes the
-        server down: a client gone during the upgrade is just gone."""
+        bound = f"{SCHEME}://{shown_host}:{port}{parts.path}"
+        answer = guard(handler, MSGPACK, max_answer=self.max_message_bytes)
         try:
-            socket = await request.accept()
-        except ConnectionClosed as exc:
-            log.info("a client left during the WebSocket upgrade: %s", _describe(exc.reason))
-            return
-        self.accepted += 1
-        connection = _Connection(f"{INBOUND_SCHEME}://{next(self._inbound)}")
-        connection.socket = socket
-        log.debug("link %s accepted from %s", connection.address, socket.remote)
-        self._opened(connection)
-        try:
-            await self._converse(connection, handler)
+            task_status.started(bound)
+            await serve_listeners(
+                listeners,
+                partial(self._serve_connection, answer),
+                self.admission,
+                name=f"the WebSocket server at {bound}",
+            )
         finally:
-            self._close(connection, "the connection ended")
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def _serve_connection(
+        self, handler: Handler, stream: trio.SocketStream, source: str
+    ) -> None:
+        """One accepted connection: its upgrade (within the handshake deadline), then
+        the link until it closes."""
+        connection = _Connection(f"{INBOUND_SCHEME}://{next(self._inbound)}", source, inbound=True)
+        socket = self._socket(stream, client=False)
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(self.limits.handshake_timeout):
+                    await socket.open_server(nursery)
+                    connection.socket = socket
+                if connection.socket is None:
+                    log.info("a client from %s did not finish its WebSocket upgrade", source)
+                    nursery.cancel_scope.cancel()
+                    return
+                self.accepted += 1
+                log.debug("link %s accepted from %s", connection.address, source)
+                self._opened(connection)
+                try:
+                    await self._converse(connection, handler)
+                finally:
+                    self._close(connection, "the connection ended")
+                nursery.cancel_scope.cancel()
+        except* ConnectionClosed as group:
+            reason = getattr(first_leaf(group), "reason", None)
+            log.info("a client from %s left: %s", source, _describe(reason))
+        finally:
+            socket.release_all()

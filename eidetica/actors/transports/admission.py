@@ -1,0 +1,120 @@
+"""What a node's servers let strangers hold: connections, time and buffered bytes.
+
+Anything that can open a TCP connection to a node may be hostile, so every resource a
+connection can hold has a cap, and every wait a deadline. :class:`ServerLimits` names
+them (``eidetica serve`` takes each as a flag, an ``EIDETICA_*`` variable or a TOML
+key); :class:`Admission` counts connections in all and per source address and admits
+or refuses a new one; :class:`ByteBudget` bounds the bytes of messages a node holds
+while they arrive and are handled, across all its connections. One :class:`Admission`
+serves all of a node's listeners, HTTP and WebSocket alike, so the bounds are the
+node's, not each listener's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The bounds on what the peers and clients of one node can make it hold.
+
+    ``max_connections`` and ``max_connections_per_source`` cap open connections (a
+    source is the remote IP address); a connection past either cap is closed as soon
+    as it is accepted. ``handshake_timeout`` is how long a WebSocket link may stay open
+    without completing a handshake (its upgrade included); ``message_timeout`` bounds
+    one whole request body or WebSocket message from its first byte to its last, so a
+    body sent a byte a second is cut. ``max_buffered_bytes`` bounds the bytes of
+    requests being received or handled at once, node-wide; a message that would go over
+    it ends its connection (WebSocket, code 1013) or is answered 503 (HTTP).
+    ``handshake_rate`` is how many handshakes a second one source, or one connection,
+    may start (with bursts of twice that).
+    """
+
+    max_connections: int = 1024
+    max_connections_per_source: int = 64
+    handshake_timeout: float = 10.0
+    message_timeout: float = 30.0
+    max_buffered_bytes: int = 64 * MIB
+    handshake_rate: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_connections_per_source", "max_buffered_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("handshake_timeout", "message_timeout", "handshake_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0, not {getattr(self, name)}")
+
+
+class ByteBudget:
+    """Bytes that may be held at once; reserved before they are taken in, released
+    after. A reservation that does not fit is refused, never waited for: whoever asks
+    is a connection that should be told "busy", not queued."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.refused = 0
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes if they fit; whether they did."""
+        if self.used + size > self.limit:
+            self.refused += 1
+            return False
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        assert self.used >= 0, "released more bytes than were reserved"
+
+
+@dataclass
+class Admission:
+    """Open connections of one node, in all and per source, within :class:`ServerLimits`.
+
+    :meth:`admit` is called once per accepted connection and, if it admits, is paired
+    with exactly one :meth:`release` when the connection ends. ``refused`` counts the
+    connections turned away.
+    """
+
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    open: int = 0
+    refused: int = 0
+    _by_source: Counter[str] = field(default_factory=Counter)
+    budget: ByteBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = ByteBudget(self.limits.max_buffered_bytes)
+
+    def admit(self, source: str) -> str | None:
+        """Count a new connection from ``source``; ``None`` if it may stay, else why not."""
+        if self.open >= self.limits.max_connections:
+            reason = f"the node has {self.open} connections, its limit"
+        elif self._by_source[source] >= self.limits.max_connections_per_source:
+            reason = f"{source} has {self._by_source[source]} connections, the limit per source"
+        else:
+            self.open += 1
+            self._by_source[source] += 1
+            return None
+        self.refused += 1
+        return reason
+
+    def release(self, source: str) -> None:
+        """One admitted connection from ``source`` has ended."""
+        self.open -= 1
+        self._by_source[source] -= 1
+        if self._by_source[source] <= 0:
+            del self._by_source[source]
+
+    def connections_from(self, source: str) -> int:
+        return self._by_source[source]

@@ -1,0 +1,119 @@
+"""trio-websocket's connection, held to a node's bounds on message bytes and time.
+
+trio-websocket gathers the fragments of a message in memory until the message is
+whole, with no bound but the message size and no deadline at all: a peer that starts
+a 15 MiB message and sends the rest at a byte a second holds 15 MiB for as long as it
+likes, and twenty such peers hold 300 MB. :class:`BoundedSocket` charges every
+fragment to the node's :class:`~eidetica.actors.transports.admission.ByteBudget` as it
+arrives, and keeps the charge until whoever reads the message calls :meth:`settle`
+(after handling it), so the budget covers both messages still arriving and messages
+being handled. A fragment that does not fit closes the connection with code 1013
+("try again later"). It also notes when each message began, so the transport can cut
+a message that takes longer than its deadline (:meth:`message_overdue`).
+
+It hooks trio-websocket's message handling (``_handle_message_event``) and opens
+connections the way its own ``wrap_*_stream`` functions do; ``pyproject.toml`` pins
+trio-websocket to the minor version this was written against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from trio_websocket import CloseReason, WebSocketConnection
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
+
+from eidetica.actors.transports.admission import ByteBudget
+
+TRY_AGAIN_LATER = 1013
+"""The close code for a connection whose message would overrun the node's budget."""
+
+
+class BoundedSocket(WebSocketConnection):
+    """A WebSocket connection whose message bytes are charged to ``budget``."""
+
+    def __init__(
+        self, stream: trio.SocketStream, *, client: bool, budget: ByteBudget, **options: Any
+    ) -> None:
+        kind = ConnectionType.CLIENT if client else ConnectionType.SERVER
+        super().__init__(stream, WSConnection(kind), **options)
+        self._budget = budget
+        self._arriving = 0
+        """Bytes of the message now arriving, charged to the budget."""
+        self._delivered = 0
+        """Bytes of whole messages handed on and not settled yet, charged too."""
+        self.message_began: float | None = None
+        """When the first fragment of the message now arriving came (trio time)."""
+        self._message_event = trio.Event()
+
+    # -- opening, as trio-websocket's wrap_client_stream and wrap_server_stream do ----
+
+    async def open_client(self, nursery: trio.Nursery) -> None:
+        """Run the reader in ``nursery`` and wait for the server to accept."""
+        nursery.start_soon(self._reader_task)
+        await self._open_handshake.wait()
+
+    async def open_server(self, nursery: trio.Nursery) -> None:
+        """Run the reader in ``nursery``, wait for the client's upgrade and accept it."""
+        nursery.start_soon(self._reader_task)
+        request = await self._get_request()
+        await request.accept()
+
+    # -- the budget -----------------------------------------------------------------
+
+    def settle(self, message: bytes | str) -> None:
+        """``message`` (read with ``get_message``) has been dealt with: release its bytes."""
+        size = min(len(message), self._delivered)
+        self._delivered -= size
+        self._budget.release(size)
+
+    def release_all(self) -> None:
+        """The connection is over: release whatever it still holds (idempotent)."""
+        self._budget.release(self._arriving + self._delivered)
+        self._arriving = self._delivered = 0
+
+    def message_overdue(self, deadline: float) -> bool:
+        """Whether a message has been arriving for more than ``deadline`` seconds."""
+        began = self.message_began
+        return began is not None and trio.current_time() - began > deadline
+
+    async def message_started(self) -> float:
+        """Wait until a message is arriving; when it began."""
+        while self.message_began is None:
+            await self._message_event.wait()
+        return self.message_began
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        size = len(event.data)
+        if not self._budget.reserve(size):
+            await self._refuse_for_budget(size)
+            return
+        if self.message_began is None:
+            self.message_began = trio.current_time()
+            self._message_event.set()
+            self._message_event = trio.Event()
+        self._arriving += size
+        await super()._handle_message_event(event)
+        if event.message_finished or not self._reader_running:
+            # Delivered whole, or dropped as too big: either way it arrives no more.
+            if self._reader_running:
+                self._delivered += self._arriving
+            else:
+                self._budget.release(self._arriving)
+            self._arriving = 0
+            self.message_began = None
+
+    async def _refuse_for_budget(self, size: int) -> None:
+        """Close the connection: its next fragment does not fit in the node's budget."""
+        reason = f"the node is busy: {size} more bytes would pass its buffer limit"
+        self._budget.release(self._arriving)
+        self._arriving = 0
+        self.message_began = None
+        self._message_parts = []
+        self._message_size = 0
+        self._close_reason = CloseReason(TRY_AGAIN_LATER, reason)
+        await self._send(CloseConnection(code=TRY_AGAIN_LATER, reason=reason))
+        await self._recv_channel.aclose()
+        self._reader_running = False
