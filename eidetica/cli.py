@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import sys
 import tomllib
@@ -33,6 +34,7 @@ import eidetica
 from eidetica.actors import control
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync
+from eidetica.actors.transports.admission import ServerLimits
 from eidetica.errors import EideticaError, first_leaf
 
 log = logging.getLogger("eidetica.cli")
@@ -101,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--sync", action="append", help="a tree id to sync with every peer")
     for name, what in _INTERVALS.items():
         serve.add_argument(f"--{name.replace('_', '-')}", help=f"seconds {what}")
+    for name, (_, what) in _LIMITS.items():
+        serve.add_argument(f"--{name.replace('_', '-')}", help=what)
     peer = commands.add_parser("peer", help="remember peers for serve to dial")
     peer_commands = peer.add_subparsers(dest="peer_command", required=True)
     peer_add = peer_commands.add_parser("add", help="handshake with a node and remember it")
@@ -129,7 +133,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "listen": _split(os.environ.get("EIDETICA_LISTEN")),
         "peer": _split(os.environ.get("EIDETICA_PEERS")),
         "sync": _split(os.environ.get("EIDETICA_SYNC")),
-        **{name: os.environ.get(f"EIDETICA_{name.upper()}") for name in _INTERVALS},
+        **{name: os.environ.get(f"EIDETICA_{name.upper()}") for name in (*_INTERVALS, *_LIMITS)},
     }
     settings.update({key: value for key, value in env.items() if value})
     flags = {key: getattr(args, key, None) for key in env}
@@ -140,6 +144,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     for name in _INTERVALS:
         if settings.get(name) is not None:
             settings[name] = _seconds(name, settings[name])
+    for name, (kind, _) in _LIMITS.items():
+        if settings.get(name) is not None:
+            settings[name] = _limit(name, kind, settings[name])
     return settings
 
 
@@ -150,6 +157,17 @@ _INTERVALS = {
 }
 """The timer intervals ``serve`` takes (flag, ``EIDETICA_*`` variable, TOML key)."""
 
+
+_LIMITS: dict[str, tuple[type[int] | type[float], str]] = {
+    "max_connections": (int, "connections the node holds open at once (default 1024)"),
+    "max_connections_per_source": (int, "connections from one IP address (default 64)"),
+    "handshake_timeout": (float, "seconds a new link has to prove its key (default 10)"),
+    "message_timeout": (float, "seconds one whole request or message may take (default 30)"),
+    "max_buffered_bytes": (int, "bytes of requests held at once, node-wide (default 64 MiB)"),
+    "handshake_rate": (float, "handshakes a second from one source or link (default 10)"),
+}
+"""What ``serve`` lets its clients hold (:class:`ServerLimits`): flag, ``EIDETICA_*``
+variable or TOML key, each a whole number (``int``) or any positive number."""
 
 MIN_INTERVAL = 0.1
 """Shorter timer intervals would keep a core busy for nothing."""
@@ -166,14 +184,15 @@ def _check_file_settings(config_file: str, settings: dict[str, Any]) -> None:
             right = isinstance(value, str)
         elif key in _LIST_SETTINGS:
             right = isinstance(value, list) and all(isinstance(item, str) for item in value)
-        elif key in _INTERVALS:
+        elif key in _INTERVALS or key in _LIMITS:
             right = isinstance(value, int | float) and not isinstance(value, bool)
         else:
-            known = ", ".join((*_TEXT_SETTINGS, *_LIST_SETTINGS, *_INTERVALS))
+            known = ", ".join((*_TEXT_SETTINGS, *_LIST_SETTINGS, *_INTERVALS, *_LIMITS))
             raise _Usage(f"{config_file}: unknown setting {key!r} (known: {known})")
         if not right:
             kind = "a list of strings" if key in _LIST_SETTINGS else "a string"
             kind = "a number of seconds" if key in _INTERVALS else kind
+            kind = "a positive number" if key in _LIMITS else kind
             raise _Usage(f"{config_file}: {key} must be {kind}, not {value!r}")
 
 
@@ -187,6 +206,19 @@ def _seconds(name: str, value: object) -> float:
         flag = name.replace("_", "-")
         raise _Usage(f"{flag} must be a number of seconds, at least {MIN_INTERVAL}, not {value!r}")
     return seconds
+
+
+def _limit(name: str, kind: type[int] | type[float], value: object) -> int | float:
+    """A limit setting as a positive number of its kind, or a one-line usage error."""
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    whole = kind is float or number.is_integer()
+    if not math.isfinite(number) or number <= 0 or not whole:
+        what = "a whole number" if kind is int else "a number"
+        raise _Usage(f"{name.replace('_', '-')} must be {what} above 0, not {value!r}")
+    return kind(number)
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -308,9 +340,38 @@ def _commands_for(inst: eidetica.Instance, sync: Sync) -> control.ControlHandler
     return run
 
 
+_SPARE_DESCRIPTORS = 128
+"""Descriptors kept for what is not a client's connection: the database, peers we
+dial, the control socket, logs."""
+
+
+def _make_room_for(limits: ServerLimits) -> None:
+    """Raise the process's descriptor limit so ``max_connections`` can be reached:
+    a node that runs out of descriptors first refuses honest peers along with the rest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = limits.max_connections + _SPARE_DESCRIPTORS
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY:
+        needed = min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    if needed < limits.max_connections + _SPARE_DESCRIPTORS:
+        log.warning(
+            "max-connections %d is more than the %d descriptors this process may open: "
+            "lower it, or raise the hard limit (ulimit -Hn)",
+            limits.max_connections,
+            hard,
+        )
+
+
 async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
+    limits = ServerLimits(
+        **{name: settings[name] for name in _LIMITS if settings.get(name) is not None}
+    )
+    _make_room_for(limits)
     config = SyncConfig(
-        **{name: settings[name] for name in _INTERVALS if settings.get(name) is not None}
+        limits=limits,
+        **{name: settings[name] for name in _INTERVALS if settings.get(name) is not None},
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
