@@ -442,6 +442,8 @@ class WebSocketTransport:
                 async with trio.open_nursery() as reading:
                     reading.start_soon(self._keepalive, socket, partial(self._close, connection))
                     reading.start_soon(self._message_deadline, connection, socket)
+                    if connection.inbound:
+                        reading.start_soon(self._handshake_deadline, connection)
                     await self._read(connection, socket, handler, answering, slots)
                     reading.cancel_scope.cancel()
             # Whoever closed, finish the closing handshake, briefly.
@@ -509,16 +511,18 @@ class WebSocketTransport:
         connection.close_code = code
         self._close(connection, reason)
 
+    async def _handshake_deadline(self, connection: _Connection) -> None:
+        """Close an accepted link that has not proven a key within ``handshake_timeout``
+        of being accepted: a stranger may not hold a link for nothing."""
+        timeout = self.limits.handshake_timeout
+        with trio.move_on_at(connection.opened + timeout):
+            await connection.proven.wait()
+            return
+        self._abandon(connection, f"no handshake within {timeout} s")
+
     async def _message_deadline(self, connection: _Connection, socket: BoundedSocket) -> None:
-        """Close the link if one message takes longer than ``message_timeout`` to arrive;
-        and an accepted link if it has no handshake within ``handshake_timeout``."""
+        """Close the link if one message takes longer than ``message_timeout`` to arrive."""
         timeout = self.limits.message_timeout
-        if connection.inbound:
-            with trio.move_on_at(connection.opened + self.limits.handshake_timeout):
-                await connection.proven.wait()
-            if not connection.proven.is_set():
-                self._abandon(connection, f"no handshake within {self.limits.handshake_timeout} s")
-                return
         while True:
             began = await socket.message_started()
             await trio.sleep_until(began + timeout)
