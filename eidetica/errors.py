@@ -131,6 +131,14 @@ class HandshakeFailed(Unauthenticated):
     """The peer did not prove its key: bad signature, replay, expired, or out of order."""
 
 
+class HandshakeBusy(HandshakeFailed):
+    """The node cannot take this handshake now (too many from this source, or no room for
+    another session that would not push out someone else's); the peer may try later.
+
+    Its wire code is ``unauthenticated``, like any handshake that yields no session: the
+    wire's codes are a fixed list, and the message starts with "busy"."""
+
+
 class TreeUnavailable(ProtocolError):
     """No tree with that id for this peer: absent, or the peer may not read it (the two
     answers are the same on purpose)."""

@@ -8,9 +8,12 @@ keys are proven here, so a peer's key can be trusted for permission checks.
 The transcript binds both keys, both challenges, the initiator's clock and the protocol
 version, and is signed under :data:`HANDSHAKE_DOMAIN`: a signature cannot be replayed
 to another node, in another handshake, for another protocol version, or passed off as
-an entry signature. The responder refuses an Init whose time is outside its window or
-whose challenge it has already seen, and each of its own challenges can be answered
-once, within the window, so a recorded handshake cannot be replayed.
+an entry signature. The responder refuses an Init whose time is outside its window, and
+each of its own challenges can be answered once, within the window, so a recorded
+handshake cannot be replayed. A replayed Init needs no table of spent challenges: it
+only draws a Reply with a fresh challenge, which nobody but the holder of the
+initiator's private key can answer, and it costs the responder no more than an Init
+anyone could make up.
 
 Like h11, this module is sans-IO: :class:`Initiator` and :class:`Responder` take and
 return typed messages and never read a clock, a socket or the system's randomness
@@ -24,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import hmac
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -53,7 +56,12 @@ DEFAULT_WINDOW = 60.0
 the responder waits for the Finish."""
 
 DEFAULT_MAX_PENDING = 4096
-"""Handshakes (and spent challenges) a responder holds before it refuses new ones."""
+"""Handshakes awaiting their Finish that a responder holds in all; past it, the source
+holding the most loses its oldest."""
+
+DEFAULT_MAX_PENDING_PER_SOURCE = 64
+"""Handshakes awaiting their Finish that one source may have; past it, that source
+loses its own oldest."""
 
 RandomBytes = Callable[[int], bytes]
 Role = Literal["initiator", "responder"]
@@ -205,17 +213,101 @@ class _Pending:
 
     transcript: Transcript
     reply_signature: bytes
+    source: str
     expires: float
+
+
+class _PendingHandshakes:
+    """Handshakes awaiting their Finish, by reply challenge, bounded per source and in all.
+
+    Anyone can send Inits, so this table is what a flood fills. It is grouped by source
+    (the connection's address) so that the cost of a flood falls on the flooder: a
+    source at its own cap loses its own oldest handshake, and when the whole table is
+    full, the source holding the most loses its oldest. An honest handshake is in the
+    table for one round trip, and only a flood from many sources at once, filling the
+    whole table within that round trip, can push it out.
+
+    Sources are also kept in buckets by how many handshakes they hold, so the largest
+    is found without a scan; every operation costs constant time.
+    """
+
+    def __init__(self, *, max_total: int, max_per_source: int) -> None:
+        self._max_total = max_total
+        self._max_per_source = max_per_source
+        self._by_challenge: OrderedDict[bytes, _Pending] = OrderedDict()
+        """Every pending handshake, oldest first (so also soonest to expire)."""
+        self._of_source: dict[str, OrderedDict[bytes, None]] = {}
+        """Each source's reply challenges, oldest first."""
+        self._sources_by_size: dict[int, OrderedDict[str, None]] = {}
+        """Sources by how many handshakes they hold (never 0)."""
+        self._largest = 0
+
+    def __len__(self) -> int:
+        return len(self._by_challenge)
+
+    def __contains__(self, challenge: bytes) -> bool:
+        return challenge in self._by_challenge
+
+    def add(self, challenge: bytes, pending: _Pending) -> None:
+        """Hold ``pending`` under ``challenge``, first dropping what the caps say must go."""
+        if len(self._of_source.get(pending.source, ())) >= self._max_per_source:
+            self._drop_oldest_of(pending.source)
+        elif len(self._by_challenge) >= self._max_total:
+            self._drop_oldest_of(next(iter(self._sources_by_size[self._largest])))
+        self._by_challenge[challenge] = pending
+        own = self._of_source.setdefault(pending.source, OrderedDict())
+        own[challenge] = None
+        self._resized(pending.source, before=len(own) - 1, after=len(own))
+
+    def pop(self, challenge: bytes) -> _Pending | None:
+        """Take out the handshake awaiting ``challenge``, if there is one."""
+        pending = self._by_challenge.pop(challenge, None)
+        if pending is not None:
+            own = self._of_source[pending.source]
+            del own[challenge]
+            if not own:
+                del self._of_source[pending.source]
+            self._resized(pending.source, before=len(own) + 1, after=len(own))
+        return pending
+
+    def prune(self, now: float) -> None:
+        """Forget the expired. Handshakes expire in the order they arrived (``now`` plus a
+        fixed window), so only the oldest need looking at."""
+        while self._by_challenge:
+            oldest, pending = next(iter(self._by_challenge.items()))
+            if pending.expires >= now:
+                break
+            self.pop(oldest)
+
+    def _drop_oldest_of(self, source: str) -> None:
+        self.pop(next(iter(self._of_source[source])))
+
+    def _resized(self, source: str, *, before: int, after: int) -> None:
+        """Move ``source`` from the bucket of its old size to that of its new one (one
+        more or one less), and keep ``_largest`` the size of the biggest source."""
+        bucket = self._sources_by_size.get(before)
+        if bucket is not None:
+            bucket.pop(source, None)
+            if not bucket:
+                del self._sources_by_size[before]
+        if after:
+            self._sources_by_size.setdefault(after, OrderedDict())[source] = None
+        emptied_the_largest = before == self._largest and before not in self._sources_by_size
+        if after > self._largest or emptied_the_largest:
+            self._largest = after
 
 
 class Responder:
     """The side that accepts connections; one object serves every handshake.
 
-    It holds two bounded tables: handshakes awaiting their Finish (keyed by the
-    responder's challenge, for ``window`` seconds) and spent Init challenges (until the
-    Init's time leaves the window, so an Init cannot be replayed). Both are pruned on
-    every call; when either holds ``max_pending`` items, new Inits are refused as busy
-    rather than let a flood of Inits grow memory.
+    It remembers only the handshakes it has answered and whose Finish it awaits, keyed
+    by its own challenge, for ``window`` seconds. Each Init is answered: there is no
+    "busy" refusal a flood could force on honest peers. Instead the table is bounded
+    per source (``max_pending_per_source``; a source past it loses its own oldest
+    handshake) and in all (``max_pending``; past it, the source holding the most loses
+    its oldest), so memory stays bounded and a flood pushes out the flooder's own
+    handshakes first. Pass each Init's ``source`` (the connection's address) for that
+    to work; Inits without one share the source ``""``.
     """
 
     def __init__(
@@ -224,30 +316,34 @@ class Responder:
         *,
         window: float = DEFAULT_WINDOW,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_per_source: int = DEFAULT_MAX_PENDING_PER_SOURCE,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
+        for name, value in (
+            ("max_pending", max_pending),
+            ("max_pending_per_source", max_pending_per_source),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
         self._key = key
         self._window = window
-        self._max_pending = max_pending
         self._random_bytes = random_bytes
-        self._pending: dict[bytes, _Pending] = {}
-        self._spent: set[bytes] = set()
-        self._spent_expiry: list[tuple[float, bytes]] = []
-        """A heap of (last valid time, challenge), one per member of ``_spent``."""
+        self._pending = _PendingHandshakes(
+            max_total=max_pending, max_per_source=max_pending_per_source
+        )
 
     @property
     def pending_count(self) -> int:
         """Handshakes answered and awaiting their Finish."""
         return len(self._pending)
 
-    @property
-    def spent_count(self) -> int:
-        """Init challenges remembered to refuse replays."""
-        return len(self._spent)
+    def receive_init(self, init: HandshakeInit, *, now: float, source: str = "") -> HandshakeReply:
+        """Check a fresh Init; the Reply proves my key and challenges the initiator.
 
-    def receive_init(self, init: HandshakeInit, *, now: float) -> HandshakeReply:
-        """Check a fresh Init; the Reply proves my key and challenges the initiator."""
-        self._prune(now)
+        ``source`` names where the Init came from (an IP address, say), so that one
+        source's flood of Inits pushes out its own pending handshakes, not others'.
+        """
+        self._pending.prune(now)
         _expect(init, HandshakeInit)
         initiator_key = _check_key(init.public_key, "initiator")
         if initiator_key == self._key.public_key:
@@ -257,10 +353,6 @@ class Responder:
             raise HandshakeFailed(
                 f"init time {init.time} is more than {self._window:g} s from now ({now:.0f})"
             )
-        if init.challenge in self._spent:
-            raise HandshakeFailed("init challenge already used (a replayed init)")
-        if len(self._pending) >= self._max_pending or len(self._spent) >= self._max_pending:
-            raise HandshakeFailed("busy: too many handshakes in progress")
         reply_challenge = _fresh_challenge(self._random_bytes)
         if reply_challenge in self._pending:
             raise HandshakeFailed("the random source repeated a challenge")
@@ -272,9 +364,9 @@ class Responder:
             init_time=init.time,
         )
         signature = self._key.sign(HANDSHAKE_DOMAIN, transcript.signed_bytes("responder"))
-        self._spent.add(init.challenge)
-        heapq.heappush(self._spent_expiry, (init.time + self._window, init.challenge))
-        self._pending[reply_challenge] = _Pending(transcript, signature, now + self._window)
+        self._pending.add(
+            reply_challenge, _Pending(transcript, signature, source, now + self._window)
+        )
         return HandshakeReply(
             public_key=self._key.public_key, challenge=reply_challenge, signature=signature
         )
@@ -285,11 +377,11 @@ class Responder:
         The pending handshake is removed whatever the outcome, so each challenge gets
         one answer: a replayed or second-guessed Finish finds nothing.
         """
-        self._prune(now)
+        self._pending.prune(now)
         _expect(finish, HandshakeFinish)
         _check_nonce(finish.challenge, "finish challenge")
-        pending = self._pending.pop(finish.challenge, None)
-        if pending is None:
+        pending = self._pending.pop(finish.challenge)
+        if pending is None or pending.expires < now:
             raise HandshakeFailed(
                 "no handshake awaits this challenge (unknown, expired or already finished)"
             )
@@ -304,18 +396,6 @@ class Responder:
             peer_key=transcript.initiator_key,
             session=transcript.session(pending.reply_signature, finish.signature),
         )
-
-    def _prune(self, now: float) -> None:
-        """Forget what has expired. Pending handshakes expire in the order they arrived
-        (``now`` plus a fixed window), so only the oldest need looking at."""
-        while self._pending:
-            oldest = next(iter(self._pending))
-            if self._pending[oldest].expires >= now:
-                break
-            del self._pending[oldest]
-        while self._spent_expiry and self._spent_expiry[0][0] < now:
-            _, challenge = heapq.heappop(self._spent_expiry)
-            self._spent.discard(challenge)
 
 
 def _expect(message: object, kind: type) -> None:

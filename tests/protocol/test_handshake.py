@@ -1,4 +1,4 @@
-"""The handshake: both keys proven, nothing replayable, memory bounded.
+"""The handshake: both keys proven, nothing replayable, memory bounded per source.
 
 Like h11's tests, a :class:`PeerPair` joins an :class:`Initiator` and a
 :class:`Responder` by a fake link that can record, replay or alter messages, with no
@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +24,7 @@ from eidetica.errors import HandshakeFailed
 from eidetica.protocol import codec
 from eidetica.protocol.entry import ENTRY_DOMAIN
 from eidetica.protocol.handshake import (
+    DEFAULT_MAX_PENDING_PER_SOURCE,
     HANDSHAKE_DOMAIN,
     Initiator,
     Proven,
@@ -181,13 +183,31 @@ def test_replayed_finish_is_rejected() -> None:
         pair.responder.receive_finish(finish, now=T0 + 1)
 
 
-def test_replayed_init_is_rejected_within_the_window() -> None:
+def test_a_replayed_init_draws_a_fresh_challenge_the_replayer_cannot_answer() -> None:
+    """No table of spent Init challenges is needed: answering a replayed Init gives the
+    replayer a new challenge, and only Alice's private key can sign the Finish for it."""
     pair, _ = recorded_handshake()
-    init = pair.sent[0]
+    init, reply, finish, _ = pair.sent
     assert isinstance(init, HandshakeInit)
+    assert isinstance(reply, HandshakeReply)
+    assert isinstance(finish, HandshakeFinish)
     for later in (0.0, 30.0, 60.0):
-        with pytest.raises(HandshakeFailed, match="replayed init"):
-            pair.responder.receive_init(init, now=T0 + later)
+        fresh = pair.responder.receive_init(init, now=T0 + later)
+        assert fresh.challenge != reply.challenge
+        with pytest.raises(HandshakeFailed, match="no handshake awaits"):
+            pair.responder.receive_finish(finish, now=T0 + later)
+        moved = msgspec.structs.replace(finish, challenge=fresh.challenge)
+        with pytest.raises(HandshakeFailed, match="finish signature does not verify"):
+            pair.responder.receive_finish(moved, now=T0 + later)
+        fresh = pair.responder.receive_init(init, now=T0 + later)
+        forged = MALLORY.sign(
+            HANDSHAKE_DOMAIN, transcript_of(init, fresh).signed_bytes("initiator")
+        )
+        with pytest.raises(HandshakeFailed, match="finish signature does not verify"):
+            pair.responder.receive_finish(
+                HandshakeFinish(signature=forged, challenge=fresh.challenge), now=T0 + later
+            )
+    assert pair.responder.pending_count == 0
 
 
 def test_replayed_init_after_the_window_is_rejected_as_too_old() -> None:
@@ -196,7 +216,7 @@ def test_replayed_init_after_the_window_is_rejected_as_too_old() -> None:
     assert isinstance(init, HandshakeInit)
     with pytest.raises(HandshakeFailed, match="from now"):
         pair.responder.receive_init(init, now=T0 + 61)
-    assert pair.responder.spent_count == 0
+    assert pair.responder.pending_count == 0
 
 
 @pytest.mark.parametrize("skew", [-61.0, 61.0, -3600.0, 86400.0, -T0])
@@ -444,35 +464,129 @@ def test_done_naming_another_session_is_rejected() -> None:
 # Memory
 
 
-def test_busy_limit_bounds_memory_and_pruning_frees_it() -> None:
+def _init(fresh: RandomBytes, now: float = T0, key: SigningKey = ALICE) -> HandshakeInit:
+    """An Init that nobody means to finish: a flooder's."""
+    return HandshakeInit(public_key=key.public_key, challenge=fresh(32), time=int(now))
+
+
+def _honest(label: str, responder: Responder, now: float = T0) -> PeerPair:
+    return PeerPair(
+        Initiator(CAROL, now=now, random_bytes=seeded_random(label)), responder, now=now
+    )
+
+
+@dataclass
+class Waiting:
+    """A handshake that has its Reply and has not sent its Finish yet."""
+
+    pair: PeerPair
+    reply: HandshakeReply
+
+    def finishes(self) -> bool:
+        """Whether the responder still takes its Finish."""
+        try:
+            self.pair.exchange_finish(self.reply)
+        except HandshakeFailed:
+            return False
+        return True
+
+
+def _waiting(responder: Responder, source: str, count: int, label: str = "") -> list[Waiting]:
+    """``count`` honest handshakes from ``source`` that reached their Reply."""
+    waiting = []
+    for number in range(count):
+        pair = _honest(f"{source}/{label}/{number}", responder)
+        init = pair.initiator.start()
+        waiting.append(Waiting(pair, responder.receive_init(init, now=T0, source=source)))
+    return waiting
+
+
+def test_a_flood_of_inits_from_one_source_never_stops_another_sources_handshake() -> None:
+    """Issue 9: 4,096 Inits from one connection used to fill the spent-challenge table
+    and have every other handshake answered "busy" for a minute or two."""
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    fresh = seeded_random("flood")
+    (honest,) = _waiting(bob, "honest", 1)
+    for _ in range(4096):
+        bob.receive_init(_init(fresh), now=T0, source="flooder")
+    assert bob.pending_count == 1 + DEFAULT_MAX_PENDING_PER_SOURCE
+    assert honest.finishes()
+    after = _honest("after the flood", bob)
+    assert after.run().peer_key == CAROL.public_key
+
+
+def test_a_source_at_its_cap_pushes_out_only_its_own_oldest_handshake() -> None:
+    bob = Responder(BOB, max_pending_per_source=3, random_bytes=seeded_random("bob"))
+    others = _waiting(bob, "other", 3)
+    mine = _waiting(bob, "mine", 5)
+    assert bob.pending_count == 6
+    assert [waiting.finishes() for waiting in mine] == [False, False, True, True, True]
+    assert all(waiting.finishes() for waiting in others)
+    assert bob.pending_count == 0
+
+
+def test_a_full_table_pushes_out_the_oldest_handshake_of_the_biggest_source() -> None:
+    bob = Responder(BOB, max_pending=6, random_bytes=seeded_random("bob"))
+    small = _waiting(bob, "small", 2)
+    big = _waiting(bob, "big", 4)
+    newcomer = _waiting(bob, "newcomer", 2)
+    assert bob.pending_count == 6
+    assert [waiting.finishes() for waiting in big] == [False, False, True, True]
+    assert all(waiting.finishes() for waiting in small + newcomer)
+
+
+def test_the_pending_table_never_refuses_and_pruning_frees_it() -> None:
     bob = Responder(BOB, max_pending=3, random_bytes=seeded_random("bob"))
     fresh = seeded_random("flood")
-
-    def init_at(now: float) -> HandshakeInit:
-        return HandshakeInit(public_key=ALICE.public_key, challenge=fresh(32), time=int(now))
-
-    for _ in range(3):
-        bob.receive_init(init_at(T0), now=T0)
-    for _ in range(5):
-        with pytest.raises(HandshakeFailed, match="busy"):
-            bob.receive_init(init_at(T0), now=T0 + 10)
-    assert (bob.pending_count, bob.spent_count) == (3, 3)
-
-    bob.receive_init(init_at(T0 + 61), now=T0 + 61)
-    assert (bob.pending_count, bob.spent_count) == (1, 1)
+    for _ in range(8):
+        bob.receive_init(_init(fresh), now=T0)
+        assert bob.pending_count <= 3
+    assert bob.pending_count == 3
+    bob.receive_init(_init(fresh, T0 + 61), now=T0 + 61)
+    assert bob.pending_count == 1
 
 
-def test_spent_challenges_alone_also_hit_the_busy_limit() -> None:
-    """Completed handshakes free their pending slot, but their Init challenges stay
-    spent until the window passes, and those count against the limit too."""
-    bob = Responder(BOB, max_pending=2, random_bytes=seeded_random("bob"))
-    for label in ("one", "two"):
-        PeerPair(Initiator(ALICE, now=T0, random_bytes=seeded_random(label)), bob).run()
-    assert (bob.pending_count, bob.spent_count) == (0, 2)
-    with pytest.raises(HandshakeFailed, match="busy"):
-        PeerPair(Initiator(ALICE, now=T0, random_bytes=seeded_random("three")), bob).run()
-    later = Initiator(ALICE, now=T0 + 61, random_bytes=seeded_random("three"))
-    assert PeerPair(later, bob, now=T0 + 61).run().peer_key == ALICE.public_key
+def test_completed_handshakes_take_no_room() -> None:
+    bob = Responder(BOB, max_pending=1, random_bytes=seeded_random("bob"))
+    for label in ("one", "two", "three"):
+        assert _honest(label, bob).run().peer_key == CAROL.public_key
+    assert bob.pending_count == 0
+
+
+def test_caps_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_pending must"):
+        Responder(BOB, max_pending=0)
+    with pytest.raises(ValueError, match="max_pending_per_source must"):
+        Responder(BOB, max_pending_per_source=0)
+
+
+@given(
+    sources=st.integers(2, 5),
+    max_pending=st.integers(2, 16),
+    order=st.lists(st.integers(0, 4), max_size=60),
+    modest_at=st.lists(st.integers(0, 60), max_size=16),
+)
+@settings(deadline=None, max_examples=60)
+def test_a_source_holding_less_than_its_share_never_loses_a_handshake(
+    sources: int, max_pending: int, order: list[int], modest_at: list[int]
+) -> None:
+    """With ``n`` sources in play, a full table gives way only at its biggest source,
+    which holds at least ``max_pending / n``; so a source that sends fewer Inits than
+    that keeps every one of them, whatever the others send and in whatever order."""
+    share = -(-max_pending // sources) - 1  # the most Inits that stay under max_pending / n
+    bob = Responder(
+        BOB, max_pending=max_pending, max_pending_per_source=64, random_bytes=seeded_random("b")
+    )
+    fresh = seeded_random("others")
+    modest_turns = sorted(modest_at)[:share]
+    modest: list[Waiting] = []
+    for turn, chosen in enumerate(order):
+        while modest_turns and modest_turns[0] <= turn:
+            modest_turns.pop(0)
+            modest += _waiting(bob, "modest", 1, label=str(len(modest)))
+        bob.receive_init(_init(fresh), now=T0, source=f"other{chosen % (sources - 1)}")
+        assert bob.pending_count <= max_pending
+    assert all(waiting.finishes() for waiting in modest)
 
 
 def test_a_repeating_random_source_is_refused_not_trusted() -> None:
