@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
-from eidetica.actors.transports.framing import LOCAL, Origin
+import trio
+
+from eidetica.actors.transports.admission import ServerLimits
+from eidetica.actors.transports.framing import LOCAL, Origin, peek
 from eidetica.errors import (
     EideticaError,
+    HandshakeBusy,
     ProtocolError,
     TreeNotFound,
     TreeUnavailable,
@@ -32,13 +35,13 @@ from eidetica.protocol.messages import (
     SendEntries,
     SyncRequest,
 )
+from eidetica.protocol.ratelimit import TokenBuckets
 from eidetica.protocol.reconcile import Responder, acknowledge
+from eidetica.protocol.sessions import SessionTable
 from eidetica.storage.instance import Instance
 from eidetica.storage.treeview import TreeView
 
 log = logging.getLogger(__name__)
-
-MAX_SESSIONS = 4096
 
 Received = Callable[[str, tuple[str, ...], str], None]
 """Told (tree, stored ids, peer key) after a peer's entries were stored."""
@@ -64,7 +67,9 @@ class SyncService:
         wanted: Wanted | None = None,
         on_reachable: Reachable | None = None,
         heard: Wanted | None = None,
+        limits: ServerLimits | None = None,
         wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = trio.current_time,
     ) -> None:
         self._instance = instance
         self._codec = codec
@@ -75,8 +80,14 @@ class SyncService:
         """Whether a peer's request for a tree would tell the listener nothing new:
         then no notice is posted (a busy peer must not post one per request)."""
         self._clock = wall_clock
+        """Unix time, for the handshake's window (compared with the peer's clock)."""
+        self._monotonic = monotonic
+        """For expiry and rates, which a jump of the wall clock must not upset."""
         self._handshakes = HandshakeResponder(instance.device_key)
-        self._sessions: OrderedDict[bytes, str] = OrderedDict()
+        self._sessions = SessionTable()
+        rate = (limits or ServerLimits()).handshake_rate
+        self._handshakes_by_source = TokenBuckets(rate, 2 * rate)
+        self._handshakes_by_link = TokenBuckets(rate, 2 * rate)
         self._planner = Responder()
         self.refused = 0
         """Requests answered with an error."""
@@ -90,25 +101,28 @@ class SyncService:
             request_id = envelope.id
             answer = await self._answer(envelope.body, envelope.session, origin)
         except ProtocolError as exc:
-            answer = self._refuse(exc.code, str(exc))
+            answer = self._refuse(exc.code, str(exc), origin)
         except EideticaError as exc:
-            answer = self._refuse("rejected", str(exc))
+            answer = self._refuse("rejected", str(exc), origin)
+        if request_id is None:  # undecodable: answer under whatever id can be read
+            request_id = peek(self._codec, data).id
         return self._codec.encode(answer, request_id)
 
-    def _refuse(self, code: str, reason: str) -> ErrorReply:
+    def _refuse(self, code: str, reason: str, origin: Origin) -> ErrorReply:
         self.refused += 1
-        log.warning("refused a request (%s): %s", code, reason)
+        log.warning("refused a request from %s (%s): %s", origin.source, code, reason)
         return ErrorReply(code=code, message=reason[:1000])
 
     async def _answer(self, body: Message, session: bytes | None, origin: Origin) -> Message:
         match body:
             case HandshakeInit():
-                return self._handshakes.receive_init(body, now=self._clock())
+                self._check_handshake_rate(origin)
+                return self._handshakes.receive_init(body, now=self._clock(), source=origin.source)
             case HandshakeFinish():
                 proven = self._handshakes.receive_finish(body, now=self._clock())
-                self._sessions[proven.session] = proven.peer_key
-                while len(self._sessions) > MAX_SESSIONS:
-                    self._sessions.popitem(last=False)
+                self._sessions.add(
+                    proven.session, proven.peer_key, origin.source, self._monotonic()
+                )
                 self._reachable(proven.peer_key, origin, None)
                 return proven.done
             case SyncRequest():
@@ -132,7 +146,9 @@ class SyncService:
                     missing=receipt.missing,
                 )
             case _:
-                return self._refuse("unknown-message", f"{type(body).__name__} is not a request")
+                return self._refuse(
+                    "unknown-message", f"{type(body).__name__} is not a request", origin
+                )
 
     def _reachable(self, peer: str, origin: Origin, tree: str | None) -> None:
         """Tell the listener a peer reached us over a two-way link: after every
@@ -144,8 +160,17 @@ class SyncService:
             return
         self._on_reachable(peer, address, tree)
 
+    def _check_handshake_rate(self, origin: Origin) -> None:
+        """Refuse a handshake past the rate one source, or one link, may start them:
+        each costs a signature, and floods must cost the flooder, not the node."""
+        now = self._monotonic()
+        if not self._handshakes_by_link.allow(origin.link, now):
+            raise HandshakeBusy(f"busy: too many handshakes on this link ({origin.link})")
+        if not self._handshakes_by_source.allow(origin.source, now):
+            raise HandshakeBusy(f"busy: too many handshakes from {origin.source}")
+
     def _peer(self, session: bytes | None) -> str:
-        peer = self._sessions.get(session) if session is not None else None
+        peer = self._sessions.lookup(session, self._monotonic()) if session is not None else None
         if peer is None:
             raise Unauthenticated("no handshake for this session: connect first")
         return peer

@@ -507,6 +507,7 @@ class Supervisor:
             on_reachable=lambda peer, address, tree: self.notify(
                 cmd.PeerReachable(peer, address, tree)
             ),
+            limits=self._config.limits,
         )
 
     async def _start_server(self, address: str) -> str:

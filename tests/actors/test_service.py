@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import time
+
+import trio
+import trio.testing
+
 import eidetica
 from eidetica.actors.link import Link
 from eidetica.actors.service import SyncService
+from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.base import Handler, Origin
 from eidetica.protocol.codec import MSGPACK
+from eidetica.protocol.handshake import Initiator
+from eidetica.protocol.keys import SigningKey
+from eidetica.protocol.messages import (
+    ErrorReply,
+    HandshakeDone,
+    HandshakeInit,
+    HandshakeReply,
+    Summary,
+    SyncRequest,
+    SyncResponse,
+)
 
 
 class BackLink:
@@ -55,3 +72,67 @@ async def test_a_peer_is_reported_at_each_handshake_and_at_trees_not_heard_of() 
         (key, "ws-in://2", None),
         (key, "ws-in://2", tree.root_id),
     ]
+
+
+def init_from(key: SigningKey, request_id: int) -> bytes:
+    challenge = request_id.to_bytes(32, "big")
+    return MSGPACK.encode(
+        HandshakeInit(public_key=key.public_key, challenge=challenge, time=int(time.time())),
+        request_id,
+    )
+
+
+async def test_handshakes_past_the_rate_of_a_source_are_refused_busy_and_others_go_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stranger = SigningKey.generate()
+    async with eidetica.open_instance(None) as node:
+        service = SyncService(node, MSGPACK, limits=ServerLimits(handshake_rate=10))
+        flood = Origin(source="203.0.113.9", link="ws-in://1")
+        answers = [
+            MSGPACK.decode(await service.handle(init_from(stranger, n), flood)).body
+            for n in range(1, 31)
+        ]
+        busy = [a for a in answers if isinstance(a, ErrorReply)]
+        assert len(busy) == 10 and all(a.message.startswith("busy:") for a in busy)
+        honest = Origin(source="198.51.100.7", link="ws-in://2")
+        answer = MSGPACK.decode(await service.handle(init_from(stranger, 99), honest)).body
+        assert isinstance(answer, HandshakeReply)
+        await trio.sleep(1)  # the bucket refills at the rate: ten more
+        later = [
+            MSGPACK.decode(await service.handle(init_from(stranger, n), flood)).body
+            for n in range(100, 111)
+        ]
+        assert [isinstance(a, HandshakeReply) for a in later] == [True] * 10 + [False]
+
+
+async def handshake(service: SyncService, key: SigningKey, origin: Origin) -> bytes:
+    """A whole handshake of ``key`` with ``service``, as from ``origin``; the session."""
+    initiator = Initiator(key, now=time.time())
+    reply = MSGPACK.decode(await service.handle(MSGPACK.encode(initiator.start()), origin))
+    assert isinstance(reply.body, HandshakeReply), reply.body
+    finish = initiator.receive_reply(reply.body)
+    done = MSGPACK.decode(await service.handle(MSGPACK.encode(finish), origin))
+    assert isinstance(done.body, HandshakeDone), done.body
+    initiator.receive_done(done.body)
+    assert initiator.session is not None
+    return initiator.session
+
+
+async def test_a_flood_of_throwaway_sessions_leaves_a_live_session_working(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with eidetica.open_instance(None) as node:
+        tree = await node.create_tree(name="t")
+        await tree.grant("*", "read")
+        service = SyncService(node, MSGPACK, limits=ServerLimits(handshake_rate=1e6))
+        honest = await handshake(service, SigningKey.generate(), Origin("198.51.100.7", "a"))
+        for n in range(4200):  # from 100 addresses: the table fills, then each replaces its own
+            stranger = Origin(source=f"203.0.113.{n % 100}", link=f"ws-in://{n}")
+            await handshake(service, SigningKey.generate(), stranger)
+        summary = Summary(min_height=0, hashes=1, salt=b"", bits=b"")
+        request = MSGPACK.encode(
+            SyncRequest(tree=tree.root_id, tips=(), summary=summary), 1, honest
+        )
+        answer = await service.handle(request, Origin("198.51.100.7", "a"))
+        assert isinstance(MSGPACK.decode(answer).body, SyncResponse)
