@@ -5,22 +5,69 @@ belong to the tree it was sent for. One whose parents are not stored yet waits i
 bounded holding area and is released once they are, so storage only ever sees
 entries whose parents it holds. Checks that need the tree's settings (permissions)
 are the store's, on what this releases.
+
+The holding area is shared by every tree and every peer of a node, so it is bounded
+per sender as well as in total: a stranger who sends entries nobody can place (their
+parents never come) fills its own quota and pushes out its own entries, not those
+other peers are waiting on.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eidetica.errors import IdMismatch, InvalidEntry, WrongTree
 from eidetica.protocol.entry import Entry, validate_entry
 
 MAX_HELD = 10_000
-"""Entries held for missing parents, per node; past it the oldest are dropped."""
+"""Entries held for missing parents, per node."""
 
 MAX_HELD_BYTES = 64 * 1024 * 1024
-"""Bytes of entries held, per node: entries may be large, so counting them is not enough."""
+"""Memory held entries may take, per node, as counted by :func:`footprint`."""
+
+MAX_HELD_PER_SOURCE = 1_000
+"""Entries one sender may have waiting."""
+
+MAX_BYTES_PER_SOURCE = 8 * 1024 * 1024
+"""Memory one sender's waiting entries may take, as counted by :func:`footprint`."""
+
+ENTRY_OVERHEAD = 1_500
+"""Bytes of memory a held entry takes whatever its size: the ``Entry`` and its fields'
+objects, its id, its cached-property dict, and this module's index entries."""
+
+ID_OVERHEAD = 128
+"""Bytes of memory each parent id of a held entry takes besides its share of the
+encoding: a 64-character ``str`` is a 113-byte object (128 in the allocator's size
+class) and a pointer in a tuple."""
+
+
+def footprint(entry: Entry) -> int:
+    """The memory, in bytes, that holding ``entry`` is counted as taking.
+
+    The caps are on memory rather than on encoded bytes because memory is what a flood
+    costs: when they counted encoded bytes, a full 64 MiB area took 160 to 250 MiB of
+    resident memory. A held entry is kept decoded, with its canonical bytes: msgspec
+    leaves up to half again of spare room in the buffer it encodes into, and the decoded
+    store data is a second copy of the payload, hence two and a half times the encoded
+    size; ids cost more than that (:data:`ID_OVERHEAD`), and small entries are mostly
+    fixed costs (:data:`ENTRY_OVERHEAD`).
+
+    Measured on CPython 3.11 by flooding an area with default caps until full, the
+    resident memory per held entry was 0.88 to 1.02 times this count for payloads of
+    300 bytes to 250 KiB and for entries of 64 or 512 parents (about 2,300 bytes for a
+    small entry, 12,300 for one with 4 KiB of data), and 0.76 times it for entries made
+    of store parents.
+    """
+    ids = len(entry.parents) + sum(len(write.parents) for write in entry.stores)
+    return len(entry.raw) * 5 // 2 + ID_OVERHEAD * ids + ENTRY_OVERHEAD
+
+
+Source = str | None
+"""Who sent entries: a peer's proven key, or None for the node itself or an unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,23 +86,113 @@ StoredQuery = Callable[[Iterable[str]], set[str]]
 """Which of these ids are stored."""
 
 
-class Intake:
-    """The holding area of one node, for all its trees."""
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A waiting entry, the sender whose quota it counts against, and its footprint."""
 
-    def __init__(self, max_held: int = MAX_HELD, max_bytes: int = MAX_HELD_BYTES) -> None:
-        self._held: OrderedDict[str, Entry] = OrderedDict()
+    entry: Entry
+    source: Source
+    cost: int
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """One sender's waiting entries, oldest first, and their total footprint."""
+
+    ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    cost: int = 0
+
+
+def _order(entry: Entry) -> tuple[int, str]:
+    return entry.key
+
+
+class _Ranking:
+    """Senders by one measure, so the largest is found without a scan.
+
+    A heap of (negated value, sequence, sender) with stale items left in place and
+    skipped when they reach the top; it is rebuilt from the current values once stale
+    items outnumber live ones, so every change costs amortised O(log senders).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Source]] = []
+        self._values: dict[Source, int] = {}
+        self._sequence = itertools.count()
+
+    def set(self, source: Source, value: int) -> None:
+        if value:
+            self._values[source] = value
+            heapq.heappush(self._heap, (-value, next(self._sequence), source))
+        else:
+            self._values.pop(source, None)
+        if len(self._heap) > 2 * len(self._values) + 64:
+            self._heap = [(-v, next(self._sequence), s) for s, v in self._values.items()]
+            heapq.heapify(self._heap)
+
+    def largest(self) -> Source:
+        """The sender with the largest value (there must be one)."""
+        while True:
+            negated, _, source = self._heap[0]
+            if self._values.get(source) == -negated:
+                return source
+            heapq.heappop(self._heap)
+
+
+class Intake:
+    """The holding area of one node, for all its trees and senders.
+
+    Each entry counts against the quota of the sender that offered it first
+    (``max_held_per_source`` entries, ``max_bytes_per_source`` of :func:`footprint`);
+    a sender over its quota loses its own oldest entries. When the whole area is over
+    ``max_held`` or ``max_bytes``, the sender holding the most (in the measure that is
+    over) loses its oldest, so a flood costs the flooder first. Dropped entries are
+    counted in :attr:`dropped`; their trees will ask for them again.
+
+    The caps bound what *waits*: they are applied when :meth:`release` has taken out
+    what an offer made ready (and before the next offer), so a batch sent parents
+    first is never cut by its own sender's quota, whatever its size. Between an offer
+    and its release the area may be over its caps by that one batch, which the
+    caller's message limits bound.
+    """
+
+    def __init__(
+        self,
+        max_held: int = MAX_HELD,
+        max_bytes: int = MAX_HELD_BYTES,
+        *,
+        max_held_per_source: int = MAX_HELD_PER_SOURCE,
+        max_bytes_per_source: int = MAX_BYTES_PER_SOURCE,
+    ) -> None:
         self._max_held = max_held
         self._max_bytes = max_bytes
+        self._max_held_per_source = max_held_per_source
+        self._max_bytes_per_source = max_bytes_per_source
+        self._held: dict[str, _Held] = {}
+        self._trees: dict[str, set[str]] = {}
+        self._buckets: dict[Source, _Bucket] = {}
+        self._by_count = _Ranking()
+        self._by_bytes = _Ranking()
+        self._grown: set[Source] = set()
         self._bytes = 0
         self.dropped = 0
-        """Held entries dropped because the area was full (they will be asked for again)."""
+        """Held entries dropped because a quota or the area was full (they will be asked
+        for again)."""
 
     def offer(
-        self, tree: str, raws: Iterable[bytes], ids: Iterable[str | None] | None = None
+        self,
+        tree: str,
+        raws: Iterable[bytes],
+        ids: Iterable[str | None] | None = None,
+        *,
+        source: Source = None,
     ) -> list[Rejection]:
-        """Validate received entries for ``tree`` and hold the valid ones until
+        """Validate entries ``source`` sent for ``tree`` and hold the valid ones until
         :meth:`release`; return the rejections. ``ids``, if given, are the ids the
-        sender claimed, checked against the bytes."""
+        sender claimed, checked against the bytes. An entry already held stays where
+        it is, counted against whoever offered it first; offered again by that sender,
+        it counts as its newest."""
+        self._enforce_caps()
         rejections: list[Rejection] = []
         claims = list(ids) if ids is not None else None
         for index, raw in enumerate(raws):
@@ -67,26 +204,19 @@ class Intake:
             except InvalidEntry as exc:
                 rejections.append(Rejection(claimed if isinstance(exc, IdMismatch) else None, exc))
                 continue
-            if entry.id not in self._held:
-                self._bytes += len(entry.raw)
-            self._held[entry.id] = entry
-            self._held.move_to_end(entry.id)
-        while len(self._held) > self._max_held or self._bytes > self._max_bytes:
-            self._take(next(iter(self._held)))
-            self.dropped += 1
+            self._hold(entry, source)
         return rejections
-
-    def _take(self, entry_id: str) -> Entry | None:
-        entry = self._held.pop(entry_id, None)
-        if entry is not None:
-            self._bytes -= len(entry.raw)
-        return entry
 
     def release(self, tree: str, stored: StoredQuery) -> list[Entry]:
         """Entries of ``tree`` whose parents are stored or released with them, in
-        (height, id) order, taken out of the holding area. Held entries that are
-        already stored are dropped."""
-        held = sorted((e for e in self._held.values() if e.tree_id == tree), key=lambda e: e.key)
+        (height, id) order, taken out of the holding area; then the caps are applied
+        to what still waits. Held entries that are already stored are dropped."""
+        released = self._take_ready(tree, stored)
+        self._enforce_caps()
+        return released
+
+    def _take_ready(self, tree: str, stored: StoredQuery) -> list[Entry]:
+        held = sorted((self._held[i].entry for i in self._trees.get(tree, ())), key=_order)
         if not held:
             return []
         already = stored([e.id for e in held])
@@ -105,20 +235,89 @@ class Intake:
     def missing(self, tree: str, stored: StoredQuery) -> set[str]:
         """Parents that held entries of ``tree`` wait for: neither held nor stored."""
         wanted = {
-            p for e in self._held.values() if e.tree_id == tree for p in e.parents
+            p for i in self._trees.get(tree, ()) for p in self._held[i].entry.parents
         } - self._held.keys()
         return wanted - stored(wanted)
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of all entries now held."""
+        """The :func:`footprint` of all entries now held."""
         return self._bytes
 
     def held(self, tree: str) -> int:
         """How many entries of ``tree`` are waiting."""
-        return sum(1 for e in self._held.values() if e.tree_id == tree)
+        return len(self._trees.get(tree, ()))
+
+    def held_by(self, source: Source) -> int:
+        """How many waiting entries count against ``source``'s quota."""
+        bucket = self._buckets.get(source)
+        return len(bucket.ids) if bucket is not None else 0
+
+    def held_bytes_by(self, source: Source) -> int:
+        """The :func:`footprint` of the waiting entries counted against ``source``."""
+        bucket = self._buckets.get(source)
+        return bucket.cost if bucket is not None else 0
 
     def forget(self, ids: Iterable[str]) -> None:
         """Drop held entries (their ancestry was rejected)."""
         for entry_id in ids:
             self._take(entry_id)
+
+    def _hold(self, entry: Entry, source: Source) -> None:
+        """Hold ``entry`` for ``source``, or refresh it if that sender holds it already."""
+        existing = self._held.get(entry.id)
+        if existing is not None:
+            if existing.source == source:
+                self._buckets[source].ids.move_to_end(entry.id)
+            return
+        held = _Held(entry, source, footprint(entry))
+        self._held[entry.id] = held
+        self._trees.setdefault(entry.tree_id, set()).add(entry.id)
+        bucket = self._buckets.setdefault(source, _Bucket())
+        bucket.ids[entry.id] = None
+        self._account(source, bucket, held.cost)
+        self._grown.add(source)
+
+    def _take(self, entry_id: str) -> None:
+        """Take an entry out of the holding area, if it is there, and out of its quota."""
+        held = self._held.pop(entry_id, None)
+        if held is None:
+            return
+        tree = held.entry.tree_id
+        self._trees[tree].discard(entry_id)
+        if not self._trees[tree]:
+            del self._trees[tree]
+        bucket = self._buckets[held.source]
+        del bucket.ids[entry_id]
+        self._account(held.source, bucket, -held.cost)
+        if not bucket.ids:
+            del self._buckets[held.source]
+
+    def _account(self, source: Source, bucket: _Bucket, cost: int) -> None:
+        """Add ``cost`` (negative when an entry leaves) to ``source``'s and the area's
+        totals, after ``bucket.ids`` changed."""
+        bucket.cost += cost
+        self._bytes += cost
+        self._by_count.set(source, len(bucket.ids))
+        self._by_bytes.set(source, bucket.cost)
+
+    def _enforce_caps(self) -> None:
+        """Drop oldest entries until every sender that grew is within its quota and the
+        area within its caps; each drop costs amortised O(log senders)."""
+        for source in self._grown:
+            bucket = self._buckets.get(source)
+            while bucket is not None and (
+                len(bucket.ids) > self._max_held_per_source
+                or bucket.cost > self._max_bytes_per_source
+            ):
+                self._drop_oldest(source)
+                bucket = self._buckets.get(source)
+        self._grown.clear()
+        while len(self._held) > self._max_held:
+            self._drop_oldest(self._by_count.largest())
+        while self._bytes > self._max_bytes:
+            self._drop_oldest(self._by_bytes.largest())
+
+    def _drop_oldest(self, source: Source) -> None:
+        self._take(next(iter(self._buckets[source].ids)))
+        self.dropped += 1

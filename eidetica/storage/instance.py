@@ -130,7 +130,12 @@ class Instance:
         return added
 
     async def receive(
-        self, tree: str, raws: Iterable[bytes], ids: Iterable[str | None] | None = None
+        self,
+        tree: str,
+        raws: Iterable[bytes],
+        ids: Iterable[str | None] | None = None,
+        *,
+        source: str | None = None,
     ) -> Receipt:
         """Entries a peer sent for ``tree``: each is verified before it is stored.
 
@@ -138,8 +143,11 @@ class Instance:
         refused with its reason (and so are entries built on it) and the good ones are
         stored. Entries whose parents have not arrived wait in the holding area and
         are stored when they do; ``missing`` names the parents still awaited.
+        ``source`` is the sender's proven key (None for unknown): what waits counts
+        against that sender's quota in the holding area, so one peer's flood cannot
+        push out what others sent.
         """
-        rejected = self.intake.offer(tree, raws, ids)
+        rejected = self.intake.offer(tree, raws, ids, source=source)
         ready = self.intake.release(tree, self.backend.has)
         verifier = BatchVerifier(self.backend, self.settings_index)
         records = []

@@ -11,7 +11,10 @@ from eidetica.errors import (
     WrongTree,
 )
 from eidetica.protocol.entry import Entry, StoreWrite, create_entry
+from eidetica.protocol.intake import Intake
+from eidetica.protocol.keys import SigningKey
 from eidetica.storage.crdt import SetOp, encode_ops
+from tests.builders import child_entry
 
 
 async def chain(inst: eidetica.Instance, length: int) -> tuple[eidetica.Tree, list[Entry]]:
@@ -99,3 +102,33 @@ async def test_receiving_what_is_stored_changes_nothing(inst: eidetica.Instance)
     receipt = await inst.receive(tree.root_id, [e.raw for e in entries])
     assert receipt.stored == [] and receipt.rejected == [] and receipt.held == 0
     assert await tree.tips() == tips
+
+
+async def test_a_strangers_orphans_do_not_push_out_a_peers_waiting_entries(
+    inst: eidetica.Instance,
+) -> None:
+    tree, entries = await chain(inst, 4)
+    root = entries[0]
+    stranger = SigningKey.generate()
+    orphans = [root]
+    for height in range(1, 12):
+        orphans.append(child_entry(stranger, root, [orphans[-1]], "k", height))
+    async with eidetica.open_instance(None) as peer:
+        peer.intake = Intake(max_held_per_source=5)
+        receipt = await peer.receive(tree.root_id, [root.raw], source="ed25519:friend")
+        assert receipt.stored == [root.id]
+        receipt = await peer.receive(
+            tree.root_id, [e.raw for e in entries[3:]], source="ed25519:friend"
+        )
+        assert receipt.held == 2
+        receipt = await peer.receive(
+            tree.root_id, [e.raw for e in orphans[2:]], source=stranger.public_key
+        )
+        assert receipt.held == 2 + 5
+        assert peer.intake.held_by(stranger.public_key) == 5
+        assert peer.intake.held_by("ed25519:friend") == 2
+        receipt = await peer.receive(
+            tree.root_id, [e.raw for e in entries[1:3]], source="ed25519:friend"
+        )
+        assert receipt.stored == [e.id for e in entries[1:]]
+        assert receipt.held == 5 and peer.intake.held_by("ed25519:friend") == 0
