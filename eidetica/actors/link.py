@@ -91,7 +91,7 @@ class Link:
                 SyncResponse if isinstance(message, SyncRequest) else Ack
             )
             answer = await self.call(message, expect)
-            receipt = await instance.receive(tree, answer.entries)
+            receipt = await instance.receive(tree, answer.entries, source=self.peer_key)
             stored += receipt.stored
             message = round_.next(answer, receipt.missing)
         tips = tuple(instance.backend.tips(tree))

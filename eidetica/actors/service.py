@@ -134,7 +134,7 @@ class SyncService:
                 peer = self._peer(session)
                 view = await self._readable(body.tree, peer)
                 self._reachable(peer, origin, body.tree)
-                receipt = await self._instance.receive(body.tree, body.entries)
+                receipt = await self._instance.receive(body.tree, body.entries, source=peer)
                 if receipt.stored and self._on_received is not None:
                     self._on_received(body.tree, tuple(receipt.stored), peer)
                 return acknowledge(
