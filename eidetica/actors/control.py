@@ -10,6 +10,11 @@ instance and sync engine and sends back the exit code and the output.
 
 One request per connection: a JSON line (:class:`ControlRequest`), answered by a
 JSON line (:class:`ControlAnswer`), then the node closes the connection.
+
+The file mode is the first guard; where the kernel tells who is at the other end of
+the socket (``SO_PEERCRED``, Linux), both ends also check it (:func:`_is_trusted`): the
+node runs no command for another user, should the socket or its directory ever be
+left wider, and a command is not handed to a node another user runs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +49,10 @@ _MAX_SOCKET_PATH = 100
 elsewhere); a longer path is reached through a descriptor of its directory."""
 _NO_NODE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.ENAMETOOLONG)
 """Errors that mean nobody serves commands at a socket path."""
+_PEERCRED: int | None = getattr(socket, "SO_PEERCRED", None)
+"""The socket option that names the process at the other end (Linux); None elsewhere."""
+_UCRED = struct.Struct("3i")
+"""What ``SO_PEERCRED`` reads: the peer's pid, uid and gid."""
 
 
 class ControlRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -121,13 +131,39 @@ def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def _peer_uid(sock: trio.socket.SocketType) -> int | None:
+    """The user id of the process at the other end of a connected Unix socket: for a
+    client, whoever called ``connect``; for the node, whoever called ``listen``. None
+    where the platform cannot say (no ``SO_PEERCRED``)."""
+    if _PEERCRED is None:
+        return None
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, _PEERCRED, _UCRED.size))
+    return int(uid)
+
+
+def _is_trusted(uid: int) -> bool:
+    """Whether a process of user ``uid`` may use this node's control socket, or serve
+    this user's commands: this process's own (effective) user, or root. Root is let in
+    because it can read the data directory, device key included, anyway; anyone else
+    could not, and must not reach the trees through the node instead."""
+    return uid in (os.geteuid(), 0)
+
+
 def _answerer(handler: ControlHandler) -> Callable[[trio.SocketStream], Awaitable[None]]:
     clients = 0
 
     async def answer(stream: trio.SocketStream) -> None:
         nonlocal clients
         async with stream:
-            if clients >= MAX_CLIENTS:
+            try:
+                uid = _peer_uid(stream.socket)
+            except OSError as exc:
+                log.warning("refused a control connection whose user is unknown: %s", exc)
+                return
+            if uid is not None and not _is_trusted(uid):
+                log.warning("refused a control connection from uid %d, not this node's user", uid)
+                reply = ControlAnswer(code=1, err="eidetica: the node runs as another user\n")
+            elif clients >= MAX_CLIENTS:
                 reply = ControlAnswer(code=1, err="eidetica: the node is busy; try again\n")
             else:
                 clients += 1
@@ -178,6 +214,14 @@ async def ask(path: Path, command: dict[str, Any]) -> ControlAnswer | None:
             return None
         raise TransportError(f"cannot reach the node at {path}: {exc}") from exc
     async with stream:
+        try:
+            uid = _peer_uid(stream.socket)
+        except OSError as exc:
+            raise TransportError(f"cannot tell who runs the node at {path}: {exc}") from exc
+        if uid is not None and not _is_trusted(uid):
+            raise TransportError(
+                f"the node at {path} runs as uid {uid}, not this user: not handing it the command"
+            )
         # A node that refuses a request answers and closes before reading it all:
         # the answer is still there to read.
         with contextlib.suppress(trio.BrokenResourceError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from eidetica.errors import (
     InvalidEntry,
     MissingParents,
     PermissionDenied,
+    StorageError,
     SyncError,
     TreeNotFound,
 )
@@ -269,6 +271,34 @@ def _open(path: str | os.PathLike[str] | None) -> Instance:
     if path is None:
         return Instance(MemoryBackend(), SigningKey.generate())
     directory = Path(path)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private_directory(directory)
     key = load_or_create_device_key(directory)
     return Instance(SqliteBackend(directory / DATABASE_FILE), key)
+
+
+def _private_directory(directory: Path) -> None:
+    """Create the data directory owner-only (0700), or make an existing one so.
+
+    Its files are owner-only too, but a directory others can list tells them which
+    files are there, and one they can enter lets them read any file that is ever left
+    wider; so a directory of this user's that others could enter or list is tightened,
+    with one warning. A directory of another user's (``/tmp``, someone's home) that is
+    open to others is not changed but refused: making it private is its owner's call.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = directory.stat()
+        mode = stat.S_IMODE(status.st_mode)
+        if not mode & 0o077:
+            return
+        if status.st_uid != os.geteuid():
+            raise StorageError(
+                f"data directory {directory} belongs to uid {status.st_uid} and others may"
+                f" read it (mode {mode:o}): use a directory of your own"
+            )
+        directory.chmod(0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot open data directory {directory}: {exc}") from exc
+    log.warning(
+        "others could read data directory %s (mode %o): tightened it to 700", directory, mode
+    )

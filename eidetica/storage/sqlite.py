@@ -14,11 +14,18 @@ the caches stay true; a rolled-back batch drops them.
 A "DAG" here is a tree (store ``""``) or one store in a tree; each gets a number in
 ``dags``. Tips are kept per DAG on every insert. An entry that names a parent not yet
 stored leaves a row in ``dangling``, so the parent does not become a tip when it comes.
+
+The file holds every tree the node keeps, so it is owner-only (mode 0600), and so are
+the ``-wal``, ``-shm`` and ``-journal`` files beside it (see :func:`_owner_only`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
+import stat
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +33,8 @@ from pathlib import Path
 from eidetica.errors import MalformedEntry, StorageError
 from eidetica.protocol.entry import Entry, load_entry
 from eidetica.storage.backend import EntryMeta, OrderKey, Record
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 
@@ -64,6 +73,8 @@ _TREE = ""  # the store name that stands for the tree's own DAG
 _RECENT_METAS = 4096
 _BUSY_SECONDS = 0.5
 _LOCAL = "local:"  # prefix of node-local keys in ``meta``, apart from the schema's own
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+"""Suffixes of the files SQLite keeps beside a database, which hold its pages too."""
 
 
 def _pack(ids: Iterable[str]) -> bytes:
@@ -78,10 +89,43 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(text.split(" ")) if text else ()
 
 
+def _owner_only(path: Path) -> None:
+    """Make the database at ``path`` and the files beside it readable by their owner only.
+
+    SQLite's unix VFS creates a new database with mode 0644 less the umask, but gives
+    its ``-wal``, ``-shm`` and ``-journal`` files the database file's own mode (it
+    chmods them to it, whatever the umask). So the database is created here, empty and
+    0600, before SQLite opens it, and its side files are born 0600 too. Files that an
+    older version or a hand left wider are tightened, with one warning naming them:
+    SQLite reopens an existing side file as it is.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    tightened = []
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in _SIDE_FILES)):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            file.chmod(0o600)
+            tightened.append(f"{file.name} (was {mode:o})")
+    if tightened:
+        log.warning(
+            "others could read the database in %s: tightened %s to 600",
+            path.parent,
+            ", ".join(tightened),
+        )
+
+
 class SqliteBackend:
-    """Entries and their indexes in one SQLite file."""
+    """Entries and their indexes in one SQLite file, readable by its owner only."""
 
     def __init__(self, path: str | Path) -> None:
+        try:
+            _owner_only(Path(path))
+        except OSError as exc:
+            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS
