@@ -23,6 +23,7 @@ from typing import Any
 import trio
 from trio_websocket import CloseReason, WebSocketConnection
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from eidetica.actors.transports.admission import ByteBudget
@@ -113,7 +114,8 @@ class BoundedSocket(WebSocketConnection):
         self.message_began = None
         self._message_parts = []
         self._message_size = 0
-        self._close_reason = CloseReason(TRY_AGAIN_LATER, reason)
-        await self._send(CloseConnection(code=TRY_AGAIN_LATER, reason=reason))
+        if self._wsproto.state is ConnectionState.OPEN:  # not if a close is under way
+            self._close_reason = CloseReason(TRY_AGAIN_LATER, reason)
+            await self._send(CloseConnection(code=TRY_AGAIN_LATER, reason=reason))
         await self._recv_channel.aclose()
         self._reader_running = False
