@@ -16,6 +16,7 @@ import trio
 
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.framing import LOCAL, Origin, peek
+from eidetica.actors.transports.refusals import RefusalLog
 from eidetica.errors import (
     EideticaError,
     HandshakeBusy,
@@ -42,6 +43,7 @@ from eidetica.storage.instance import Instance
 from eidetica.storage.treeview import TreeView
 
 log = logging.getLogger(__name__)
+refusals = RefusalLog(log)
 
 Received = Callable[[str, tuple[str, ...], str], None]
 """Told (tree, stored ids, peer key) after a peer's entries were stored."""
@@ -110,7 +112,7 @@ class SyncService:
 
     def _refuse(self, code: str, reason: str, origin: Origin) -> ErrorReply:
         self.refused += 1
-        log.warning("refused a request from %s (%s): %s", origin.source, code, reason)
+        refusals.warning(code, "refused a request from %s (%s): %s", origin.source, code, reason)
         return ErrorReply(code=code, message=reason[:1000])
 
     async def _answer(self, body: Message, session: bytes | None, origin: Origin) -> Message:

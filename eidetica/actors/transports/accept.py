@@ -22,8 +22,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from eidetica.actors.transports.admission import Admission
+from eidetica.actors.transports.refusals import RefusalLog
 
 log = logging.getLogger(__name__)
+refusals = RefusalLog(log)
 
 ConnectionHandler = Callable[[trio.SocketStream, str], Awaitable[None]]
 """Carries one admitted connection (its stream and source address) until it ends."""
@@ -78,7 +80,7 @@ async def _accept_loop(
             continue
         refusal = admission.admit(source)
         if refusal is not None:
-            log.warning("%s refused a connection from %s: %s", name, source, refusal)
+            refusals.warning("connection caps", "%s refused %s: %s", name, source, refusal)
             reset(stream)
             continue
         connections.start_soon(_carry, stream, source, handle, admission, name)

@@ -55,16 +55,18 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from eidetica.actors.transports.admission import Admission, ServerLimits
+from eidetica.actors.transports.admission import Admission, ByteBudget, ServerLimits
 from eidetica.actors.transports.base import Handler, Origin
 from eidetica.actors.transports.framing import guard
 from eidetica.actors.transports.hypercorn_shell import run_hypercorn
+from eidetica.actors.transports.refusals import RefusalLog
 from eidetica.errors import TransportError, Unreachable
 from eidetica.protocol import limits
 from eidetica.protocol.codec import JSON
 from eidetica.protocol.messages import ErrorReply
 
 log = logging.getLogger(__name__)
+refusals = RefusalLog(log)
 
 SCHEME = "http"
 API_PATH = "/api/v0"
@@ -97,6 +99,10 @@ _COMPRESS_IN_THREAD_FROM = 1024 * 1024
 """Bigger answers are gzipped on a worker thread, so the event loop goes on."""
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+_BACKLOG = 4096
+"""Connections the kernel queues before we accept them (hypercorn's default of 100
+drops honest connects while a flood is being accepted and reset)."""
 
 
 class _PeekBody(msgspec.Struct):
@@ -172,7 +178,7 @@ async def _compressed_answer(body: bytes, status: int) -> TrioResponse:
 
 def _refusal(status: int, code: str, reason: str) -> TrioResponse:
     """An error answer the server gives before the handler sees the request."""
-    log.warning("refused an HTTP request (%d): %s", status, reason)
+    refusals.warning(f"HTTP {status}", "refused an HTTP request (%d): %s", status, reason)
     return _answer(
         JSON.encode(ErrorReply(code=code, message=reason[: limits.MAX_TEXT_CHARS])), status
     )
@@ -216,6 +222,38 @@ class _HoldDisconnectAfterAnswer:
         await self._app(scope, receive_until_answered, send_noting_answer)
 
 
+class _OverBudget(Exception):
+    """A body's next chunk does not fit in the node's byte budget."""
+
+
+class _Charge:
+    """What one request's body has taken from the node's byte budget."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self._budget = budget
+        self.taken = 0
+
+    def take(self, size: int) -> None:
+        if not self._budget.reserve(size):
+            raise _OverBudget
+        self.taken += size
+
+    def release(self) -> None:
+        self._budget.release(self.taken)
+        self.taken = 0
+
+
+async def _read_body(charge: _Charge) -> bytes:
+    """The request's body, each chunk charged as it arrives, within the message limit."""
+    body = bytearray()
+    async for chunk in request.body:
+        if len(body) + len(chunk) > limits.MAX_MESSAGE_BYTES:
+            raise RequestEntityTooLarge
+        charge.take(len(chunk))
+        body += chunk
+    return bytes(body)
+
+
 def _origin() -> Origin:
     """Who sent the request being handled: its IP, and its IP and port as the link."""
     source = request.remote_addr or "unknown"
@@ -234,9 +272,10 @@ def _application(
     """The quart-trio application that puts ``handler`` at ``POST /api/v0``, and
     ``GET /health`` answering 200 while ``health()`` is true, 503 otherwise.
 
-    A body is charged to the node's byte budget before it is read (its declared
-    length, or the whole message limit when it declares none), and must arrive whole
-    within ``message_timeout``; the handler is guarded, so nothing it raises escapes.
+    A body is charged to the node's byte budget as it arrives (not by the length it
+    declares: four requests declaring 16 MiB and sending nothing must not hold the
+    budget), must arrive whole within ``message_timeout``, and holds its charge until
+    it is answered; the handler is guarded, so nothing it raises escapes.
     """
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = limits.MAX_MESSAGE_BYTES
@@ -254,20 +293,20 @@ def _application(
             return _refusal(
                 413, "too-large", f"body is {declared} bytes, over {limits.MAX_MESSAGE_BYTES}"
             )
-        charge = limits.MAX_MESSAGE_BYTES if declared is None else declared
-        if not admission.budget.reserve(charge):
-            return _refusal(503, "internal", "the node is busy: try again later")
+        charge = _Charge(admission.budget)
         try:
             data: bytes | None = None
             with trio.move_on_after(deadline):
-                data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+                data = await _read_body(charge)
             if data is None:
                 return _refusal(408, "malformed", f"the body did not arrive within {deadline} s")
             answer = await answer_for(data, _origin())
         except RequestEntityTooLarge:
             return _refusal(413, "too-large", f"body is over {limits.MAX_MESSAGE_BYTES} bytes")
+        except _OverBudget:
+            return _refusal(503, "internal", "the node is busy: try again later")
         finally:
-            admission.budget.release(charge)
+            charge.release()
         if not compress:
             return _answer(answer, _status_of(answer))
         return await _compressed_answer(answer, _status_of(answer))
@@ -311,6 +350,7 @@ def _server_config(limits: ServerLimits) -> Config:
     config.errorlog = log
     config.graceful_timeout = _GRACE_SECONDS
     config.read_timeout = int(max(1.0, limits.message_timeout))
+    config.backlog = _BACKLOG
     return config
 
 

@@ -47,6 +47,7 @@ from eidetica.actors.transports.accept import serve_listeners
 from eidetica.actors.transports.admission import Admission, ServerLimits
 from eidetica.actors.transports.base import Handler, LinkClosedCallback, Origin, PendingAnswer
 from eidetica.actors.transports.framing import guard, peek, refusal
+from eidetica.actors.transports.refusals import RefusalLog
 from eidetica.actors.transports.wssocket import BoundedSocket
 from eidetica.errors import ProtocolError, TransportError, Unreachable, first_leaf
 from eidetica.protocol.codec import MSGPACK
@@ -54,6 +55,7 @@ from eidetica.protocol.limits import MAX_MESSAGE_BYTES
 from eidetica.protocol.messages import HandshakeDone
 
 log = logging.getLogger(__name__)
+refusals = RefusalLog(log)
 
 SCHEME = "ws"
 INBOUND_SCHEME = "ws-in"
@@ -69,6 +71,9 @@ _UNSUPPORTED_DATA = 1003
 _POLICY_VIOLATION = 1008
 """The close code for a link that broke a rule of ours (no handshake in time, a
 message too slow)."""
+
+_RULE_BREAKER_LINGER = 1.0
+"""Seconds a link closed for breaking a rule may take to answer our close frame."""
 
 _PROVEN = HandshakeDone.__struct_config__.tag
 """The answer that completes a handshake: a link that carried one is no stranger's."""
@@ -446,8 +451,10 @@ class WebSocketTransport:
                         reading.start_soon(self._handshake_deadline, connection)
                     await self._read(connection, socket, handler, answering, slots)
                     reading.cancel_scope.cancel()
-            # Whoever closed, finish the closing handshake, briefly.
-            with trio.move_on_after(self.close_timeout):
+            # Whoever closed, finish the closing handshake, briefly; a link closed for
+            # breaking a rule gets a second at most, not a slot held for close_timeout.
+            wait = self.close_timeout if connection.close_code == 1000 else _RULE_BREAKER_LINGER
+            with trio.move_on_after(min(wait, self.close_timeout)):
                 await socket.aclose(connection.close_code, connection.closed)
 
     async def _read(
@@ -466,7 +473,8 @@ class WebSocketTransport:
                 return
             if isinstance(message, str):
                 socket.settle(message)
-                self._abandon(connection, "the peer sent a text message", _UNSUPPORTED_DATA)
+                reason = "the peer sent a text message"
+                self._abandon(connection, reason, _UNSUPPORTED_DATA, kind="text messages")
                 return
             seen = peek(MSGPACK, message)
             if not seen.is_answer:
@@ -505,9 +513,13 @@ class WebSocketTransport:
         finally:
             slots.release()
 
-    def _abandon(self, connection: _Connection, reason: str, code: int = _POLICY_VIOLATION) -> None:
+    def _abandon(
+        self, connection: _Connection, reason: str, code: int = _POLICY_VIOLATION, *, kind: str
+    ) -> None:
         """Close a link that broke a rule, saying which in its close frame and the log."""
-        log.warning("closing link %s from %s: %s", connection.address, connection.source, reason)
+        refusals.warning(
+            kind, "closing link %s from %s: %s", connection.address, connection.source, reason
+        )
         connection.close_code = code
         self._close(connection, reason)
 
@@ -518,7 +530,7 @@ class WebSocketTransport:
         with trio.move_on_at(connection.opened + timeout):
             await connection.proven.wait()
             return
-        self._abandon(connection, f"no handshake within {timeout} s")
+        self._abandon(connection, f"no handshake within {timeout} s", kind="handshake deadline")
 
     async def _message_deadline(self, connection: _Connection, socket: BoundedSocket) -> None:
         """Close the link if one message takes longer than ``message_timeout`` to arrive."""
@@ -527,7 +539,8 @@ class WebSocketTransport:
             began = await socket.message_started()
             await trio.sleep_until(began + timeout)
             if socket.message_began == began:
-                self._abandon(connection, f"a message took more than {timeout} s to arrive")
+                reason = f"a message took more than {timeout} s to arrive"
+                self._abandon(connection, reason, kind="message deadline")
                 return
 
     def _close(self, connection: _Connection, reason: str) -> None:
