@@ -6,7 +6,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import bulk_store, commits, doc_read, engine, hash_choice, reconcile, transports
+from bench import (
+    bulk_store,
+    commits,
+    doc_read,
+    engine,
+    hash_choice,
+    hostile,
+    reconcile,
+    transports,
+)
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "commits": commits.main,
@@ -16,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "reconcile": reconcile.main,
     "engine": engine.main,
     "transports": transports.main,
+    "hostile": hostile.main,
 }
 
 
