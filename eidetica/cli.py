@@ -163,7 +163,7 @@ _LIMITS: dict[str, tuple[type[int] | type[float], str]] = {
     "max_connections_per_source": (int, "connections from one IP address (default 64)"),
     "handshake_timeout": (float, "seconds a new link has to prove its key (default 10)"),
     "message_timeout": (float, "seconds one whole request or message may take (default 30)"),
-    "max_buffered_bytes": (int, "bytes of requests held at once, node-wide (default 64 MiB)"),
+    "max_buffered_bytes": (int, "bytes of requests held at once, node-wide (default 67108864: 64 MiB)"),
     "handshake_rate": (float, "handshakes a second from one source or link (default 10)"),
 }
 """What ``serve`` lets its clients hold (:class:`ServerLimits`): flag, ``EIDETICA_*``

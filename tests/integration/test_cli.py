@@ -38,6 +38,9 @@ def test_tree_put_get_round_trip(tmp_path: Path) -> None:
         (["serve", "--retry-sweep", "-1"], 2, "retry-sweep must be a number"),
         (["serve", "--connection-check", "inf"], 2, "connection-check must be a number"),
         (["serve", "--connection-check", "1e-6"], 2, "at least 0.1"),
+        (["serve", "--max-connections", "1.5"], 2, "max-connections must be a whole number"),
+        (["serve", "--max-buffered-bytes", "64MiB"], 2, "max-buffered-bytes must be a whole"),
+        (["serve", "--handshake-timeout", "0"], 2, "handshake-timeout must be a number above 0"),
     ],
 )
 def test_mistakes_end_with_one_clear_line(
@@ -103,6 +106,8 @@ async def test_the_control_socket_works_under_a_long_data_path(tmp_path: Path) -
         ("periodic_sync = true", "periodic_sync must be a number of seconds"),
         ('listen = "http://127.0.0.1:0"', "listen must be a list of strings"),
         ("periodic-sync = 30", "unknown setting 'periodic-sync'"),
+        ('max_connections = "many"', "max_connections must be a positive number"),
+        ("message_timeout = -1", "message-timeout must be a number above 0"),
     ],
 )
 def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, toml: str, message: str) -> None:
