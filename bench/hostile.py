@@ -112,6 +112,7 @@ from eidetica.protocol.limits import MAX_MESSAGE_BYTES
 from eidetica.protocol.messages import HandshakeInit
 from eidetica.protocol.ratelimit import DEFAULT_MAX_KEYS, TokenBuckets
 from eidetica.protocol.sessions import DEFAULT_MAX_SESSIONS, SessionTable
+from tests.hostile.attacks import frame_header
 from tests.processes import COMMAND
 
 ENTRIES = 200
@@ -184,18 +185,6 @@ UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
-
-
-def _frame_header(length: int) -> bytes:
-    """A client's header of one final binary frame of ``length`` bytes, masked with the
-    key 0 (so the payload goes as it is)."""
-    if length < 126:
-        sized = bytes([0x80 | length])
-    elif length < 1 << 16:
-        sized = bytes([0x80 | 126]) + struct.pack("!H", length)
-    else:
-        sized = bytes([0x80 | 127]) + struct.pack("!Q", length)
-    return b"\x82" + sized + b"\x00\x00\x00\x00"
 
 
 def _post_head(length: int) -> bytes:
@@ -451,7 +440,7 @@ class _Attacker:
                     return "no upgrade: " + reader.reason()
                 if kind == "ws-silent":
                     return None
-                head = _frame_header(self.plan.declared)
+                head = frame_header(self.plan.declared)
             else:
                 head = _post_head(self.plan.declared)
             if not await _send_unless_closed(stream, head, reader):
