@@ -163,8 +163,15 @@ _LIMITS: dict[str, tuple[type[int] | type[float], str]] = {
     "max_connections_per_source": (int, "connections from one IP address (default 64)"),
     "handshake_timeout": (float, "seconds a new link has to prove its key (default 10)"),
     "message_timeout": (float, "seconds one whole request or message may take (default 30)"),
-    "max_buffered_bytes": (int, "bytes of requests held at once, node-wide (default 67108864: 64 MiB)"),
+    "max_buffered_bytes": (
+        int,
+        "bytes of requests held at once, node-wide (default 67108864: 64 MiB)",
+    ),
     "handshake_rate": (float, "handshakes a second from one source or link (default 10)"),
+    "max_sessions": (int, "proven sessions the node keeps (default 4096)"),
+    "max_sessions_per_source": (int, "proven sessions from one IP address (default 64)"),
+    "session_idle": (float, "seconds an unused session lives (default 3600)"),
+    "max_held_per_peer": (int, "entries one peer may have waiting for parents (default 1000)"),
 }
 """What ``serve`` lets its clients hold (:class:`ServerLimits`): flag, ``EIDETICA_*``
 variable or TOML key, each a whole number (``int``) or any positive number."""

@@ -86,8 +86,13 @@ class SyncService:
         self._monotonic = monotonic
         """For expiry and rates, which a jump of the wall clock must not upset."""
         self._handshakes = HandshakeResponder(instance.device_key)
-        self._sessions = SessionTable()
-        rate = (limits or ServerLimits()).handshake_rate
+        limits = limits or ServerLimits()
+        self._sessions = SessionTable(
+            idle_ttl=limits.session_idle,
+            max_sessions=limits.max_sessions,
+            max_per_source=limits.max_sessions_per_source,
+        )
+        rate = limits.handshake_rate
         self._handshakes_by_source = TokenBuckets(rate, 2 * rate)
         self._handshakes_by_link = TokenBuckets(rate, 2 * rate)
         self._planner = Responder()

@@ -146,6 +146,7 @@ async def open_sync(
     """
     config = config or SyncConfig()
     admission = Admission(config.limits)  # one set of bounds for all the node's servers
+    instance.intake.set_quota(config.limits.max_held_per_peer)
     http = HttpTransport(health=instance.healthy, admission=admission)
     async with WebSocketTransport(admission=admission) as websocket:
         chosen: dict[str, Transport] = {

@@ -179,6 +179,16 @@ class Intake:
         """Held entries dropped because a quota or the area was full (they will be asked
         for again)."""
 
+    def set_quota(self, entries: int, size: int | None = None) -> None:
+        """Change what one sender may hold: ``entries`` entries and ``size`` bytes of
+        footprint (unchanged if ``None``). It takes effect at the next offer or release,
+        where the caps are applied anyway."""
+        if entries < 1 or (size is not None and size < 1):
+            raise ValueError(f"a sender's quota must be at least 1, not {entries}, {size}")
+        self._max_held_per_source = entries
+        if size is not None:
+            self._max_bytes_per_source = size
+
     def offer(
         self,
         tree: str,

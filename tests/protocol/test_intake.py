@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -134,6 +135,16 @@ def test_a_sender_over_its_entry_quota_loses_its_own_oldest() -> None:
     assert intake.dropped == 3
     missing = intake.missing(TREE, NOTHING_STORED.intersection)
     assert missing == {CHAIN[3].id, longer[5].id}
+
+
+def test_a_lowered_quota_applies_at_the_next_release() -> None:
+    intake = Intake()
+    intake.offer(TREE, raws(CHAIN[2:5]), source=STRANGER)
+    intake.set_quota(1)
+    intake.release(TREE, NOTHING_STORED.intersection)
+    assert intake.held_by(STRANGER) == 1 and intake.dropped == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        intake.set_quota(0)
 
 
 def test_a_sender_over_its_byte_quota_loses_its_own_oldest() -> None:

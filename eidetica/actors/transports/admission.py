@@ -35,6 +35,12 @@ class ServerLimits:
     it ends its connection (WebSocket, code 1013) or is answered 503 (HTTP).
     ``handshake_rate`` is how many handshakes a second one source, or one connection,
     may start (with bursts of twice that).
+
+    ``max_sessions`` and ``max_sessions_per_source`` cap the proven sessions a node
+    keeps (each source replaces its own when at its cap; a full table refuses new ones
+    as busy rather than push out another source's), and a session unused for
+    ``session_idle`` seconds expires. ``max_held_per_peer`` is how many received
+    entries one peer may have waiting for their parents.
     """
 
     max_connections: int = 1024
@@ -43,12 +49,24 @@ class ServerLimits:
     message_timeout: float = 30.0
     max_buffered_bytes: int = 64 * MIB
     handshake_rate: float = 10.0
+    max_sessions: int = 4096
+    max_sessions_per_source: int = 64
+    session_idle: float = 3600.0
+    max_held_per_peer: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_connections_per_source", "max_buffered_bytes"):
+        counts = (
+            "max_connections",
+            "max_connections_per_source",
+            "max_buffered_bytes",
+            "max_sessions",
+            "max_sessions_per_source",
+            "max_held_per_peer",
+        )
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("handshake_timeout", "message_timeout", "handshake_rate"):
+        for name in ("handshake_timeout", "message_timeout", "handshake_rate", "session_idle"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0, not {getattr(self, name)}")
 
