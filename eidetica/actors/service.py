@@ -57,6 +57,23 @@ over a link that carries requests back: after its handshake (no tree), and after
 request for a tree it may read."""
 
 
+class HandshakeGate:
+    """How many handshakes a second one source, and one link, may start: each costs a
+    signature, and floods must cost the flooder, not the node. One gate serves all of
+    a node's services (one per listener), so the rate is the node's."""
+
+    def __init__(self, rate: float) -> None:
+        self._by_source = TokenBuckets(rate, 2 * rate)
+        self._by_link = TokenBuckets(rate, 2 * rate)
+
+    def check(self, origin: Origin, now: float) -> None:
+        """Count one handshake from ``origin``; :class:`HandshakeBusy` past the rate."""
+        if not self._by_link.allow(origin.link, now):
+            raise HandshakeBusy(f"busy: too many handshakes on this link ({origin.link})")
+        if not self._by_source.allow(origin.source, now):
+            raise HandshakeBusy(f"busy: too many handshakes from {origin.source}")
+
+
 class SyncService:
     """Answers requests for one node; hand :meth:`handle` to a transport."""
 
@@ -70,6 +87,7 @@ class SyncService:
         on_reachable: Reachable | None = None,
         heard: Wanted | None = None,
         limits: ServerLimits | None = None,
+        gate: HandshakeGate | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -92,9 +110,7 @@ class SyncService:
             max_sessions=limits.max_sessions,
             max_per_source=limits.max_sessions_per_source,
         )
-        rate = limits.handshake_rate
-        self._handshakes_by_source = TokenBuckets(rate, 2 * rate)
-        self._handshakes_by_link = TokenBuckets(rate, 2 * rate)
+        self._gate = gate if gate is not None else HandshakeGate(limits.handshake_rate)
         self._planner = Responder()
         self.refused = 0
         """Requests answered with an error."""
@@ -168,13 +184,7 @@ class SyncService:
         self._on_reachable(peer, address, tree)
 
     def _check_handshake_rate(self, origin: Origin) -> None:
-        """Refuse a handshake past the rate one source, or one link, may start them:
-        each costs a signature, and floods must cost the flooder, not the node."""
-        now = self._monotonic()
-        if not self._handshakes_by_link.allow(origin.link, now):
-            raise HandshakeBusy(f"busy: too many handshakes on this link ({origin.link})")
-        if not self._handshakes_by_source.allow(origin.source, now):
-            raise HandshakeBusy(f"busy: too many handshakes from {origin.source}")
+        self._gate.check(origin, self._monotonic())
 
     def _peer(self, session: bytes | None) -> str:
         peer = self._sessions.lookup(session, self._monotonic()) if session is not None else None

@@ -34,7 +34,7 @@ from eidetica.actors.peer import (
 )
 from eidetica.actors.reply import Reply
 from eidetica.actors.retry import RetryItem, RetryQueue, run_retry
-from eidetica.actors.service import SyncService
+from eidetica.actors.service import HandshakeGate, SyncService
 from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.admission import ServerLimits
@@ -128,6 +128,8 @@ class Supervisor:
         self._peers: dict[str, _Peer] = {}
         self._servers: dict[str, trio.CancelScope] = {}
         self._server_health: dict[str, ServerHealth] = {}
+        self._handshake_gate = HandshakeGate(config.limits.handshake_rate)
+        """One handshake rate for all the node's listeners."""
         self._services: dict[str, SyncService] = {}
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryItem](config.inbox_size)
@@ -508,6 +510,7 @@ class Supervisor:
                 cmd.PeerReachable(peer, address, tree)
             ),
             limits=self._config.limits,
+            gate=self._handshake_gate,
         )
 
     async def _start_server(self, address: str) -> str:

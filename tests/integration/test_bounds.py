@@ -18,10 +18,12 @@ from eidetica.actors.transports.accept import serve_listeners
 from eidetica.actors.transports.admission import Admission, ByteBudget, ServerLimits
 from eidetica.actors.transports.base import Origin
 from eidetica.actors.transports.framing import guard
+from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import TransportError
 from eidetica.protocol.codec import MSGPACK
-from eidetica.protocol.messages import ErrorReply
+from eidetica.protocol.messages import ErrorReply, HandshakeDone
+from tests.integration import test_http as http_test
 from tests.integration.test_ws import echo, note, raw_client, serving, text_of
 
 ANY_PORT = "ws://127.0.0.1:0"
@@ -69,6 +71,11 @@ async def accepting(handle: object, admission: Admission) -> AsyncIterator[tuple
 
 
 async def connect_from(source: str, address: tuple[str, int]) -> trio.SocketStream:
+    return trio.SocketStream(await bound_socket(source, address))
+
+
+async def bound_socket(source: str, address: tuple[str, int]) -> trio.socket.SocketType:
+    """A TCP socket from ``source`` (a 127.x address) connected to ``address``."""
     sock = trio.socket.socket()
     try:
         await sock.bind((source, 0))
@@ -76,7 +83,7 @@ async def connect_from(source: str, address: tuple[str, int]) -> trio.SocketStre
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(sock)
+    return sock
 
 
 def reason_of(closed: trio_websocket.ConnectionClosed) -> trio_websocket.CloseReason:
@@ -250,3 +257,109 @@ async def test_a_guarded_handler_answers_for_any_exception_with_the_request_id()
     envelope = MSGPACK.decode(answer)
     assert envelope.id == 42
     assert isinstance(envelope.body, ErrorReply) and envelope.body.code == "internal"
+
+
+def test_one_owner_gets_only_its_share_of_the_budget() -> None:
+    budget = ByteBudget(100, per_owner=40)
+    assert budget.reserve(40, "203.0.113.9") and not budget.reserve(1, "203.0.113.9")
+    assert budget.reserve(40, "198.51.100.7")
+    budget.release(40, "203.0.113.9")
+    assert budget.held_by("203.0.113.9") == 0 and budget.used == 40
+
+
+@asynccontextmanager
+async def http_serving(transport: HttpTransport) -> AsyncIterator[tuple[str, int]]:
+    """``transport`` serving an echo at 127.0.0.1 for the block; yields host and port."""
+    async with trio.open_nursery() as nursery:
+        at = await nursery.start(transport.serve, "http://127.0.0.1:0", http_test.echo)
+        host, port = at.removeprefix("http://").split(":")
+        yield host, int(port)
+        nursery.cancel_scope.cancel()
+
+
+async def read_to_the_end(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes (a reset counts as a close)."""
+    received = b""
+    try:
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    except trio.BrokenResourceError:
+        pass
+    return received
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    ],
+    ids=["prior-knowledge", "h2c-upgrade"],
+)
+async def test_a_connection_asking_for_http2_is_closed(opening: bytes) -> None:
+    """HTTP/2 would bypass every bound (unread bodies, stuck streams, no idle
+    deadline): a connection that asks for it is closed, and HTTP/1.1 goes on."""
+    transport = HttpTransport()
+    with trio.fail_after(10):
+        async with http_serving(transport) as address, HttpTransport() as honest:
+            stream = await trio.open_tcp_stream(*address)
+            async with stream:
+                await stream.send_all(opening)
+                received = await read_to_the_end(stream)
+            assert b"\x00\x00" not in received[received.find(b"\r\n\r\n") + 4 :]  # no h2 frames
+            url = f"http://{address[0]}:{address[1]}"
+            assert await honest.request(url, http_test.note("hi")) == http_test.note("hi")
+    assert transport.admission.budget.used == 0  # the request's and answer's bytes, back
+
+
+async def test_a_text_message_is_refused_at_its_first_fragment() -> None:
+    """A text frame declaring 1 MiB closes its link (1003) on its first bytes, before
+    a megabyte is buffered or charged."""
+    server = WebSocketTransport()
+    with trio.fail_after(10):
+        async with serving(server, echo) as at:
+            host, port = at.removeprefix("ws://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream, trio.open_nursery() as nursery:
+                client = await trio_websocket.wrap_client_stream(nursery, stream, host, "/")
+                size = 1024 * 1024
+                await stream.send_all(bytes([0x81, 0xFF]) + size.to_bytes(8, "big") + bytes(4))
+                await stream.send_all(b"x" * 100)
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    await client.get_message()
+                nursery.cancel_scope.cancel()
+    assert reason_of(closed.value).code == 1003
+    assert server.admission.budget.used == 0 and server.admission.budget.peak <= 100
+
+
+async def test_a_handshake_done_nobody_asked_for_does_not_prove_a_link(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    mock_clock.autojump_threshold = 0.001
+    server = WebSocketTransport(limits=ServerLimits(handshake_timeout=5))
+    unasked = MSGPACK.encode(HandshakeDone(session=bytes(32)), 7)
+    with trio.fail_after(30):
+        async with serving(server, echo) as at, raw_client(at) as client:
+            await client.send_message(unasked)
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await client.get_message()
+    assert "no handshake" in (reason_of(closed.value).reason or "")
+
+
+async def test_one_source_cannot_take_the_budget_from_another() -> None:
+    limits = ServerLimits(max_buffered_bytes=10_000, max_buffered_bytes_per_source=4_000)
+    server = WebSocketTransport(limits=limits)
+    with trio.fail_after(10):
+        async with serving(server, echo) as at:
+            host, port = at.removeprefix("ws://").split(":")
+            stream = trio.SocketStream(await bound_socket("127.0.0.2", (host, int(port))))
+            async with stream, trio.open_nursery() as nursery:
+                hog = await trio_websocket.wrap_client_stream(nursery, stream, host, "/")
+                await hog.send_message(b"x" * 5_000)  # over its share: closed 1013
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    await hog.get_message()
+                nursery.cancel_scope.cancel()
+            async with WebSocketTransport() as honest:  # from 127.0.0.1: its own share
+                assert text_of(await honest.request(at, note("hi"))) == "hi"
+    assert reason_of(closed.value).code == 1013

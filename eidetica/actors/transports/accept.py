@@ -98,8 +98,14 @@ async def _carry(
         await handle(stream, source)
     except _VANISHED as exc:
         log.info("%s: a connection from %s ended: %r", name, source, exc)
-    except Exception:
-        log.exception("%s: a connection from %s failed, and only it was closed", name, source)
+    except Exception as exc:
+        # One line, throttled: a peer that can provoke an error must not fill the log
+        # with tracebacks (the traceback is there at debug level).
+        kind = f"connection failed: {type(exc).__name__}"
+        refusals.warning(
+            kind, "%s: a connection from %s failed and was closed: %r", name, source, exc
+        )
+        log.debug("the failure of a connection from %s", source, exc_info=True)
     finally:
         admission.release(source)
         await trio.aclose_forcefully(stream)

@@ -31,8 +31,10 @@ class ServerLimits:
     without completing a handshake (its upgrade included); ``message_timeout`` bounds
     one whole request body or WebSocket message from its first byte to its last, so a
     body sent a byte a second is cut. ``max_buffered_bytes`` bounds the bytes of
-    requests being received or handled at once, node-wide; a message that would go over
-    it ends its connection (WebSocket, code 1013) or is answered 503 (HTTP).
+    messages being received, handled or answered at once, node-wide, and
+    ``max_buffered_bytes_per_source`` what one source address may hold of it (room for
+    one whole message and a little more); a message that would go over either ends its
+    connection (WebSocket, code 1013) or is answered 503 (HTTP).
     ``handshake_rate`` is how many handshakes a second one source, or one connection,
     may start (with bursts of twice that).
 
@@ -48,6 +50,7 @@ class ServerLimits:
     handshake_timeout: float = 10.0
     message_timeout: float = 30.0
     max_buffered_bytes: int = 64 * MIB
+    max_buffered_bytes_per_source: int = 20 * MIB
     handshake_rate: float = 10.0
     max_sessions: int = 4096
     max_sessions_per_source: int = 64
@@ -59,6 +62,7 @@ class ServerLimits:
             "max_connections",
             "max_connections_per_source",
             "max_buffered_bytes",
+            "max_buffered_bytes_per_source",
             "max_sessions",
             "max_sessions_per_source",
             "max_held_per_peer",
@@ -72,28 +76,37 @@ class ServerLimits:
 
 
 class ByteBudget:
-    """Bytes that may be held at once; reserved before they are taken in, released
-    after. A reservation that does not fit is refused, never waited for: whoever asks
-    is a connection that should be told "busy", not queued."""
+    """Bytes that may be held at once, in all and by each owner (a source address);
+    reserved before they are taken in, released after. A reservation that does not fit
+    is refused, never waited for: whoever asks is a connection that should be told
+    "busy", not queued. The share per owner keeps one address from holding it all."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_owner: int | None = None) -> None:
         self.limit = limit
+        self.per_owner = limit if per_owner is None else per_owner
         self.used = 0
         self.peak = 0
         self.refused = 0
+        self._by_owner: Counter[str] = Counter()
 
-    def reserve(self, size: int) -> bool:
-        """Take ``size`` bytes if they fit; whether they did."""
-        if self.used + size > self.limit:
+    def reserve(self, size: int, owner: str = "") -> bool:
+        """Take ``size`` bytes for ``owner`` if they fit; whether they did."""
+        if self.used + size > self.limit or self._by_owner[owner] + size > self.per_owner:
             self.refused += 1
             return False
         self.used += size
+        self._by_owner[owner] += size
         self.peak = max(self.peak, self.used)
         return True
 
-    def release(self, size: int) -> None:
+    def release(self, size: int, owner: str = "") -> None:
         self.used -= size
-        assert self.used >= 0, "released more bytes than were reserved"
+        self._by_owner[owner] -= size
+        if self._by_owner[owner] <= 0:
+            del self._by_owner[owner]
+
+    def held_by(self, owner: str) -> int:
+        return self._by_owner[owner]
 
 
 @dataclass
@@ -112,7 +125,9 @@ class Admission:
     budget: ByteBudget = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budget = ByteBudget(self.limits.max_buffered_bytes)
+        self.budget = ByteBudget(
+            self.limits.max_buffered_bytes, self.limits.max_buffered_bytes_per_source
+        )
 
     def admit(self, source: str) -> str | None:
         """Count a new connection from ``source``; ``None`` if it may stay, else why not."""

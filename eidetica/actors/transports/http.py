@@ -194,6 +194,9 @@ class _HoldDisconnectAfterAnswer:
     the connection is stuck, draining the body forever and answering nothing more.
     A disconnect that comes after the whole answer was sent is therefore held back;
     quart-trio finishes the request by itself a moment later.
+
+    It is also where a request's charge on the byte budget ends: when the application
+    is done, its answer sent (or abandoned at the send deadline).
     """
 
     def __init__(self, app: QuartTrio) -> None:
@@ -219,7 +222,12 @@ class _HoldDisconnectAfterAnswer:
                 answered = True
             await send(message)
 
-        await self._app(scope, receive_until_answered, send_noting_answer)
+        try:
+            await self._app(scope, receive_until_answered, send_noting_answer)
+        finally:
+            charge = cast(dict[str, Any], scope).pop(_CHARGE, None)
+            if charge is not None:
+                charge.release()
 
 
 class _OverBudget(Exception):
@@ -227,20 +235,26 @@ class _OverBudget(Exception):
 
 
 class _Charge:
-    """What one request's body has taken from the node's byte budget."""
+    """What one request (its body, then its answer) has taken from the node's byte
+    budget, under its source's share; released once the answer has been sent."""
 
-    def __init__(self, budget: ByteBudget) -> None:
+    def __init__(self, budget: ByteBudget, owner: str) -> None:
         self._budget = budget
+        self._owner = owner
         self.taken = 0
 
     def take(self, size: int) -> None:
-        if not self._budget.reserve(size):
+        if not self._budget.reserve(size, self._owner):
             raise _OverBudget
         self.taken += size
 
     def release(self) -> None:
-        self._budget.release(self.taken)
+        self._budget.release(self.taken, self._owner)
         self.taken = 0
+
+
+_CHARGE = "eidetica.charge"
+"""Where a request's :class:`_Charge` waits in its ASGI scope for the answer to be sent."""
 
 
 async def _read_body(charge: _Charge) -> bytes:
@@ -293,20 +307,21 @@ def _application(
             return _refusal(
                 413, "too-large", f"body is {declared} bytes, over {limits.MAX_MESSAGE_BYTES}"
             )
-        charge = _Charge(admission.budget)
+        origin = _origin()
+        charge = _Charge(admission.budget, origin.source)
+        cast(dict[str, Any], request.scope)[_CHARGE] = charge  # released once answered
         try:
             data: bytes | None = None
             with trio.move_on_after(deadline):
                 data = await _read_body(charge)
             if data is None:
                 return _refusal(408, "malformed", f"the body did not arrive within {deadline} s")
-            answer = await answer_for(data, _origin())
+            answer = await answer_for(data, origin)
+            charge.take(len(answer))
         except RequestEntityTooLarge:
             return _refusal(413, "too-large", f"body is over {limits.MAX_MESSAGE_BYTES} bytes")
         except _OverBudget:
             return _refusal(503, "internal", "the node is busy: try again later")
-        finally:
-            charge.release()
         if not compress:
             return _answer(answer, _status_of(answer))
         return await _compressed_answer(answer, _status_of(answer))

@@ -12,6 +12,12 @@ adds them: sending to a client that never reads (hypercorn sends shielded from
 cancellation) gives up after ``send_timeout``, and so the connection ends rather than
 holding its answer and blocking shutdown forever.
 
+Only HTTP/1.1 is spoken. hypercorn would switch a cleartext connection to HTTP/2 on
+a prior-knowledge preface or an ``Upgrade: h2c``, and its HTTP/2 side buffers request
+bodies nobody reads, keeps streams whose client never opens its window, and has no
+idle deadline: none of our bounds would hold. Our peers speak HTTP/1.1 (httpx without
+h2), so such a connection is simply closed.
+
 It uses hypercorn's ``TCPServer``, ``Lifespan`` and ``WorkerContext``, which are not
 documented API; ``pyproject.toml`` pins hypercorn to the minor version this was
 written against.
@@ -26,11 +32,15 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
+from hypercorn.utils import parse_socket_addr, wrap_app
 
 from eidetica.actors.transports.accept import serve_listeners
 from eidetica.actors.transports.admission import Admission
@@ -65,6 +75,50 @@ class _DeadlineStream:
         await self._stream.aclose()
 
 
+class _Http1Only(ProtocolWrapper):
+    """hypercorn's protocol switch, switching to nothing: a connection that asks for
+    HTTP/2 is closed instead."""
+
+    async def handle(self, event: Event) -> None:
+        try:
+            await self.protocol.handle(event)
+        except (H2ProtocolAssumedError, H2CProtocolRequiredError):
+            log.info("closed a connection from %s that asked for HTTP/2", self.client)
+            await self.send(Closed())
+
+
+class _Http1Server(TCPServer):
+    """hypercorn's ``TCPServer`` for a plain socket, with :class:`_Http1Only` as its
+    protocol (its own ``run``, less the TLS part, which we never use)."""
+
+    async def run(self) -> None:
+        socket = self.stream.socket
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = _Http1Only(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                    "http/1.1",
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+
 async def run_hypercorn(
     app: Any,
     config: Config,
@@ -90,7 +144,7 @@ async def run_hypercorn(
         bounded = _DeadlineStream(stream, send_timeout)
         state_copy = ConnectionState(state.copy())
         # Duck-typed: hypercorn reads, sends and closes through it, and finds .socket.
-        await TCPServer(wrapped, config, context, state_copy, bounded).run()  # type: ignore[arg-type]
+        await _Http1Server(wrapped, config, context, state_copy, bounded).run()  # type: ignore[arg-type]
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)

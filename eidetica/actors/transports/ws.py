@@ -234,7 +234,7 @@ class WebSocketTransport:
     def attach(self, handler: Handler, on_closed: LinkClosedCallback) -> None:
         """Answer requests peers send over links this node dialled with ``handler``;
         tell ``on_closed(address, reason)`` whenever an open link closes."""
-        self._handler = handler
+        self._handler = guard(handler, MSGPACK, max_answer=self.max_message_bytes)
         self._on_closed = on_closed
 
     def detach(self) -> None:
@@ -395,7 +395,9 @@ class WebSocketTransport:
     ) -> None:
         """The WebSocket part of a dialled connection, on an open TCP stream."""
         async with trio.open_nursery() as nursery:
-            socket = self._socket(stream, client=True, host=host, path=resource)
+            socket = self._socket(
+                stream, client=True, owner=connection.source, host=host, path=resource
+            )
             with trio.move_on_after(self.connect_timeout) as opening:
                 await socket.open_client(nursery)
             if opening.cancelled_caught:
@@ -409,10 +411,13 @@ class WebSocketTransport:
             await self._converse(connection, self._answer_on_dialled)
             nursery.cancel_scope.cancel()
 
-    def _socket(self, stream: trio.SocketStream, *, client: bool, **options: str) -> BoundedSocket:
+    def _socket(
+        self, stream: trio.SocketStream, *, client: bool, owner: str, **options: str
+    ) -> BoundedSocket:
         return BoundedSocket(
             stream,
             client=client,
+            owner=owner,
             budget=self.admission.budget,
             max_message_size=self.max_message_bytes,
             receive_buffer_size=_RECEIVE_BYTES,
@@ -482,8 +487,6 @@ class WebSocketTransport:
                 answering.start_soon(self._answer, connection, handler, message, slots)
                 continue
             socket.settle(message)
-            if seen.kind == _PROVEN:
-                connection.proven.set()
             reply = connection.pending.get(seen.id) if seen.id is not None else None
             if reply is None:
                 # Normal for an answer that comes after its request timed out.
@@ -493,6 +496,8 @@ class WebSocketTransport:
                     seen.id,
                 )
                 continue
+            if seen.kind == _PROVEN:  # our own handshake, completed: not a stranger's link
+                connection.proven.set()
             reply.succeed(message)
 
     async def _answer(
@@ -502,16 +507,36 @@ class WebSocketTransport:
         socket = connection.socket
         assert socket is not None
         origin = Origin(source=connection.source, link=connection.address, reply=connection.address)
+        charged = 0
         try:
             answer = await handler(request, origin)
-            socket.settle(request)
+            if socket.charge(len(answer)):
+                charged = len(answer)
+            else:
+                answer = refusal(MSGPACK, request, "internal", "the node is busy: try again later")
             if peek(MSGPACK, answer).kind == _PROVEN:
                 connection.proven.set()
-            await socket.send_message(answer)
+            await self._send_answer(connection, socket, answer)
+        finally:
+            socket.discharge(charged)
+            socket.settle(request)
+            slots.release()
+
+    async def _send_answer(
+        self, connection: _Connection, socket: BoundedSocket, answer: bytes
+    ) -> None:
+        """Send one answer, within ``message_timeout``: a peer that does not read its
+        answers loses the link, rather than holding them (and their bytes)."""
+        timeout = self.limits.message_timeout
+        try:
+            with trio.move_on_after(timeout) as sending:
+                await socket.send_message(answer)
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             log.debug("an answer on %s found the connection closed", connection.address)
-        finally:
-            slots.release()
+            return
+        if sending.cancelled_caught:
+            reason = f"the peer read no answer for {timeout} s"
+            self._abandon(connection, reason, kind="send deadline")
 
     def _abandon(
         self, connection: _Connection, reason: str, code: int = _POLICY_VIOLATION, *, kind: str
@@ -631,7 +656,7 @@ class WebSocketTransport:
         """One accepted connection: its upgrade (within the handshake deadline), then
         the link until it closes."""
         connection = _Connection(f"{INBOUND_SCHEME}://{next(self._inbound)}", source, inbound=True)
-        socket = self._socket(stream, client=False)
+        socket = self._socket(stream, client=False, owner=source)
         try:
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(self.limits.handshake_timeout):

@@ -24,23 +24,35 @@ import trio
 from trio_websocket import CloseReason, WebSocketConnection
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from eidetica.actors.transports.admission import ByteBudget
 
 TRY_AGAIN_LATER = 1013
 """The close code for a connection whose message would overrun the node's budget."""
 
+UNSUPPORTED_DATA = 1003
+"""The close code for a text message: the protocol speaks binary only."""
+
 
 class BoundedSocket(WebSocketConnection):
     """A WebSocket connection whose message bytes are charged to ``budget``."""
 
     def __init__(
-        self, stream: trio.SocketStream, *, client: bool, budget: ByteBudget, **options: Any
+        self,
+        stream: trio.SocketStream,
+        *,
+        client: bool,
+        budget: ByteBudget,
+        owner: str,
+        **options: Any,
     ) -> None:
         kind = ConnectionType.CLIENT if client else ConnectionType.SERVER
         super().__init__(stream, WSConnection(kind), **options)
         self._budget = budget
+        self._owner = owner
+        """Whose share of the budget this connection's bytes count against (its peer's
+        address)."""
         self._arriving = 0
         """Bytes of the message now arriving, charged to the budget."""
         self._delivered = 0
@@ -68,11 +80,20 @@ class BoundedSocket(WebSocketConnection):
         """``message`` (read with ``get_message``) has been dealt with: release its bytes."""
         size = min(len(message), self._delivered)
         self._delivered -= size
-        self._budget.release(size)
+        self._budget.release(size, self._owner)
+
+    def charge(self, size: int) -> bool:
+        """Take ``size`` bytes for an answer about to be sent; whether they fit."""
+        return self._budget.reserve(size, self._owner)
+
+    def discharge(self, size: int) -> None:
+        """An answer :meth:`charge` took bytes for has been sent, or given up."""
+        self._budget.release(size, self._owner)
 
     def release_all(self) -> None:
-        """The connection is over: release whatever it still holds (idempotent)."""
-        self._budget.release(self._arriving + self._delivered)
+        """The connection is over: release what arrived and was not settled (answers
+        are discharged by whoever charged them, when they finish; idempotent)."""
+        self._budget.release(self._arriving + self._delivered, self._owner)
         self._arriving = self._delivered = 0
 
     def message_overdue(self, deadline: float) -> bool:
@@ -87,9 +108,13 @@ class BoundedSocket(WebSocketConnection):
         return self.message_began
 
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        if isinstance(event, TextMessage):  # refused at its first fragment, unbuffered
+            await self._refuse(UNSUPPORTED_DATA, "binary messages only")
+            return
         size = len(event.data)
-        if not self._budget.reserve(size):
-            await self._refuse_for_budget(size)
+        if not self._budget.reserve(size, self._owner):
+            reason = f"the node is busy: {size} more bytes would pass its buffer limit"
+            await self._refuse(TRY_AGAIN_LATER, reason)
             return
         if self.message_began is None:
             self.message_began = trio.current_time()
@@ -102,20 +127,25 @@ class BoundedSocket(WebSocketConnection):
             if self._reader_running:
                 self._delivered += self._arriving
             else:
-                self._budget.release(self._arriving)
+                self._budget.release(self._arriving, self._owner)
             self._arriving = 0
             self.message_began = None
 
-    async def _refuse_for_budget(self, size: int) -> None:
-        """Close the connection: its next fragment does not fit in the node's budget."""
-        reason = f"the node is busy: {size} more bytes would pass its buffer limit"
-        self._budget.release(self._arriving)
+    async def _refuse(self, code: int, reason: str) -> None:
+        """Close the connection for the message now arriving, dropping what it had."""
+        self._budget.release(self._arriving, self._owner)
         self._arriving = 0
         self.message_began = None
         self._message_parts = []
         self._message_size = 0
         if self._wsproto.state is ConnectionState.OPEN:  # not if a close is under way
-            self._close_reason = CloseReason(TRY_AGAIN_LATER, reason)
-            await self._send(CloseConnection(code=TRY_AGAIN_LATER, reason=reason))
+            self._close_reason = CloseReason(code, reason)
+            await self._send(CloseConnection(code=code, reason=reason))
         await self._recv_channel.aclose()
         self._reader_running = False
+
+    async def _handle_ping_event(self, event: Ping) -> None:
+        """Answer a ping only while the connection is open: a pong after our close
+        frame is a protocol error of ours, which a peer could provoke at will."""
+        if self._wsproto.state is ConnectionState.OPEN:
+            await super()._handle_ping_event(event)
