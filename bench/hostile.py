@@ -1151,6 +1151,10 @@ class Bound:
         )
 
 
+LISTENERS = 2
+"""The node under attack serves WebSocket and HTTP: each listener has its own service,
+and so its own session and pending-handshake tables."""
+
 BUFFER_FACTOR = 2.5
 """Copies of a message's bytes a node may hold at once: its fragments, the joined
 message, and the decoded entries (docs/security.md)."""
@@ -1172,7 +1176,7 @@ def memory_bound(
           with 1,000 idle accepted WebSocket links / links held)
         + the holding area's cap (``intake.MAX_HELD_BYTES``, counted as footprint)
         + the handshake and session tables at their caps (measured with
-          tracemalloc: :func:`session_tables`)
+          tracemalloc: :func:`session_tables`), once per listener (LISTENERS)
     """
     limits = limits or ServerLimits()
     return Bound(
@@ -1181,7 +1185,7 @@ def memory_bound(
         connections=limits.max_connections,
         per_connection=per_connection,
         holding_area=MAX_HELD_BYTES,
-        session_tables=session_tables,
+        session_tables=LISTENERS * session_tables,
     )
 
 
@@ -1294,7 +1298,11 @@ def _print(figures: _Figures, tables: Tables) -> None:
                 f"phase 1: RSS growth {_mib(growth)} MiB / {held:,} links",
             ],
             ["holding area", _mib(bound.holding_area), "intake.MAX_HELD_BYTES (footprint)"],
-            ["session tables", _mib(bound.session_tables), "tracemalloc, tables at caps"],
+            [
+                f"session tables x {LISTENERS} listeners",
+                _mib(bound.session_tables),
+                "tracemalloc, tables at caps",
+            ],
             ["bound", _mib(bound.total), "sum"],
         ],
     )

@@ -163,10 +163,8 @@ _LIMITS: dict[str, tuple[type[int] | type[float], str]] = {
     "max_connections_per_source": (int, "connections from one IP address (default 64)"),
     "handshake_timeout": (float, "seconds a new link has to prove its key (default 10)"),
     "message_timeout": (float, "seconds one whole request or message may take (default 30)"),
-    "max_buffered_bytes": (
-        int,
-        "bytes of requests held at once, node-wide (default 67108864: 64 MiB)",
-    ),
+    "max_buffered_bytes": (int, "bytes of messages held at once (default 67108864: 64 MiB)"),
+    "max_buffered_bytes_per_source": (int, "one IP's share of those (default 20971520)"),
     "handshake_rate": (float, "handshakes a second from one source or link (default 10)"),
     "max_sessions": (int, "proven sessions the node keeps (default 4096)"),
     "max_sessions_per_source": (int, "proven sessions from one IP address (default 64)"),
