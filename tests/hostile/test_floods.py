@@ -21,7 +21,7 @@ from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import EideticaError
 from eidetica.protocol.codec import JSON, MSGPACK
 from eidetica.protocol.entry import create_entry
-from eidetica.protocol.handshake import DEFAULT_WINDOW, Initiator
+from eidetica.protocol.handshake import Initiator
 from eidetica.protocol.intake import MAX_HELD
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import MAX_ENTRIES_PER_BATCH
@@ -51,7 +51,8 @@ from tests.hostile.node import Node, check_honest, serving, tips, write_key
 FLOOD_SECONDS = 60
 
 INITS = 4096
-"""As many Inits as the node's table of spent challenges holds."""
+"""As many Inits as the node's table of pending handshakes holds (and as filled the
+table of spent challenges the node used to keep)."""
 
 THROWAWAY_SESSIONS = 4200
 """More complete handshakes than the node keeps sessions for."""
@@ -59,9 +60,6 @@ THROWAWAY_SESSIONS = 4200
 PER_SOURCE = 20
 """Handshakes each throwaway source makes: within a burst of the default rate."""
 
-WINDOW = DEFAULT_WINDOW
-SPENT_FOR = 3
-"""Seconds a throwaway Init's challenge stays spent at the node."""
 
 HTTP_REQUESTS_PER_CONNECTION = 1000
 """hypercorn closes a keep-alive connection after this many requests."""
@@ -114,11 +112,7 @@ async def _throwaway_handshakes(port: int, origin: str, count: int) -> int:
     except Refused:
         return 0
     try:
-        # Times near the old edge of the node's window: the node forgets these
-        # challenges within seconds, so the flood does not fill its table of spent
-        # ones (and get itself refused as busy) before it has made its sessions.
-        now = time.time() - WINDOW + SPENT_FOR
-        initiators = [Initiator(SigningKey.generate(), now=now) for _ in range(count)]
+        initiators = [Initiator(SigningKey.generate(), now=time.time()) for _ in range(count)]
         await client.send(*(MSGPACK.encode(i.start(), n) for n, i in enumerate(initiators)))
         replies = await _answers(client, count)
         finishes = [
