@@ -188,6 +188,7 @@ class Intake:
         self._max_held_per_source = entries
         if size is not None:
             self._max_bytes_per_source = size
+        self._grown.update(self._buckets)  # every sender is measured again
 
     def offer(
         self,

@@ -140,6 +140,7 @@ def test_a_sender_over_its_entry_quota_loses_its_own_oldest() -> None:
 def test_a_lowered_quota_applies_at_the_next_release() -> None:
     intake = Intake()
     intake.offer(TREE, raws(CHAIN[2:5]), source=STRANGER)
+    intake.release(TREE, NOTHING_STORED.intersection)  # measured, and within the quota
     intake.set_quota(1)
     intake.release(TREE, NOTHING_STORED.intersection)
     assert intake.held_by(STRANGER) == 1 and intake.dropped == 2
