@@ -48,7 +48,7 @@ from eidetica.actors.transports.admission import Admission, ServerLimits
 from eidetica.actors.transports.base import Handler, LinkClosedCallback, Origin, PendingAnswer
 from eidetica.actors.transports.framing import guard, peek, refusal
 from eidetica.actors.transports.refusals import RefusalLog
-from eidetica.actors.transports.wssocket import BoundedSocket
+from eidetica.actors.transports.wssocket import UNSUPPORTED_DATA, BoundedSocket
 from eidetica.errors import ProtocolError, TransportError, Unreachable, first_leaf
 from eidetica.protocol.codec import MSGPACK
 from eidetica.protocol.limits import MAX_MESSAGE_BYTES
@@ -64,9 +64,6 @@ INBOUND_SCHEME = "ws-in"
 _RECEIVE_BYTES = 64 * 1024
 """How much one read from the socket takes; trio-websocket's 4 KiB default would
 make a 16 MiB message cost four thousand reads."""
-
-_UNSUPPORTED_DATA = 1003
-"""The close code for a text message: the protocol speaks binary only."""
 
 _POLICY_VIOLATION = 1008
 """The close code for a link that broke a rule of ours (no handshake in time, a
@@ -479,7 +476,7 @@ class WebSocketTransport:
             if isinstance(message, str):
                 socket.settle(message)
                 reason = "the peer sent a text message"
-                self._abandon(connection, reason, _UNSUPPORTED_DATA, kind="text messages")
+                self._abandon(connection, reason, UNSUPPORTED_DATA, kind="text messages")
                 return
             seen = peek(MSGPACK, message)
             if not seen.is_answer:

@@ -5,13 +5,16 @@ whole, with no bound but the message size and no deadline at all: a peer that st
 a 15 MiB message and sends the rest at a byte a second holds 15 MiB for as long as it
 likes, and twenty such peers hold 300 MB. :class:`BoundedSocket` charges every
 fragment to the node's :class:`~eidetica.actors.transports.admission.ByteBudget` as it
-arrives, and keeps the charge until whoever reads the message calls :meth:`settle`
-(after handling it), so the budget covers both messages still arriving and messages
-being handled. A fragment that does not fit closes the connection with code 1013
-("try again later"). It also notes when each message began, so the transport can cut
-a message that takes longer than its deadline (:meth:`message_overdue`).
+arrives, under its peer's share, and keeps the charge until whoever reads the message
+calls :meth:`settle` (after handling it); answers are charged while they are sent
+(:meth:`charge`), so the budget covers messages arriving, being handled and being
+answered. A fragment that does not fit closes the connection with code 1013 ("try
+again later"). It also notes when each message began, so the transport can cut
+a message that takes longer than its deadline (:meth:`message_started`). A text
+message is refused (1003) at its first fragment, never buffered.
 
-It hooks trio-websocket's message handling (``_handle_message_event``) and opens
+It hooks trio-websocket's message and ping handling (``_handle_message_event``,
+``_handle_ping_event``: no pong once a close is under way) and opens
 connections the way its own ``wrap_*_stream`` functions do; ``pyproject.toml`` pins
 trio-websocket to the minor version this was written against.
 """
@@ -95,11 +98,6 @@ class BoundedSocket(WebSocketConnection):
         are discharged by whoever charged them, when they finish; idempotent)."""
         self._budget.release(self._arriving + self._delivered, self._owner)
         self._arriving = self._delivered = 0
-
-    def message_overdue(self, deadline: float) -> bool:
-        """Whether a message has been arriving for more than ``deadline`` seconds."""
-        began = self.message_began
-        return began is not None and trio.current_time() - began > deadline
 
     async def message_started(self) -> float:
         """Wait until a message is arriving; when it began."""
