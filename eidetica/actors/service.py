@@ -139,7 +139,7 @@ class SyncService:
     async def _answer(self, body: Message, session: bytes | None, origin: Origin) -> Message:
         match body:
             case HandshakeInit():
-                self._check_handshake_rate(origin)
+                self._gate.check(origin, self._monotonic())
                 return self._handshakes.receive_init(body, now=self._clock(), source=origin.source)
             case HandshakeFinish():
                 proven = self._handshakes.receive_finish(body, now=self._clock())
@@ -182,9 +182,6 @@ class SyncService:
         if tree is not None and self._heard is not None and self._heard(peer, tree):
             return
         self._on_reachable(peer, address, tree)
-
-    def _check_handshake_rate(self, origin: Origin) -> None:
-        self._gate.check(origin, self._monotonic())
 
     def _peer(self, session: bytes | None) -> str:
         peer = self._sessions.lookup(session, self._monotonic()) if session is not None else None

@@ -48,7 +48,7 @@ from eidetica.actors.transports.admission import Admission, ServerLimits
 from eidetica.actors.transports.base import Handler, LinkClosedCallback, Origin, PendingAnswer
 from eidetica.actors.transports.framing import guard, peek, refusal
 from eidetica.actors.transports.refusals import RefusalLog
-from eidetica.actors.transports.wssocket import UNSUPPORTED_DATA, BoundedSocket
+from eidetica.actors.transports.wssocket import BoundedSocket
 from eidetica.errors import ProtocolError, TransportError, Unreachable, first_leaf
 from eidetica.protocol.codec import MSGPACK
 from eidetica.protocol.limits import MAX_MESSAGE_BYTES
@@ -473,11 +473,7 @@ class WebSocketTransport:
             except ConnectionClosed as exc:
                 self._close(connection, _describe(exc.reason))
                 return
-            if isinstance(message, str):
-                socket.settle(message)
-                reason = "the peer sent a text message"
-                self._abandon(connection, reason, UNSUPPORTED_DATA, kind="text messages")
-                return
+            assert isinstance(message, bytes), "BoundedSocket refuses text at its first fragment"
             seen = peek(MSGPACK, message)
             if not seen.is_answer:
                 await slots.acquire()
