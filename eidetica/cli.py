@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     tree_commands = tree.add_subparsers(dest="tree_command", required=True)
     tree_commands.add_parser("create", help="create a tree").add_argument("name")
     tree_commands.add_parser("list", help="list trees")
-    tree_commands.add_parser("show", help="show a tree's settings and tips").add_argument("tree")
+    tree_commands.add_parser(
+        "show", help="show a tree's settings, tips, and entries a revocation voided"
+    ).add_argument("tree")
     grant = tree_commands.add_parser("grant", help="give a key read, write or admin")
     grant.add_argument("tree")
     grant.add_argument("key", help="a public key, or '*' for anyone")
@@ -310,6 +312,7 @@ async def _tree(inst: eidetica.Instance, args: argparse.Namespace, out: TextIO) 
                 "root": tree.root_id,
                 "tips": await tree.tips(),
                 "settings": await tree.settings(),
+                "voided": await tree.voided(),
             }
             print(json.dumps(shown, indent=2), file=out)
         case other:

@@ -51,6 +51,11 @@ class PermissionDenied(InvalidEntry):
     """The author's key may not make this write under the tree's settings."""
 
 
+class Voided(InvalidEntry):
+    """The entry is valid but does not count: a revocation of its author that it does not
+    build on is already known, and nothing offered with it builds on it."""
+
+
 class InvalidSettings(InvalidEntry):
     """A settings write would leave an auth map with a bad key or permission name."""
 

@@ -10,6 +10,10 @@ newest checkpoint before it and replays from there. Checkpoints are taken every
 States are shared, never copied whole: a reader's snapshot, and a checkpoint, are the
 state's root as it was, and the fold copies only the dicts on the paths it changes
 afterwards (copy-on-write), so a write after a read costs the path, not the document.
+
+Entries that do not count (see :mod:`eidetica.storage.revocation`) are passed over.
+What counts changes only when a settings entry arrives; a fold made under another
+verdict is started again from nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from dataclasses import dataclass, field
 from eidetica.protocol.entry import Entry
 from eidetica.storage.backend import Backend, OrderKey
 from eidetica.storage.crdt import Document, Owned, apply_ops, decode_ops
+from eidetica.storage.judge import Judge
+from eidetica.storage.revocation import Fingerprint
 
 CHECKPOINT_EVERY = 1024
+REPLAY_CHUNK = 512
 MAX_PENDING = 4096
 """Past this many unread new entries, the cache stops holding them and replays from storage."""
 
@@ -37,13 +44,16 @@ class _Fold:
     rewind_to: OrderKey | None = None
     owned: Owned = field(default_factory=dict)
     """Dicts of ``state`` that no snapshot or checkpoint shares (see ``apply_ops``)."""
+    verdict: Fingerprint | None = None
+    """The fingerprint of the verdict on what counts that this fold was made under."""
 
 
 class DocStates:
     """Folded document states of every store a reader has asked for."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, judge: Judge | None = None) -> None:
         self._backend = backend
+        self._judge = judge or Judge(backend)
         self._folds: dict[tuple[str, str], _Fold] = {}
 
     def stored(self, entry: Entry) -> None:
@@ -64,8 +74,9 @@ class DocStates:
     def state(self, tree: str, store: str) -> Document:
         """The current state of one store. Shared with the cache: never mutate it."""
         fold = self._folds.get((tree, store))
-        if fold is None:
-            fold = self._folds[tree, store] = _Fold()
+        verdict = self._judge.of_tree(tree).fingerprint
+        if fold is None or fold.verdict != verdict:
+            fold = self._folds[tree, store] = _Fold(verdict=verdict)
             self._replay(tree, store, fold)
         elif fold.rewind_to is not None:
             self._rewind(fold, fold.rewind_to)
@@ -74,8 +85,7 @@ class DocStates:
             self._replay(tree, store, fold)
         elif fold.pending:
             fold.pending.sort(key=lambda e: e.key)
-            for entry in fold.pending:
-                self._apply(fold, entry, store)
+            self._apply(tree, store, fold, fold.pending)
             fold.pending.clear()
         fold.owned.clear()  # the reader shares the state from now on
         return fold.state
@@ -95,15 +105,23 @@ class DocStates:
     def _replay(self, tree: str, store: str, fold: _Fold) -> None:
         fold.pending.clear()
         fold.behind = False
+        chunk: list[Entry] = []
         for entry in self._backend.store_entries(tree, store, after=fold.last):
-            self._apply(fold, entry, store)
+            chunk.append(entry)
+            if len(chunk) == REPLAY_CHUNK:
+                self._apply(tree, store, fold, chunk)
+                chunk = []
+        self._apply(tree, store, fold, chunk)
 
-    def _apply(self, fold: _Fold, entry: Entry, store: str) -> None:
-        write = entry.store(store)
-        assert write is not None, "only entries writing the store are folded into it"
-        fold.state = apply_ops(fold.state, decode_ops(write.data), fold.owned)
-        fold.last = entry.key
-        fold.applied += 1
-        if fold.applied % CHECKPOINT_EVERY == 0:
-            fold.checkpoints.append((entry.key, fold.applied, fold.state))
-            fold.owned.clear()  # the checkpoint shares the state from now on
+    def _apply(self, tree: str, store: str, fold: _Fold, entries: list[Entry]) -> None:
+        """Fold ``entries`` (in key order, all after ``fold.last``) into the state."""
+        for entry, counts in zip(entries, self._judge.counting(tree, entries), strict=True):
+            if counts:
+                write = entry.store(store)
+                assert write is not None, "only entries writing the store are folded into it"
+                fold.state = apply_ops(fold.state, decode_ops(write.data), fold.owned)
+            fold.last = entry.key
+            fold.applied += 1
+            if fold.applied % CHECKPOINT_EVERY == 0:
+                fold.checkpoints.append((entry.key, fold.applied, fold.state))
+                fold.owned.clear()  # the checkpoint shares the state from now on

@@ -20,6 +20,7 @@ from eidetica.errors import (
     StorageError,
     SyncError,
     TreeNotFound,
+    Voided,
 )
 from eidetica.protocol.entry import (
     SETTINGS_STORE,
@@ -32,10 +33,11 @@ from eidetica.protocol.entry import (
 from eidetica.protocol.intake import Intake, Rejection
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
-from eidetica.storage.backend import Backend, EntryMeta
+from eidetica.storage.backend import Backend, EntryMeta, Record
 from eidetica.storage.crdt import Document, SetOp, encode_ops
 from eidetica.storage.device import load_or_create_device_key
 from eidetica.storage.docstate import DocStates
+from eidetica.storage.judge import Judge
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
@@ -70,7 +72,8 @@ class Instance:
     def __init__(self, backend: Backend, key: SigningKey) -> None:
         self.backend = backend
         self.device_key = key
-        self.doc_states = DocStates(backend)
+        self.judge = Judge(backend)
+        self.doc_states = DocStates(backend, self.judge)
         self.settings_index = SettingsIndex()
         self.intake = Intake()
         self._changed = trio.Event()
@@ -123,7 +126,7 @@ class Instance:
         if any fails, its typed error is raised and none of the batch is stored.
         """
         entries = [validate_entry(i.raw if isinstance(i, Entry) else i) for i in items]
-        records = BatchVerifier(self.backend, self.settings_index).verify(entries)
+        records = self._verifier().verify(entries)
         added = self.backend.put(records)
         for record in records:
             self.doc_states.stored(record.entry)
@@ -151,7 +154,7 @@ class Instance:
         """
         rejected = self.intake.offer(tree, raws, ids, source=source)
         ready = self.intake.release(tree, self.backend.has)
-        verifier = BatchVerifier(self.backend, self.settings_index)
+        verifier = self._verifier()
         records = []
         refused: set[str] = set()
         for entry in ready:
@@ -162,6 +165,7 @@ class Instance:
             except InvalidEntry as exc:
                 refused.add(entry.id)
                 rejected.append(Rejection(entry.id, exc))
+        records = self._without_spam(tree, verifier, records, rejected)
         stored = self.backend.put(records)
         for record in records:
             self.doc_states.stored(record.entry)
@@ -176,9 +180,41 @@ class Instance:
             missing=sorted(self.intake.missing(tree, self.backend.has)),
         )
 
+    def _without_spam(
+        self, tree: str, verifier: BatchVerifier, records: list[Record], rejected: list[Rejection]
+    ) -> list[Record]:
+        """Drop the entries that do not count and that nothing offered builds on.
+
+        A revoked key could otherwise fill a node that already knows of its revocation.
+        Those that something offered builds on are kept (not counted): without every
+        parent, the nodes could never hold the same entries.
+        """
+        if not verifier.voided:
+            return records
+        needed = self.intake.missing(tree, self.backend.has)
+        kept: list[Record] = []
+        for record in reversed(records):
+            entry = record.entry
+            reason = verifier.voided.get(entry.id)
+            if reason is None or entry.id in needed:
+                needed.update(entry.parents)
+                kept.append(record)
+            else:
+                rejected.append(Rejection(entry.id, Voided(f"entry {entry.id}: {reason}")))
+        kept.reverse()
+        return kept
+
+    def voided(self, tree: str) -> dict[str, str]:
+        """Stored entries of ``tree`` that do not count, each with the reason (which
+        revocation voided it, or which permission it lacks)."""
+        return self.judge.voided(tree)
+
+    def _verifier(self) -> BatchVerifier:
+        return BatchVerifier(self.backend, self.settings_index, self.judge)
+
     def settings_tips(self, parents: Iterable[EntryMeta]) -> tuple[str, ...]:
         """The settings tips of an entry with these (stored) parents."""
-        lookup = BatchVerifier(self.backend, self.settings_index).lookup
+        lookup = self._verifier().lookup
         return self.settings_index.tips_as_of((m.settings_head for m in parents), lookup)
 
     def store_local(self, tree: Tree, entry: Entry) -> None:
@@ -186,7 +222,7 @@ class Instance:
         again, so only this node's own entries may come this way."""
         if entry.author != self.public_key:
             raise PermissionDenied(f"{entry.author} is not this node's key; use receive()")
-        record = BatchVerifier(self.backend, self.settings_index).check(entry, tree.root_id)
+        record = self._verifier().check(entry, tree.root_id)
         self.backend.put([record])
         self.doc_states.stored(entry)
         self._stored()

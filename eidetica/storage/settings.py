@@ -30,6 +30,18 @@ def settings_parents(entry: Entry) -> tuple[str, ...]:
     return write.parents if write is not None else ()
 
 
+def settings_members(tips: Iterable[str], lookup: Lookup) -> list[Entry]:
+    """The settings entries at and below ``tips``."""
+    found: dict[str, Entry] = {}
+    stack = list(tips)
+    while stack:
+        current = stack.pop()
+        if current not in found:
+            entry = found[current] = lookup(current)
+            stack.extend(settings_parents(entry))
+    return list(found.values())
+
+
 class SettingsIndex:
     """Settings states by settings tips, in a bounded cache.
 
@@ -81,23 +93,12 @@ class SettingsIndex:
         state = self._extend_parent_state(tips, lookup)
         if state is None:
             state = {}
-            for entry in sorted(self._members(tips, lookup), key=lambda e: e.key):
+            for entry in sorted(settings_members(tips, lookup), key=lambda e: e.key):
                 state = apply_ops(state, decode_ops(_settings_data(entry)))
         self._states[key] = state
         if len(self._states) > self._max_states:
             self._states.popitem(last=False)
         return state
-
-    def _members(self, tips: Iterable[str], lookup: Lookup) -> list[Entry]:
-        """The settings entries at and below ``tips``."""
-        found: dict[str, Entry] = {}
-        stack = list(tips)
-        while stack:
-            current = stack.pop()
-            if current not in found:
-                entry = found[current] = lookup(current)
-                stack.extend(settings_parents(entry))
-        return list(found.values())
 
     def _extend_parent_state(self, tips: tuple[str, ...], lookup: Lookup) -> Document | None:
         """On a linear settings history, the parent's state plus one entry's operations."""

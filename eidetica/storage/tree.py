@@ -50,6 +50,13 @@ class Tree:
             raise EntryNotFound(f"tree {self.root_id} holds no entry {entry_id!r}")
         return entry
 
+    async def voided(self) -> dict[str, str]:
+        """Entries of this tree that do not count, each with the reason: which
+        revocation of its author it does not build on, or which permission its author
+        lacks under the settings that count. Such entries stay stored (others may build
+        on them) but are left out of every document, settings included."""
+        return self.instance.voided(self.root_id)
+
     async def entries(self) -> list[Entry]:
         """Every entry of the tree, parents before children."""
         return list(self.instance.backend.tree_entries(self.root_id))

@@ -3,8 +3,10 @@
 :func:`validate_entry` checked what an entry says about itself. Here it meets the
 tree: its parents must be stored or come earlier in the same batch, its height must
 follow from theirs, its store parents must be writes to the same store, its data must
-decode, and its author must hold the permission its write needs under the settings as
-of its parents.
+decode, and its author must hold the permission its write needs under the settings that
+count as of its parents (see :mod:`eidetica.storage.revocation`). The tree's owner
+keeps admin for good. An entry that passes but does not count, because a
+revocation already known is concurrent with it, is noted in :attr:`BatchVerifier.voided`.
 """
 
 from __future__ import annotations
@@ -16,24 +18,33 @@ from eidetica.errors import (
     InvalidPermission,
     InvalidSettings,
     MissingParents,
+    PermissionDenied,
     ShapeError,
     WrongTree,
 )
-from eidetica.protocol.auth import check_auth_map, check_write
+from eidetica.protocol.auth import Permission, check_auth_map, check_write, permission_of
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.backend import Backend, EntryMeta, Record
-from eidetica.storage.crdt import Document, apply_ops, decode_ops
+from eidetica.storage.crdt import Document, Op, apply_ops, decode_ops
+from eidetica.storage.judge import Judge
+from eidetica.storage.revocation import Verdict
 from eidetica.storage.settings import SettingsIndex
 
 
 class BatchVerifier:
     """Verifies one batch in parents-first order, remembering what it accepted."""
 
-    def __init__(self, backend: Backend, settings: SettingsIndex) -> None:
+    def __init__(
+        self, backend: Backend, settings: SettingsIndex, judge: Judge | None = None
+    ) -> None:
         self._backend = backend
         self._settings = settings
+        self._judge = judge or Judge(backend)
         self._accepted: dict[str, Record] = {}
         self._metas: dict[str, EntryMeta] = {}
+        self._tree_tips: dict[str, tuple[str, ...]] = {}
+        self.voided: dict[str, str] = {}
+        """Entries accepted that do not count, with the reason."""
 
     def verify(self, entries: Iterable[Entry], tree: str | None = None) -> list[Record]:
         """Records for the entries not yet stored, parents first; raise on the first
@@ -51,26 +62,23 @@ class BatchVerifier:
         if entry.is_root:
             tips: tuple[str, ...] = ()
             governing: Document = {}
+            plain: Document = {}
         else:
             parents = self._parent_metas(entry, entry.parents, "parents")
             expected = max(meta.height for meta in parents) + 1
             if entry.height != expected:
                 raise ShapeError(f"entry {entry.id} has height {entry.height}, not {expected}")
             tips = self._settings.tips_as_of((m.settings_head for m in parents), self.lookup)
-            governing = self._settings.state(tips, self.lookup)
-            check_write(governing, entry.author, changes_settings=changes_settings)
+            verdict = self._verdict(entry.tree_id)
+            governing = verdict.state(tips)
+            plain = governing if verdict.trivial else self._settings.state(tips, self.lookup)
+            self._check_permission(entry, changes_settings, governing, plain)
         for write in entry.stores:
             ops = decode_ops(write.data)
             if write.name == SETTINGS_STORE:
                 if write.parents != tips:
                     raise ShapeError(f"entry {entry.id} must name the settings tips {tips}")
-                updated = apply_ops(governing, ops, owned={})
-                try:
-                    check_auth_map(updated)
-                except (InvalidKey, InvalidPermission) as exc:
-                    raise InvalidSettings(f"entry {entry.id} sets bad settings: {exc}") from exc
-                if entry.is_root:  # a root is governed by the settings it creates
-                    check_write(updated, entry.author, changes_settings=True)
+                self._check_settings(entry, ops, governing, plain)
             elif write.parents:
                 for meta in self._parent_metas(entry, write.parents, f"{write.name} parents"):
                     if write.name not in meta.stores or meta.height >= entry.height:
@@ -79,7 +87,57 @@ class BatchVerifier:
         record = Record(entry, head)
         self._accepted[entry.id] = record
         self._metas[entry.id] = EntryMeta.of(record)
+        if changes_settings:
+            known = (self._tree_settings_tips(entry.tree_id), head)
+            self._tree_tips[entry.tree_id] = self._settings.tips_as_of(known, self.lookup)
+        # a new entry is no stored entry's ancestor, so it is never one of a revocation's
+        reason = self._verdict(entry.tree_id).reason(entry, tips, lambda _e, _r: False)
+        if reason is not None:
+            self.voided[entry.id] = reason
         return record
+
+    def _check_settings(
+        self, entry: Entry, ops: list[Op], governing: Document, plain: Document
+    ) -> None:
+        updated = apply_ops(governing, ops, owned={})
+        try:
+            check_auth_map(updated)
+        except (InvalidKey, InvalidPermission) as exc:
+            raise InvalidSettings(f"entry {entry.id} sets bad settings: {exc}") from exc
+        if entry.is_root:  # a root is governed by the settings it creates
+            check_write(updated, entry.author, changes_settings=True)
+            return
+        for before in (governing, plain):
+            self._check_owner_kept(entry, apply_ops(before, ops, owned={}))
+
+    @staticmethod
+    def _check_permission(
+        entry: Entry, changes_settings: bool, governing: Document, plain: Document
+    ) -> None:
+        """The author needs the permission under the settings that count, or under every
+        settings entry as of its parents, counted or not: what its author could see where
+        it signed. An entry valid only there is stored if needed but does not count."""
+        try:
+            check_write(governing, entry.author, changes_settings=changes_settings)
+        except PermissionDenied:
+            check_write(plain, entry.author, changes_settings=changes_settings)
+
+    def _check_owner_kept(self, entry: Entry, after: Document) -> None:
+        """The owner (the root's author) holds admin for good: no entry may lower it,
+        so no key, however it was demoted, can lock the owner out. An owner whose key
+        is lost or stolen moves its data to a new tree."""
+        owner = self.lookup(entry.tree_id).author
+        if permission_of(after, owner) != Permission.ADMIN:
+            raise PermissionDenied(f"entry {entry.id} lowers the tree owner, who keeps admin")
+
+    def _verdict(self, tree: str) -> Verdict:
+        return self._judge.verdict(self._tree_settings_tips(tree), self.lookup)
+
+    def _tree_settings_tips(self, tree: str) -> tuple[str, ...]:
+        tips = self._tree_tips.get(tree)
+        if tips is None:
+            tips = self._tree_tips[tree] = tuple(self._backend.store_tips(tree, SETTINGS_STORE))
+        return tips
 
     def _parent_metas(self, entry: Entry, ids: Sequence[str], what: str) -> list[EntryMeta]:
         metas = [self._metas[i] for i in ids if i in self._metas]

@@ -106,13 +106,14 @@ async def test_entry_is_judged_by_settings_as_of_its_parents(
     tree = await inst.create_tree(name="t")
     await tree.grant(other.public_key, "write")
     theirs = await copy_tree(tree, other)
-    # The writer commits concurrently with its revocation: its entry does not build on
-    # the revoke, so it stays valid under the settings its author could see.
+    # The writer commits concurrently with its revocation: its entry is valid under the
+    # settings its author could see, so it is stored, but remove wins: it does not count.
     async with theirs.transaction() as op:
         op.doc("d").set("x", "concurrent")
     await tree.revoke(other.public_key)
     await copy_tree(theirs, inst)
-    assert (await tree.doc("d")).get("x") == "concurrent"
+    assert op.entry is not None and op.entry.id in await tree.voided()
+    assert (await tree.doc("d")).get("x") is None
     # Once the writer has seen the revocation, anything built on it is refused.
     await copy_tree(tree, other)
     with pytest.raises(PermissionDenied):
