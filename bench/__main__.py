@@ -11,9 +11,11 @@ from bench import (
     commits,
     doc_read,
     engine,
+    handshake,
     hash_choice,
     hostile,
     reconcile,
+    revocation,
     transports,
 )
 
@@ -22,10 +24,12 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "doc_read": doc_read.main,
     "bulk_store": bulk_store.main,
     "hash_choice": hash_choice.main,
+    "handshake": handshake.main,
     "reconcile": reconcile.main,
     "engine": engine.main,
     "transports": transports.main,
     "hostile": hostile.main,
+    "revocation": revocation.main,
 }
 
 

@@ -80,8 +80,12 @@ class Judge:
     def _reasons(
         self, verdict: Verdict, entries: Sequence[Entry]
     ) -> Iterator[tuple[Entry, str | None]]:
-        metas = self._backend.meta(e.id for e in entries if e.store(SETTINGS_STORE) is None)
+        suspects = {entry.id for entry in entries if verdict.suspect(entry)}
+        metas = self._backend.meta(suspects) if suspects else {}
         for entry in entries:
+            if entry.id not in suspects:
+                yield entry, None
+                continue
             meta = metas.get(entry.id)
             head = meta.settings_head if meta is not None else ()
             yield entry, verdict.reason(entry, head, self.is_ancestor)

@@ -80,6 +80,7 @@ class Verdict:
         self.voided: dict[str, str] = {}
         self._folds: dict[int, Document] = {}
         self.revocations: list[Revocation] = []
+        self._lowered: dict[str, bool] = {}
         self._settle()
 
     @property
@@ -95,6 +96,20 @@ class Verdict:
     def state(self, tips: Iterable[str]) -> Document:
         """The settings that count at these settings tips (do not mutate it)."""
         return self._fold(self._mask(tips), self.voided)
+
+    def suspect(self, entry: Entry) -> bool:
+        """Whether ``entry`` might not count, so :meth:`reason` needs its settings tips.
+        Cheap: most entries of most trees are not suspects."""
+        if entry.store(SETTINGS_STORE) is not None:
+            return entry.id in self.voided
+        if self.voided:
+            return True
+        lowered = self._lowered.get(entry.author)
+        if lowered is None:
+            lowered = self._lowered[entry.author] = any(
+                r.lowers(entry.author, Permission.WRITE) for r in self.revocations
+            )
+        return lowered
 
     def reason(self, entry: Entry, head: Sequence[str], is_ancestor: IsAncestor) -> str | None:
         """Why ``entry`` (whose parents have settings tips ``head``) does not count,
