@@ -42,6 +42,12 @@ MAX_TEXT_CHARS = 1024
 NONCE_BYTES = 32
 """A handshake challenge."""
 
+EPHEMERAL_BYTES = 32
+"""A handshake's ephemeral X25519 public key."""
+
+MAC_BYTES = 32
+"""The MAC of a request or answer under its session's key."""
+
 MAX_FILTER_BYTES = 1024 * 1024
 """The bits of one Bloom filter summary."""
 
