@@ -1110,13 +1110,18 @@ def session_tables() -> Tables:
         before = tracemalloc.get_traced_memory()[0]
         for index, key in enumerate(keys):
             init = HandshakeInit(
-                public_key=key.encode().decode(), challenge=os.urandom(32), time=int(now)
+                public_key=key.encode().decode(),
+                challenge=os.urandom(32),
+                ephemeral=os.urandom(32),
+                time=int(now),
             )
             responder.receive_init(init, now=now, source=_source(index))
             del init
         sessions = SessionTable()
         for index, key in enumerate(session_keys):
-            sessions.add(os.urandom(32), key.encode().decode(), _source(index), now)
+            sessions.add(
+                os.urandom(32), key.encode().decode(), _source(index), now, key=os.urandom(32)
+            )
         by_source, by_link = TokenBuckets(10.0, 20.0), TokenBuckets(10.0, 20.0)
         for index in range(DEFAULT_MAX_KEYS):
             by_source.allow(_source(index), now)

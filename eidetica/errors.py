@@ -132,6 +132,13 @@ class Unauthenticated(ProtocolError):
     code = "unauthenticated"
 
 
+class BadMac(Unauthenticated):
+    """A request or answer under a session carries no MAC, or a wrong one: someone who
+    does not hold the session's key (a relay, say) made or changed it. A node answers
+    such a request exactly as it answers one under an unknown session, so that the
+    sender learns nothing more; a link that gets such an answer fails that request."""
+
+
 class HandshakeFailed(Unauthenticated):
     """The peer did not prove its key: bad signature, replay, expired, or out of order."""
 

@@ -1,4 +1,14 @@
-"""The client side of the protocol: a handshake, then requests under its session."""
+"""The client side of the protocol: a handshake, then requests under its session.
+
+Every request under the session carries a MAC made with the session's key, and its
+answer must carry the answer's MAC (:mod:`eidetica.protocol.mac`): an answer whose MAC
+is missing or wrong was made or changed by someone between us and the peer, and fails
+that request with :class:`~eidetica.errors.BadMac`, which fails the job that sent it and
+nothing else. An error answer without a MAC is taken for the failure it says it is,
+since anyone on the path can make a request fail by dropping it anyway; its code
+``unauthenticated`` (an unknown or expired session) tells the caller to prove itself
+again, which the peer actor does once, transparently.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +18,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from eidetica.actors.transports.base import Transport
-from eidetica.errors import RemoteError, UnknownMessage
+from eidetica.errors import BadMac, RemoteError, UnknownMessage
 from eidetica.protocol.codec import Codec
-from eidetica.protocol.handshake import Initiator
+from eidetica.protocol.handshake import Initiator, Proven
+from eidetica.protocol.mac import answer_mac, matches, request_mac
 from eidetica.protocol.messages import (
     Ack,
+    Envelope,
     ErrorReply,
     HandshakeDone,
     HandshakeReply,
@@ -49,15 +61,41 @@ class Link:
         self.transport = transport
         self.address = address
         self._codec = codec
-        self.session: bytes | None = None
-        self.peer_key: str | None = None
+        self._proven: Proven | None = None
+
+    @property
+    def peer_key(self) -> str | None:
+        """The peer's key, once a handshake has proven it."""
+        return self._proven.peer_key if self._proven is not None else None
+
+    @property
+    def session(self) -> bytes | None:
+        """The current session's id, once a handshake has made one."""
+        return self._proven.session if self._proven is not None else None
 
     async def call(self, message: Message, expect: type[M]) -> M:
-        """Send ``message``; return the answer if it is an ``expect``, raise otherwise."""
-        data = await self.transport.request(
-            self.address, self._codec.encode(message, session=self.session)
-        )
-        answer = self._codec.decode(data).body
+        """Send ``message`` under the session (so after a handshake); return the answer
+        if it is an ``expect``, raise otherwise."""
+        return await self._call(message, expect, self._proven)
+
+    def envelope(self, message: Message) -> bytes:
+        """``message`` as :meth:`call` sends it: under the session, with its MAC."""
+        return self._sealed(message, self._proven)[0]
+
+    def _sealed(self, message: Message, proven: Proven | None) -> tuple[bytes, bytes]:
+        """The envelope of ``message`` under ``proven``'s session if given, and its MAC."""
+        if proven is None:
+            return self._codec.encode(message), b""
+        mac = request_mac(proven.session_key, proven.session, message)
+        return self._codec.encode(message, session=proven.session, mac=mac), mac
+
+    async def _call(self, message: Message, expect: type[M], proven: Proven | None) -> M:
+        """Send ``message``, under ``proven``'s session if given, and check the answer."""
+        data, mac = self._sealed(message, proven)
+        envelope = self._codec.decode(await self.transport.request(self.address, data))
+        answer = envelope.body
+        if proven is not None:
+            _check_answer(proven, mac, envelope)
         if isinstance(answer, ErrorReply):
             raise RemoteError(answer.code, answer.message)
         if not isinstance(answer, expect):
@@ -71,13 +109,14 @@ class Link:
         expected_key: str | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> str:
-        """Prove keys both ways; return the peer's proven key."""
+        """Prove keys both ways and agree on a new session key; return the peer's proven
+        key. The handshake's own messages go under no session; until it is done, the
+        link's requests go on under the session it had."""
         initiator = Initiator(instance.device_key, now=wall_clock(), expected_key=expected_key)
-        reply = await self.call(initiator.start(), HandshakeReply)
-        done = await self.call(initiator.receive_reply(reply), HandshakeDone)
-        self.peer_key = initiator.receive_done(done)
-        self.session = done.session
-        return self.peer_key
+        reply = await self._call(initiator.start(), HandshakeReply, None)
+        done = await self._call(initiator.receive_reply(reply), HandshakeDone, None)
+        self._proven = initiator.receive_done(done)
+        return self._proven.peer_key
 
     async def sync_tree(
         self, instance: Instance, tree: str, *, common: tuple[str, ...] = ()
@@ -98,3 +137,14 @@ class Link:
         return RoundResult(
             tree, round_.round_trips, len(stored), round_.complete, tuple(stored), tips
         )
+
+
+def _check_answer(proven: Proven, request: bytes, answer: Envelope) -> None:
+    """Raise :class:`BadMac` unless ``answer`` carries the MAC of an answer to the
+    request whose MAC is ``request``; an error answer may come without one."""
+    if not answer.mac and isinstance(answer.body, ErrorReply):
+        return
+    expected = answer_mac(proven.session_key, proven.session, request, answer.body)
+    if not matches(expected, answer.mac):
+        what = "a wrong" if answer.mac else "no"
+        raise BadMac(f"the answer carries {what} MAC: it was not made by the session's peer")

@@ -1,9 +1,13 @@
 """The server side of the protocol: what a node answers to a peer's requests.
 
 One :class:`SyncService` per node serves every transport. It proves keys with the
-handshake, remembers which session belongs to which proven key, and answers sync
-requests only for trees the peer may read. A peer learns nothing about a tree it
-may not read: the answer is the same ``not-found`` as for a tree that does not exist.
+handshake, remembers which session belongs to which proven key (and the session's
+key), and answers sync requests only when their MAC proves they come from the
+session's holder, and only for trees the peer may read. A peer learns nothing about a
+tree it may not read: the answer is the same ``not-found`` as for a tree that does not
+exist. Likewise a request whose MAC is missing or wrong gets the very answer a request
+under an unknown session gets, so a relay that saw the handshake learns nothing from
+trying. Every answer to an authenticated request carries a MAC of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 
@@ -18,6 +23,7 @@ from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.framing import LOCAL, Origin, peek
 from eidetica.actors.transports.refusals import RefusalLog
 from eidetica.errors import (
+    BadMac,
     EideticaError,
     HandshakeBusy,
     ProtocolError,
@@ -28,7 +34,9 @@ from eidetica.errors import (
 from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.codec import Codec
 from eidetica.protocol.handshake import Responder as HandshakeResponder
+from eidetica.protocol.mac import answer_mac, matches, request_mac
 from eidetica.protocol.messages import (
+    Envelope,
     ErrorReply,
     HandshakeFinish,
     HandshakeInit,
@@ -55,6 +63,24 @@ Reachable = Callable[[str, str, str | None], None]
 """Told (peer key, reply address, tree or None) when a proven peer's request came
 over a link that carries requests back: after its handshake (no tree), and after each
 request for a tree it may read."""
+
+UNKNOWN_SESSION = "no handshake for this session: connect first"
+"""What a request under an unknown or expired session is told, and a request whose MAC
+is missing or wrong too."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """The proven sender of one request, and what the MAC of its answer needs."""
+
+    peer: str
+    session: bytes
+    key: bytes = field(repr=False)
+    request_mac: bytes
+
+    def seal(self, answer: Message) -> bytes:
+        """The MAC of ``answer`` to this request."""
+        return answer_mac(self.key, self.session, self.request_mac, answer)
 
 
 class HandshakeGate:
@@ -107,6 +133,7 @@ class SyncService:
         limits = limits or ServerLimits()
         self._sessions = SessionTable(
             idle_ttl=limits.session_idle,
+            max_age=limits.session_lifetime,
             max_sessions=limits.max_sessions,
             max_per_source=limits.max_sessions_per_source,
         )
@@ -119,24 +146,54 @@ class SyncService:
         """One request's bytes in, the answer's bytes out; never raises for bad input.
         ``origin`` says who sent it (the transport knows)."""
         request_id = None
+        caller: _Caller | None = None
         try:
             envelope = self._codec.decode(data)
             request_id = envelope.id
-            answer = await self._answer(envelope.body, envelope.session, origin)
+            if isinstance(envelope.body, SyncRequest | SendEntries):
+                caller = self._authenticate(envelope)
+            answer = await self._answer(envelope.body, caller, origin)
+        except BadMac as exc:
+            answer = self._refuse(exc.code, str(exc), origin, kind="bad mac", told=UNKNOWN_SESSION)
         except ProtocolError as exc:
             answer = self._refuse(exc.code, str(exc), origin)
         except EideticaError as exc:
             answer = self._refuse("rejected", str(exc), origin)
         if request_id is None:  # undecodable: answer under whatever id can be read
             request_id = peek(self._codec, data).id
-        return self._codec.encode(answer, request_id)
+        mac = caller.seal(answer) if caller is not None else b""
+        return self._codec.encode(answer, request_id, mac=mac)
 
-    def _refuse(self, code: str, reason: str, origin: Origin) -> ErrorReply:
+    def _refuse(
+        self, code: str, reason: str, origin: Origin, *, kind: str = "", told: str = ""
+    ) -> ErrorReply:
+        """An error answer, and one throttled log line of ``kind`` (the code, unless
+        given) with the ``reason``; the peer is ``told`` the reason, unless given."""
         self.refused += 1
-        refusals.warning(code, "refused a request from %s (%s): %s", origin.source, code, reason)
-        return ErrorReply(code=code, message=reason[:1000])
+        refusals.warning(
+            kind or code, "refused a request from %s (%s): %s", origin.source, code, reason
+        )
+        return ErrorReply(code=code, message=(told or reason)[:1000])
 
-    async def _answer(self, body: Message, session: bytes | None, origin: Origin) -> Message:
+    def _authenticate(self, envelope: Envelope) -> _Caller:
+        """The proven sender of a request that needs a session: its session must be
+        known and live, and its MAC made with that session's key."""
+        session = envelope.session
+        now = self._monotonic()
+        known = self._sessions.find(session, now) if session is not None else None
+        if session is None or known is None:
+            raise Unauthenticated(UNKNOWN_SESSION)
+        expected = request_mac(known.key, session, envelope.body)
+        if not matches(expected, envelope.mac):
+            what = "a wrong" if envelope.mac else "no"
+            raise BadMac(
+                f"{what} MAC on a request under a session of {known.peer_key} "
+                f"({session[:8].hex()}...): not made by the session's holder"
+            )
+        self._sessions.use(session, now)
+        return _Caller(known.peer_key, session, known.key, envelope.mac)
+
+    async def _answer(self, body: Message, caller: _Caller | None, origin: Origin) -> Message:
         match body:
             case HandshakeInit():
                 self._gate.check(origin, self._monotonic())
@@ -144,17 +201,21 @@ class SyncService:
             case HandshakeFinish():
                 proven = self._handshakes.receive_finish(body, now=self._clock())
                 self._sessions.add(
-                    proven.session, proven.peer_key, origin.source, self._monotonic()
+                    proven.session,
+                    proven.peer_key,
+                    origin.source,
+                    self._monotonic(),
+                    key=proven.session_key,
                 )
                 self._reachable(proven.peer_key, origin, None)
                 return proven.done
             case SyncRequest():
-                peer = self._peer(session)
+                peer = _proven(caller)
                 view = await self._readable(body.tree, peer)
                 self._reachable(peer, origin, body.tree)
                 return self._planner.answer(view, body, peer=peer)
             case SendEntries():
-                peer = self._peer(session)
+                peer = _proven(caller)
                 view = await self._readable(body.tree, peer)
                 self._reachable(peer, origin, body.tree)
                 receipt = await self._instance.receive(body.tree, body.entries, source=peer)
@@ -183,12 +244,6 @@ class SyncService:
             return
         self._on_reachable(peer, address, tree)
 
-    def _peer(self, session: bytes | None) -> str:
-        peer = self._sessions.lookup(session, self._monotonic()) if session is not None else None
-        if peer is None:
-            raise Unauthenticated("no handshake for this session: connect first")
-        return peer
-
     async def _readable(self, tree: str, peer: str) -> TreeView:
         """The tree, if ``peer`` may read it; otherwise the same answer as no tree.
 
@@ -206,3 +261,9 @@ class SyncService:
         if level is None or level < Permission.READ:
             raise TreeUnavailable(f"no tree {tree} for this peer")
         return view
+
+
+def _proven(caller: _Caller | None) -> str:
+    """The proven key of a request's sender."""
+    assert caller is not None, "handle authenticates every request that needs a session"
+    return caller.peer

@@ -57,10 +57,14 @@ class Codec:
             self._decoder = msgspec.msgpack.Decoder(Envelope)
 
     def encode(
-        self, body: Message, request_id: int | None = None, session: bytes | None = None
+        self,
+        body: Message,
+        request_id: int | None = None,
+        session: bytes | None = None,
+        mac: bytes = b"",
     ) -> bytes:
         """The bytes of ``body`` in an envelope of the current version."""
-        envelope = Envelope(v=PROTOCOL_VERSION, body=body, id=request_id, session=session)
+        envelope = Envelope(v=PROTOCOL_VERSION, body=body, id=request_id, session=session, mac=mac)
         return self._encoder.encode(envelope)
 
     def decode(self, data: bytes) -> Envelope:

@@ -1,26 +1,33 @@
-"""The handshake: two peers each prove that they hold the private key they claim.
+"""The handshake: two peers each prove that they hold the private key they claim, and
+agree on a session key that nobody else can know.
 
-The initiator sends a challenge, the responder signs a transcript that includes it and
-sends a challenge back, the initiator signs the transcript too, and the responder names
-the new session. Unlike upstream, whose handshake proves only the server's key, both
-keys are proven here, so a peer's key can be trusted for permission checks.
+The initiator sends a challenge and an ephemeral X25519 key, the responder signs a
+transcript that includes them and sends a challenge and an ephemeral key back, the
+initiator signs the transcript too, and the responder names the new session. Unlike
+upstream, whose handshake proves only the server's key, both keys are proven here, so
+a peer's key can be trusted for permission checks. Both sides then derive the session
+key from the two ephemeral keys (:mod:`eidetica.protocol.keyexchange`); it never
+crosses the wire, and every later request and answer carries a MAC made with it
+(:mod:`eidetica.protocol.mac`), so the session id alone, which anyone relaying the
+handshake sees, is worth nothing.
 
-The transcript binds both keys, both challenges, the initiator's clock and the protocol
-version, and is signed under :data:`HANDSHAKE_DOMAIN`: a signature cannot be replayed
-to another node, in another handshake, for another protocol version, or passed off as
-an entry signature. The responder refuses an Init whose time is outside its window, and
-each of its own challenges can be answered once, within the window, so a recorded
-handshake cannot be replayed. A replayed Init needs no table of spent challenges: it
-only draws a Reply with a fresh challenge, which nobody but the holder of the
-initiator's private key can answer, and it costs the responder no more than an Init
-anyone could make up.
+The transcript binds both keys, both challenges, both ephemeral keys, the initiator's
+clock and the protocol version, and is signed under :data:`HANDSHAKE_DOMAIN`: a
+signature cannot be replayed to another node, in another handshake, for another
+protocol version, or passed off as an entry signature, and a relay that swapped an
+ephemeral key for its own would break both signatures. The responder refuses an Init
+whose time is outside its window, and each of its own challenges can be answered
+once, within the window, so a recorded handshake cannot be replayed. A replayed Init
+needs no table of spent challenges: it only draws a Reply with a fresh challenge,
+which nobody but the holder of the initiator's private key can answer, and it costs
+the responder no more than an Init anyone could make up.
 
 Like h11, this module is sans-IO: :class:`Initiator` and :class:`Responder` take and
 return typed messages and never read a clock, a socket or the system's randomness
 directly. Time comes in as ``now`` (Unix seconds, compared with the peer's clock) and
 randomness through ``random_bytes``, so tests are deterministic. Every failure is a
-:class:`~eidetica.errors.HandshakeFailed` that says why. The handshake proves key
-possession only: it does not encrypt or bind the transport, which is TLS's job.
+:class:`~eidetica.errors.HandshakeFailed` that says why. Nothing here encrypts:
+keeping what peers exchange secret from the network is TLS's job.
 """
 
 from __future__ import annotations
@@ -31,15 +38,16 @@ import hmac
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Literal
 
 import msgspec
 
 from eidetica.errors import BadSignature, HandshakeFailed, InvalidKey
+from eidetica.protocol.keyexchange import EphemeralKey, session_key, shared_secret
 from eidetica.protocol.keys import SigningKey, check_public_key, verify
-from eidetica.protocol.limits import NONCE_BYTES
+from eidetica.protocol.limits import EPHEMERAL_BYTES, NONCE_BYTES
 from eidetica.protocol.messages import (
     PROTOCOL_VERSION,
     HandshakeDone,
@@ -48,7 +56,7 @@ from eidetica.protocol.messages import (
     HandshakeReply,
 )
 
-HANDSHAKE_DOMAIN = b"eidetica/handshake/v1\x00"
+HANDSHAKE_DOMAIN = b"eidetica/handshake/v2\x00"
 """Prefix of every handshake signature, so it is valid for nothing else."""
 
 DEFAULT_WINDOW = 60.0
@@ -72,14 +80,17 @@ class Transcript:
     """What one handshake is about; both sides sign it, each under its own role.
 
     ``signed_bytes(role)`` is the canonical MessagePack array ``[role, version,
-    initiator_key, responder_key, init_challenge, reply_challenge, init_time]``;
-    the signature is over :data:`HANDSHAKE_DOMAIN` followed by those bytes.
+    initiator_key, responder_key, init_challenge, reply_challenge, init_ephemeral,
+    reply_ephemeral, init_time]``; the signature is over :data:`HANDSHAKE_DOMAIN`
+    followed by those bytes.
     """
 
     initiator_key: str
     responder_key: str
     init_challenge: bytes
     reply_challenge: bytes
+    init_ephemeral: bytes
+    reply_ephemeral: bytes
     init_time: int
 
     def signed_bytes(self, role: Role) -> bytes:
@@ -99,16 +110,20 @@ class Transcript:
             self.responder_key,
             self.init_challenge,
             self.reply_challenge,
+            self.init_ephemeral,
+            self.reply_ephemeral,
             self.init_time,
         ]
 
 
 @dataclass(frozen=True, slots=True)
 class Proven:
-    """The responder's result: the initiator's proven key and the session's id."""
+    """What a handshake gives either side: the other side's proven key, the session's
+    id (which the Done carries) and the session's key (which nothing carries)."""
 
     peer_key: str
     session: bytes
+    session_key: bytes = field(repr=False)
 
     @property
     def done(self) -> HandshakeDone:
@@ -147,24 +162,30 @@ class Initiator:
         self._random_bytes = random_bytes
         self._state = _State.NEW
         self._challenge = b""
-        self._session = b""
-        self._responder_key = ""
+        self._ephemeral: EphemeralKey | None = None
+        self._proven: Proven | None = None
         self.peer_key: str | None = None
         """The responder's key, once its Reply has proven it."""
         self.session: bytes | None = None
         """The session id, once the responder's Done has confirmed it."""
 
     def start(self) -> HandshakeInit:
-        """The Init to send: my key, a fresh challenge and my clock."""
+        """The Init to send: my key, a fresh challenge, a fresh ephemeral key, my clock."""
         with self._step(_State.NEW, _State.INIT_SENT, "start"):
             self._challenge = _fresh_challenge(self._random_bytes)
+            self._ephemeral = EphemeralKey.from_random(self._random_bytes(EPHEMERAL_BYTES))
             return HandshakeInit(
-                public_key=self._key.public_key, challenge=self._challenge, time=self._time
+                public_key=self._key.public_key,
+                challenge=self._challenge,
+                ephemeral=self._ephemeral.public,
+                time=self._time,
             )
 
     def receive_reply(self, reply: HandshakeReply) -> HandshakeFinish:
-        """Check the responder's proof of its key; the Finish to send proves mine."""
+        """Check the responder's proof of its key and derive the session key; the
+        Finish to send proves mine."""
         with self._step(_State.INIT_SENT, _State.FINISH_SENT, "receive_reply"):
+            assert self._ephemeral is not None
             _expect(reply, HandshakeReply)
             responder_key = _check_key(reply.public_key, "responder")
             if responder_key == self._key.public_key:
@@ -174,27 +195,35 @@ class Initiator:
                     f"expected peer {self._expected_key} but {responder_key} answered"
                 )
             _check_nonce(reply.challenge, "reply challenge")
+            _check_ephemeral(reply.ephemeral, "reply")
             transcript = Transcript(
                 initiator_key=self._key.public_key,
                 responder_key=responder_key,
                 init_challenge=self._challenge,
                 reply_challenge=reply.challenge,
+                init_ephemeral=self._ephemeral.public,
+                reply_ephemeral=reply.ephemeral,
                 init_time=self._time,
             )
             _verify(responder_key, transcript.signed_bytes("responder"), reply.signature, "reply")
+            secret = shared_secret(self._ephemeral, reply.ephemeral)
             signature = self._key.sign(HANDSHAKE_DOMAIN, transcript.signed_bytes("initiator"))
-            self._session = transcript.session(reply.signature, signature)
-            self._responder_key = self.peer_key = responder_key
+            session = transcript.session(reply.signature, signature)
+            self._proven = Proven(responder_key, session, session_key(secret, session))
+            self._ephemeral = None
+            self.peer_key = responder_key
             return HandshakeFinish(signature=signature, challenge=reply.challenge)
 
-    def receive_done(self, done: HandshakeDone) -> str:
-        """Check the responder accepted my proof; returns the responder's proven key."""
+    def receive_done(self, done: HandshakeDone) -> Proven:
+        """Check the responder accepted my proof; returns the responder's proven key,
+        the session and its key."""
         with self._step(_State.FINISH_SENT, _State.DONE, "receive_done"):
             _expect(done, HandshakeDone)
-            if not hmac.compare_digest(done.session, self._session):
+            assert self._proven is not None
+            if not hmac.compare_digest(done.session, self._proven.session):
                 raise HandshakeFailed("the responder names a different session")
-            self.session = self._session
-            return self._responder_key
+            self.session = self._proven.session
+            return self._proven
 
     @contextlib.contextmanager
     def _step(self, expected: _State, after: _State, name: str) -> Iterator[None]:
@@ -213,6 +242,9 @@ class _Pending:
 
     transcript: Transcript
     reply_signature: bytes
+    ephemeral: EphemeralKey
+    """The responder's ephemeral key; the shared secret is made only once the Finish
+    verifies, so an Init that is never finished costs no Diffie-Hellman."""
     source: str
     expires: float
 
@@ -349,6 +381,7 @@ class Responder:
         if initiator_key == self._key.public_key:
             raise HandshakeFailed("the initiator claims this node's own key (a self-connection)")
         _check_nonce(init.challenge, "init challenge")
+        _check_ephemeral(init.ephemeral, "init")
         if not now - self._window <= init.time <= now + self._window:
             raise HandshakeFailed(
                 f"init time {init.time} is more than {self._window:g} s from now ({now:.0f})"
@@ -356,23 +389,29 @@ class Responder:
         reply_challenge = _fresh_challenge(self._random_bytes)
         if reply_challenge in self._pending:
             raise HandshakeFailed("the random source repeated a challenge")
+        ephemeral = EphemeralKey.from_random(self._random_bytes(EPHEMERAL_BYTES))
         transcript = Transcript(
             initiator_key=initiator_key,
             responder_key=self._key.public_key,
             init_challenge=init.challenge,
             reply_challenge=reply_challenge,
+            init_ephemeral=init.ephemeral,
+            reply_ephemeral=ephemeral.public,
             init_time=init.time,
         )
         signature = self._key.sign(HANDSHAKE_DOMAIN, transcript.signed_bytes("responder"))
-        self._pending.add(
-            reply_challenge, _Pending(transcript, signature, source, now + self._window)
-        )
+        pending = _Pending(transcript, signature, ephemeral, source, now + self._window)
+        self._pending.add(reply_challenge, pending)
         return HandshakeReply(
-            public_key=self._key.public_key, challenge=reply_challenge, signature=signature
+            public_key=self._key.public_key,
+            challenge=reply_challenge,
+            ephemeral=ephemeral.public,
+            signature=signature,
         )
 
     def receive_finish(self, finish: HandshakeFinish, *, now: float) -> Proven:
-        """Check the initiator's proof of its key; send ``result.done`` back.
+        """Check the initiator's proof of its key and derive the session key; send
+        ``result.done`` back.
 
         The pending handshake is removed whatever the outcome, so each challenge gets
         one answer: a replayed or second-guessed Finish finds nothing.
@@ -392,10 +431,9 @@ class Responder:
             finish.signature,
             "finish",
         )
-        return Proven(
-            peer_key=transcript.initiator_key,
-            session=transcript.session(pending.reply_signature, finish.signature),
-        )
+        secret = shared_secret(pending.ephemeral, transcript.init_ephemeral)
+        session = transcript.session(pending.reply_signature, finish.signature)
+        return Proven(transcript.initiator_key, session, session_key(secret, session))
 
 
 def _expect(message: object, kind: type) -> None:
@@ -413,6 +451,11 @@ def _check_key(public_key: str, who: str) -> str:
 def _check_nonce(challenge: bytes, what: str) -> None:
     if not isinstance(challenge, bytes) or len(challenge) != NONCE_BYTES:
         raise HandshakeFailed(f"the {what} must be {NONCE_BYTES} bytes")
+
+
+def _check_ephemeral(ephemeral: bytes, what: str) -> None:
+    if not isinstance(ephemeral, bytes) or len(ephemeral) != EPHEMERAL_BYTES:
+        raise HandshakeFailed(f"the {what}'s ephemeral key must be {EPHEMERAL_BYTES} bytes")
 
 
 def _fresh_challenge(random_bytes: RandomBytes) -> bytes:

@@ -14,12 +14,15 @@ import msgspec
 
 from eidetica.protocol import limits
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 EntryId = Annotated[str, msgspec.Meta(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
 PublicKey = Annotated[str, msgspec.Meta(max_length=limits.MAX_KEY_CHARS)]
 Nonce = Annotated[bytes, msgspec.Meta(min_length=limits.NONCE_BYTES, max_length=limits.NONCE_BYTES)]
 Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+Ephemeral = Annotated[
+    bytes, msgspec.Meta(min_length=limits.EPHEMERAL_BYTES, max_length=limits.EPHEMERAL_BYTES)
+]
 Ids = Annotated[tuple[EntryId, ...], msgspec.Meta(max_length=limits.MAX_IDS_PER_MESSAGE)]
 RawEntry = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_ENTRY_BYTES)]
 RawEntries = Annotated[tuple[RawEntry, ...], msgspec.Meta(max_length=limits.MAX_ENTRIES_PER_BATCH)]
@@ -30,23 +33,30 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fiel
     """Base of every message: frozen, strict, tagged by its ``type`` field."""
 
 
-# Handshake (see handshake.py): four messages; both sides prove their key.
+# Handshake (see handshake.py): four messages; both sides prove their key and agree
+# on a session key that never crosses the wire.
 
 
 class HandshakeInit(_Message, frozen=True, tag="handshake_init"):
-    """Initiator -> responder: who I claim to be, and a challenge for you."""
+    """Initiator -> responder: who I claim to be, a challenge for you, and my half of
+    the key exchange."""
 
     public_key: PublicKey
     challenge: Nonce
+    ephemeral: Ephemeral
+    """A fresh X25519 public key, for this handshake only."""
     time: int
     """The initiator's clock, in whole seconds; the responder checks it is recent."""
 
 
 class HandshakeReply(_Message, frozen=True, tag="handshake_reply"):
-    """Responder -> initiator: who I am, my signature over the transcript, my challenge."""
+    """Responder -> initiator: who I am, my challenge, my half of the key exchange, and
+    my signature over the transcript."""
 
     public_key: PublicKey
     challenge: Nonce
+    ephemeral: Ephemeral
+    """A fresh X25519 public key, for this handshake only."""
     signature: Signature
 
 
@@ -169,10 +179,15 @@ carries requests both ways (WebSocket) tells an answer from a request by this.""
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """What goes on the wire: a version, an optional request id and session, one message."""
+    """What goes on the wire: a version, an optional request id, session and MAC, one
+    message."""
 
     v: int
     body: Message
     id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     session: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)] | None = None
     """The handshake's session, naming the proven key a request comes from."""
+    mac: Annotated[bytes, msgspec.Meta(max_length=limits.MAC_BYTES)] = b""
+    """The body's MAC under the session's key (:mod:`eidetica.protocol.mac`): on every
+    request that names a session, and on the answer to it. It does not cover ``id``,
+    which a transport may change."""

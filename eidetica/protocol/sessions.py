@@ -1,11 +1,13 @@
-"""Proven sessions: which peer key each session id stands for, and for how long.
+"""Proven sessions: which peer key and session key each session id stands for, and for
+how long.
 
-A completed handshake names a session (see :mod:`eidetica.protocol.handshake`); the
-peer's later requests carry that id instead of proving its key again, and the node
-acts on the key the table gives back. Anyone can make a key and complete a handshake,
-so this table is what a stranger fills most cheaply, and it is bounded three ways: in
-all (``max_sessions``), per source address (``max_per_source``) and per proven key
-(``max_per_key``).
+A completed handshake names a session and gives both sides its key (see
+:mod:`eidetica.protocol.handshake`); the peer's later requests carry that id and a MAC
+made with the key (:mod:`eidetica.protocol.mac`) instead of proving the peer's key
+again, and the node acts on the peer key the table gives back once the MAC checks.
+Anyone can make a key and complete a handshake, so this table is what a stranger
+fills most cheaply, and it is bounded three ways: in all (``max_sessions``), per
+source address (``max_per_source``) and per proven key (``max_per_key``).
 
 The rule that makes the bounds safe is that a new session only ever replaces one of
 its own: the least recently used session of the same source or of the same key (only
@@ -26,15 +28,17 @@ steps back can delay pruning but never revive a session.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eidetica.errors import HandshakeBusy
+from eidetica.protocol.keyexchange import SESSION_KEY_BYTES
 
 DEFAULT_IDLE_TTL = 3600.0
 """Seconds a session lives without being used."""
 
 DEFAULT_MAX_AGE = 86400.0
-"""Seconds a session lives at most, however much it is used."""
+"""Seconds a session lives at most, however much it is used: then the peer proves its
+key again, with fresh ephemeral keys, so no session key is used for more than a day."""
 
 DEFAULT_MAX_SESSIONS = 4096
 """Sessions a node holds in all."""
@@ -46,22 +50,37 @@ DEFAULT_MAX_PER_KEY = 8
 """Sessions one proven key may hold; past it, its least recently used goes."""
 
 
-@dataclass(slots=True)
-class _Session:
-    """What the table knows of one session."""
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a session id stands for: the peer key it proved and the key its MACs use."""
 
     peer_key: str
+    key: bytes = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Record:
+    """What the table knows of one session."""
+
+    session: Session
     source: str
     created: float
     last_used: float
 
+    @property
+    def peer_key(self) -> str:
+        return self.session.peer_key
+
 
 class SessionTable:
-    """Session ids mapped to the peer keys they proved, bounded and expiring.
+    """Session ids mapped to the peer keys they proved and their session keys, bounded
+    and expiring.
 
-    :meth:`add` records a session after a handshake and :meth:`lookup` finds the key
-    for a request's session, refreshing its last use. See the module's docstring for
-    the bounds and why a stranger cannot push out a live session.
+    :meth:`add` records a session after a handshake. :meth:`find` finds a request's
+    session without counting a use, so that the request's MAC can be checked first,
+    and :meth:`use` then refreshes its last use: a request whose MAC fails (a relay's,
+    say) keeps no session alive. :meth:`lookup` does both. See the module's docstring
+    for the bounds and why a stranger cannot push out a live session.
     """
 
     def __init__(
@@ -88,7 +107,7 @@ class SessionTable:
         self._max_sessions = max_sessions
         self._max_per_source = max_per_source
         self._max_per_key = max_per_key
-        self._by_use: OrderedDict[bytes, _Session] = OrderedDict()
+        self._by_use: OrderedDict[bytes, _Record] = OrderedDict()
         """Every session, least recently used first."""
         self._by_creation: OrderedDict[bytes, None] = OrderedDict()
         """Every session, oldest first."""
@@ -101,9 +120,9 @@ class SessionTable:
         """Sessions held, the expired ones not yet pruned included."""
         return len(self._by_use)
 
-    def lookup(self, session: bytes, now: float) -> str | None:
-        """The peer key ``session`` proved, or ``None`` if it is unknown or expired.
-        Finding it counts as a use: its idle time starts again."""
+    def find(self, session: bytes, now: float) -> Session | None:
+        """What ``session`` stands for, or ``None`` if it is unknown or expired. Finding
+        it is not a use: see :meth:`use`."""
         self._prune(now)
         record = self._by_use.get(session)
         if record is None:
@@ -111,24 +130,41 @@ class SessionTable:
         if self._expired(record, now):
             self._remove(session)
             return None
+        return record.session
+
+    def use(self, session: bytes, now: float) -> None:
+        """Count a use of ``session`` (a request that proved it holds the key): its idle
+        time starts again. Nothing happens for a session the table does not hold."""
+        record = self._by_use.get(session)
+        if record is None:
+            return
         record.last_used = max(record.last_used, now)
         self._by_use.move_to_end(session)
         self._of_source[record.source].move_to_end(session)
         self._of_key[record.peer_key].move_to_end(session)
-        return record.peer_key
 
-    def add(self, session: bytes, peer_key: str, source: str, now: float) -> None:
-        """Record that ``session``, made by a handshake from ``source``, proves ``peer_key``.
+    def lookup(self, session: bytes, now: float) -> Session | None:
+        """:meth:`find`, then :meth:`use` if found."""
+        found = self.find(session, now)
+        if found is not None:
+            self.use(session, now)
+        return found
+
+    def add(self, session: bytes, peer_key: str, source: str, now: float, *, key: bytes) -> None:
+        """Record that ``session``, made by a handshake from ``source``, proves ``peer_key``
+        and that its MACs are made with ``key``.
 
         The source's or the key's least recently used session makes way if either is at
         its cap, or if the table is full. Raises :class:`~eidetica.errors.HandshakeBusy`,
         and changes nothing, when the table is full of live sessions of other sources
         and keys.
         """
+        if len(key) != SESSION_KEY_BYTES:
+            raise ValueError(f"a session key is {SESSION_KEY_BYTES} bytes, not {len(key)}")
         self._prune(now)
         self._remove(session)
         self._make_room(peer_key, source)
-        self._by_use[session] = _Session(peer_key, source, created=now, last_used=now)
+        self._by_use[session] = _Record(Session(peer_key, key), source, created=now, last_used=now)
         self._by_creation[session] = None
         self._of_source.setdefault(source, OrderedDict())[session] = None
         self._of_key.setdefault(peer_key, OrderedDict())[session] = None
@@ -169,7 +205,7 @@ class SessionTable:
         _discard(self._of_source, record.source, session)
         _discard(self._of_key, record.peer_key, session)
 
-    def _expired(self, record: _Session, now: float) -> bool:
+    def _expired(self, record: _Record, now: float) -> bool:
         return now - record.last_used > self._idle_ttl or now - record.created > self._max_age
 
     def _prune(self, now: float) -> None:

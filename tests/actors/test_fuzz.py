@@ -115,7 +115,12 @@ def test_a_websocket_server_outlives_any_messages(messages: list[bytes | str]) -
                         except trio_websocket.ConnectionClosed:
                             break  # the server closed this connection: its right
                 async with WebSocketTransport() as honest:
-                    init = HandshakeInit(public_key=inst.public_key, challenge=b"\x01" * 32, time=0)
+                    init = HandshakeInit(
+                        public_key=inst.public_key,
+                        challenge=b"\x01" * 32,
+                        ephemeral=b"\x09" * 32,
+                        time=0,
+                    )
                     answer = MSGPACK.decode(await honest.request(at, MSGPACK.encode(init)))
                     assert isinstance(answer.body, ErrorReply)  # its own key: refused, typed
                 nursery.cancel_scope.cancel()

@@ -13,8 +13,10 @@ from eidetica.actors.service import SyncService
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.base import Handler, Origin
 from eidetica.protocol.codec import MSGPACK
-from eidetica.protocol.handshake import Initiator
+from eidetica.protocol.handshake import Initiator, Proven
+from eidetica.protocol.keyexchange import EphemeralKey
 from eidetica.protocol.keys import SigningKey
+from eidetica.protocol.mac import request_mac
 from eidetica.protocol.messages import (
     ErrorReply,
     HandshakeDone,
@@ -24,6 +26,8 @@ from eidetica.protocol.messages import (
     SyncRequest,
     SyncResponse,
 )
+
+EPHEMERAL = EphemeralKey.from_random(bytes([5] * 32)).public
 
 
 class BackLink:
@@ -76,10 +80,10 @@ async def test_a_peer_is_reported_at_each_handshake_and_at_trees_not_heard_of() 
 
 def init_from(key: SigningKey, request_id: int) -> bytes:
     challenge = request_id.to_bytes(32, "big")
-    return MSGPACK.encode(
-        HandshakeInit(public_key=key.public_key, challenge=challenge, time=int(time.time())),
-        request_id,
+    init = HandshakeInit(
+        public_key=key.public_key, challenge=challenge, ephemeral=EPHEMERAL, time=int(time.time())
     )
+    return MSGPACK.encode(init, request_id)
 
 
 async def test_handshakes_past_the_rate_of_a_source_are_refused_busy_and_others_go_on(
@@ -106,17 +110,15 @@ async def test_handshakes_past_the_rate_of_a_source_are_refused_busy_and_others_
         assert [isinstance(a, HandshakeReply) for a in later] == [True] * 10 + [False]
 
 
-async def handshake(service: SyncService, key: SigningKey, origin: Origin) -> bytes:
-    """A whole handshake of ``key`` with ``service``, as from ``origin``; the session."""
+async def handshake(service: SyncService, key: SigningKey, origin: Origin) -> Proven:
+    """A whole handshake of ``key`` with ``service``, as from ``origin``."""
     initiator = Initiator(key, now=time.time())
     reply = MSGPACK.decode(await service.handle(MSGPACK.encode(initiator.start()), origin))
     assert isinstance(reply.body, HandshakeReply), reply.body
     finish = initiator.receive_reply(reply.body)
     done = MSGPACK.decode(await service.handle(MSGPACK.encode(finish), origin))
     assert isinstance(done.body, HandshakeDone), done.body
-    initiator.receive_done(done.body)
-    assert initiator.session is not None
-    return initiator.session
+    return initiator.receive_done(done.body)
 
 
 async def test_a_flood_of_throwaway_sessions_leaves_a_live_session_working(
@@ -131,8 +133,8 @@ async def test_a_flood_of_throwaway_sessions_leaves_a_live_session_working(
             stranger = Origin(source=f"203.0.113.{n % 100}", link=f"ws-in://{n}")
             await handshake(service, SigningKey.generate(), stranger)
         summary = Summary(min_height=0, hashes=1, salt=b"", bits=b"")
-        request = MSGPACK.encode(
-            SyncRequest(tree=tree.root_id, tips=(), summary=summary), 1, honest
-        )
+        body = SyncRequest(tree=tree.root_id, tips=(), summary=summary)
+        mac = request_mac(honest.session_key, honest.session, body)
+        request = MSGPACK.encode(body, 1, honest.session, mac)
         answer = await service.handle(request, Origin("198.51.100.7", "a"))
         assert isinstance(MSGPACK.decode(answer).body, SyncResponse)

@@ -36,8 +36,10 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from eidetica.errors import ProtocolError
 from eidetica.protocol.codec import JSON, MSGPACK
-from eidetica.protocol.handshake import Initiator, Responder
+from eidetica.protocol.handshake import Initiator, Proven, Responder
+from eidetica.protocol.keyexchange import EphemeralKey
 from eidetica.protocol.keys import SigningKey
+from eidetica.protocol.mac import request_mac
 from eidetica.protocol.messages import (
     ANSWERS,
     ErrorReply,
@@ -85,8 +87,13 @@ def source(index: int) -> str:
 
 
 def handshake_init(key: SigningKey) -> HandshakeInit:
-    """A fresh, valid Init for ``key``: a new challenge, the current time."""
-    return HandshakeInit(public_key=key.public_key, challenge=os.urandom(32), time=int(time.time()))
+    """A fresh, valid Init for ``key``: a new challenge and ephemeral key, the current time."""
+    return HandshakeInit(
+        public_key=key.public_key,
+        challenge=os.urandom(32),
+        ephemeral=EphemeralKey.from_random(os.urandom(32)).public,
+        time=int(time.time()),
+    )
 
 
 def frame_header(length: int) -> bytes:
@@ -199,10 +206,15 @@ class RawWebSocket:
                 return body
         return None
 
-    async def call(self, body: ProtocolMessage, session: bytes | None = None) -> ProtocolMessage:
-        """Send one request and wait for its answer (matched by id)."""
+    async def call(self, body: ProtocolMessage, proven: Proven | None = None) -> ProtocolMessage:
+        """Send one request (under ``proven``'s session, with its MAC, if given) and wait
+        for its answer (matched by id)."""
         request_id = int.from_bytes(os.urandom(6), "big")
-        await self.send(MSGPACK.encode(body, request_id, session))
+        if proven is None:
+            await self.send(MSGPACK.encode(body, request_id))
+        else:
+            mac = request_mac(proven.session_key, proven.session, body)
+            await self.send(MSGPACK.encode(body, request_id, proven.session, mac))
         while (data := await self.receive()) is not None:
             envelope = MSGPACK.decode(data)
             if envelope.id == request_id and envelope.body.__struct_config__.tag in ANSWERS:
@@ -260,16 +272,14 @@ async def websocket(port: int, origin: str = ATTACKER) -> RawWebSocket:
     return client
 
 
-async def handshake(client: RawWebSocket, key: SigningKey) -> bytes:
-    """A complete handshake for ``key`` over ``client``; the session."""
+async def handshake(client: RawWebSocket, key: SigningKey) -> Proven:
+    """A complete handshake for ``key`` over ``client``; its session and key."""
     initiator = Initiator(key, now=time.time())
     reply = await client.call(initiator.start())
     assert isinstance(reply, HandshakeReply), reply
     done = await client.call(initiator.receive_reply(reply))
     assert isinstance(done, HandshakeDone), done
-    initiator.receive_done(done)
-    assert initiator.session is not None
-    return initiator.session
+    return initiator.receive_done(done)
 
 
 def outcome(body: ProtocolMessage | None) -> str:

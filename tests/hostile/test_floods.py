@@ -137,7 +137,7 @@ async def test_throwaway_key_handshakes_do_not_evict_a_live_session(tmp_path: Pa
     async with serving(tmp_path) as node:
         honest = await websocket(node.port("ws"), "127.0.0.1")
         try:
-            session = await handshake(honest, node.honest)
+            proven = await handshake(honest, node.honest)
             completed = 0
             sources = THROWAWAY_SESSIONS // PER_SOURCE
             limiter = trio.CapacityLimiter(16)
@@ -153,7 +153,7 @@ async def test_throwaway_key_handshakes_do_not_evict_a_live_session(tmp_path: Pa
                     for index in range(sources):
                         nursery.start_soon(one_source, index)
                 print(f"{completed} of {THROWAWAY_SESSIONS} throwaway handshakes completed")
-                answer = await honest.call(SendEntries(tree=node.tree, entries=()), session)
+                answer = await honest.call(SendEntries(tree=node.tree, entries=()), proven)
             assert isinstance(answer, Ack), answer
         finally:
             await honest.aclose()

@@ -63,10 +63,10 @@ async def honest_link(node: Node) -> AsyncIterator[None]:
     the same link must still answer a request under that session."""
     client = await websocket(node.port("ws"), "127.0.0.1")
     try:
-        session = await handshake(client, node.honest)
+        proven = await handshake(client, node.honest)
         yield
         with trio.fail_after(ATTACK_SECONDS):
-            answer = await client.call(SendEntries(tree=node.tree, entries=()), session)
+            answer = await client.call(SendEntries(tree=node.tree, entries=()), proven)
         assert isinstance(answer, Ack), answer
     finally:
         await client.aclose()

@@ -386,9 +386,7 @@ async def test_bad_requests_get_their_status_and_the_server_keeps_serving(
             # C proves its key over HTTP, then asks for a tree it may not read.
             link = Link(c_http, address, JSON)
             assert await link.handshake(c) == a.public_key
-            unreadable = JSON.encode(
-                SendEntries(tree=private.root_id, entries=()), session=link.session
-            )
+            unreadable = link.envelope(SendEntries(tree=private.root_id, entries=()))
             response = await raw.post(api, content=unreadable, headers=JSON_TYPE)
             assert response.status_code == 404
             assert error_code(response.content) == "not-found"

@@ -38,8 +38,8 @@ KEY = "ed25519:" + "A" * 43 + "="
 SUMMARY = Summary(min_height=3, hashes=11, salt=b"s" * 16, bits=b"\x01\x02")
 
 EXAMPLES: list[Message] = [
-    HandshakeInit(public_key=KEY, challenge=b"c" * 32, time=1_700_000_000),
-    HandshakeReply(public_key=KEY, challenge=b"d" * 32, signature=b"s" * 64),
+    HandshakeInit(public_key=KEY, challenge=b"c" * 32, ephemeral=b"e" * 32, time=1_700_000_000),
+    HandshakeReply(public_key=KEY, challenge=b"d" * 32, ephemeral=b"f" * 32, signature=b"s" * 64),
     HandshakeFinish(signature=b"s" * 64, challenge=b"d" * 32),
     HandshakeDone(session=b"x" * 32),
     SyncRequest(tree=ID, tips=(ID,), summary=SUMMARY, haves=(ID,), need=(ID,), resume=b"r"),
@@ -59,19 +59,32 @@ def test_every_message_round_trips(codec: Codec, message: Message) -> None:
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
-def test_unknown_version_is_typed(codec: Codec) -> None:
+def test_a_session_and_mac_round_trip_and_an_empty_mac_is_left_out(codec: Codec) -> None:
+    request = EXAMPLES[4]
+    envelope = codec.decode(codec.encode(request, 7, session=b"s" * 32, mac=b"m" * 32))
+    assert (envelope.session, envelope.mac) == (b"s" * 32, b"m" * 32)
+    assert b"mac" not in codec.encode(request, 7, session=b"s" * 32)
+    with pytest.raises(MalformedMessage, match="mac"):
+        codec.decode(codec.encode(request, 7, session=b"s" * 32, mac=b"m" * 33))
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
+@pytest.mark.parametrize("version", [1, 9])
+def test_unknown_version_is_typed(codec: Codec, version: int) -> None:
     data = (
-        codec.encode(EXAMPLES[-1]).replace(b'"v":1', b'"v":9').replace(b"\xa1v\x01", b"\xa1v\x09")
+        codec.encode(EXAMPLES[-1])
+        .replace(b'"v":2', b'"v":%d' % version)
+        .replace(b"\xa1v\x02", b"\xa1v" + bytes([version]))
     )
-    with pytest.raises(UnknownVersion, match="9"):
+    with pytest.raises(UnknownVersion, match=f"version {version} is not 2"):
         codec.decode(data)
 
 
 def test_unknown_message_type_is_typed() -> None:
     with pytest.raises(UnknownMessage, match="teleport"):
-        JSON.decode(b'{"v":1,"body":{"type":"teleport"}}')
+        JSON.decode(b'{"v":2,"body":{"type":"teleport"}}')
     with pytest.raises(UnknownMessage):
-        MSGPACK.decode(msgspec.msgpack.encode({"v": 1, "body": {"type": "teleport"}}))
+        MSGPACK.decode(msgspec.msgpack.encode({"v": 2, "body": {"type": "teleport"}}))
 
 
 @pytest.mark.parametrize(
@@ -79,11 +92,11 @@ def test_unknown_message_type_is_typed() -> None:
     [
         b"",
         b"not json",
-        b'{"v":1}',
-        b'{"v":1,"body":{"type":"ack","stored":-1,"rejected":0,"held":0}}',
-        b'{"v":1,"body":{"type":"ack","stored":1,"rejected":0,"held":0,"extra":1}}',
-        b'{"v":1,"body":{"type":"sync","tree":"xyz","tips":[],"summary":null}}',
-        b'{"v":"1","body":{"type":"ack"}}',
+        b'{"v":2}',
+        b'{"v":2,"body":{"type":"ack","stored":-1,"rejected":0,"held":0}}',
+        b'{"v":2,"body":{"type":"ack","stored":1,"rejected":0,"held":0,"extra":1}}',
+        b'{"v":2,"body":{"type":"sync","tree":"xyz","tips":[],"summary":null}}',
+        b'{"v":"2","body":{"type":"ack"}}',
     ],
     ids=["empty", "garbage", "no-body", "negative", "unknown-field", "bad-id", "string-version"],
 )

@@ -1,4 +1,5 @@
-"""The handshake: both keys proven, nothing replayable, memory bounded per source.
+"""The handshake: both keys proven, a session key only the two ends know, nothing
+replayable, memory bounded per source.
 
 Like h11's tests, a :class:`PeerPair` joins an :class:`Initiator` and a
 :class:`Responder` by a fake link that can record, replay or alter messages, with no
@@ -16,12 +17,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import msgspec
+import nacl.bindings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eidetica.errors import HandshakeFailed
-from eidetica.protocol import codec
+from eidetica.protocol import codec, mac
 from eidetica.protocol.entry import ENTRY_DOMAIN
 from eidetica.protocol.handshake import (
     DEFAULT_MAX_PENDING_PER_SOURCE,
@@ -32,12 +34,15 @@ from eidetica.protocol.handshake import (
     Responder,
     Transcript,
 )
+from eidetica.protocol.keyexchange import EphemeralKey
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.messages import (
+    Ack,
     HandshakeDone,
     HandshakeFinish,
     HandshakeInit,
     HandshakeReply,
+    SendEntries,
 )
 
 PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -47,6 +52,17 @@ BOB = SigningKey(bytes([7] * 32))
 CAROL = SigningKey(bytes([8] * 32))
 MALLORY = SigningKey(bytes([9] * 32))
 T0 = 1_700_000_000.0
+EPHEMERAL = EphemeralKey.from_random(bytes([5] * 32)).public
+"""A valid ephemeral public key, for messages built by hand."""
+
+LOW_ORDER_POINTS = [
+    bytes(32),
+    bytes([1]) + bytes(31),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    bytes([0xEC]) + bytes([0xFF] * 30) + bytes([0x7F]),
+]
+"""X25519 public keys of small order: any private key gives an all-zero secret."""
 
 HandshakeMessage = HandshakeInit | HandshakeReply | HandshakeFinish | HandshakeDone
 M = TypeVar("M", HandshakeInit, HandshakeReply, HandshakeFinish, HandshakeDone)
@@ -63,8 +79,15 @@ def seeded_random(label: str) -> RandomBytes:
 
 
 def constant_random(byte: int) -> RandomBytes:
-    """The same bytes every time: for the fixed example of docs/protocol.md."""
+    """The same bytes every time."""
     return lambda size: bytes([byte]) * size
+
+
+def byte_sequence(*values: int) -> RandomBytes:
+    """Call ``n`` gives bytes of ``values[n]``: for the fixed example of
+    docs/protocol.md (a challenge, then an ephemeral key)."""
+    calls = iter(values)
+    return lambda size: bytes([next(calls)]) * size
 
 
 class Tamper(Protocol):
@@ -127,7 +150,16 @@ def transcript_of(init: HandshakeInit, reply: HandshakeReply) -> Transcript:
         responder_key=reply.public_key,
         init_challenge=init.challenge,
         reply_challenge=reply.challenge,
+        init_ephemeral=init.ephemeral,
+        reply_ephemeral=reply.ephemeral,
         init_time=init.time,
+    )
+
+
+def init_of(key: SigningKey, challenge: bytes, ephemeral: bytes = EPHEMERAL) -> HandshakeInit:
+    """An Init built by hand, at ``T0``."""
+    return HandshakeInit(
+        public_key=key.public_key, challenge=challenge, ephemeral=ephemeral, time=int(T0)
     )
 
 
@@ -140,6 +172,7 @@ def test_handshake_proves_both_keys_and_agrees_on_a_session() -> None:
     assert pair.initiator.peer_key == BOB.public_key
     assert pair.initiator.session == proven.session
     assert len(proven.session) == 32
+    assert len(proven.session_key) == 32
     assert [type(message) for message in pair.sent] == [
         HandshakeInit,
         HandshakeReply,
@@ -152,7 +185,76 @@ def test_receive_done_returns_the_responders_proven_key() -> None:
     pair = PeerPair()
     finish = pair.initiator.receive_reply(pair.exchange_init())
     proven = pair.responder.receive_finish(finish, now=T0)
-    assert pair.initiator.receive_done(proven.done) == BOB.public_key
+    assert pair.initiator.receive_done(proven.done).peer_key == BOB.public_key
+
+
+# The session key
+
+
+def test_both_sides_derive_the_same_session_key() -> None:
+    pair = PeerPair()
+    finish = pair.initiator.receive_reply(pair.exchange_init())
+    proven = pair.responder.receive_finish(finish, now=T0)
+    mine = pair.initiator.receive_done(proven.done)
+    assert mine.session_key == proven.session_key
+    assert mine.session == proven.session
+
+
+def test_the_session_key_never_crosses_the_wire() -> None:
+    pair, proven = recorded_handshake()
+    for message in pair.sent:
+        for wire in (codec.JSON, codec.MSGPACK):
+            assert proven.session_key not in wire.encode(message)
+    assert proven.session_key.hex() not in repr(proven)
+
+
+def test_every_handshake_gets_its_own_session_key() -> None:
+    """Even with the same keys, challenges and time: only the ephemeral keys differ."""
+    responder = Responder(BOB, random_bytes=byte_sequence(0x22, 0x44, 0x22, 0x55))
+    keys = set()
+    for ephemeral in (0x33, 0x66):
+        initiator = Initiator(ALICE, now=T0, random_bytes=byte_sequence(0x11, ephemeral))
+        keys.add(PeerPair(initiator, responder).run().session_key)
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("side", ["init", "reply"])
+def test_tampering_with_either_ephemeral_key_fails_the_handshake(side: str) -> None:
+    """A relay that puts its own ephemeral key in place of one side's (to learn the
+    session key) breaks the signature over the transcript."""
+    relay_key = EphemeralKey.from_random(bytes([0x99] * 32)).public
+    kind = HandshakeInit if side == "init" else HandshakeReply
+    pair = PeerPair(tamper=_tamper(kind, "ephemeral", lambda _: relay_key))
+    with pytest.raises(HandshakeFailed, match="signature does not verify"):
+        pair.run()
+    assert pair.initiator.session is None
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda point: point[:2].hex())
+def test_a_low_order_ephemeral_key_from_the_responder_is_refused(point: bytes) -> None:
+    """Even signed by the responder: a secret of all zeros would be no secret."""
+    initiator = Initiator(ALICE, now=T0, random_bytes=seeded_random("alice"))
+    init = initiator.start()
+    reply = HandshakeReply(
+        public_key=BOB.public_key, challenge=bytes(32), ephemeral=point, signature=bytes(64)
+    )
+    signature = BOB.sign(HANDSHAKE_DOMAIN, transcript_of(init, reply).signed_bytes("responder"))
+    with pytest.raises(HandshakeFailed, match="low order"):
+        initiator.receive_reply(msgspec.structs.replace(reply, signature=signature))
+    assert initiator.session is None
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda point: point[:2].hex())
+def test_a_low_order_ephemeral_key_from_the_initiator_is_refused(point: bytes) -> None:
+    """Even with a Finish the initiator signed: no session comes of it."""
+    bob = Responder(BOB, random_bytes=seeded_random("bob"))
+    init = init_of(ALICE, bytes(32), ephemeral=point)
+    reply = bob.receive_init(init, now=T0)
+    signature = ALICE.sign(HANDSHAKE_DOMAIN, transcript_of(init, reply).signed_bytes("initiator"))
+    finish = HandshakeFinish(signature=signature, challenge=reply.challenge)
+    with pytest.raises(HandshakeFailed, match="low order"):
+        bob.receive_finish(finish, now=T0)
+    assert bob.pending_count == 0
 
 
 def test_every_handshake_gets_its_own_session() -> None:
@@ -289,7 +391,7 @@ def test_reply_signed_by_another_key_than_it_claims_is_rejected() -> None:
 def test_finish_signed_by_another_key_than_the_inits_is_rejected(signer: SigningKey) -> None:
     """Mallory claims to be Alice but can only sign as someone else."""
     bob = Responder(BOB, random_bytes=seeded_random("bob"))
-    init = HandshakeInit(public_key=ALICE.public_key, challenge=bytes(32), time=int(T0))
+    init = init_of(ALICE, bytes(32))
     reply = bob.receive_init(init, now=T0)
     transcript = transcript_of(init, reply).signed_bytes("initiator")
     finish = HandshakeFinish(
@@ -302,7 +404,7 @@ def test_finish_signed_by_another_key_than_the_inits_is_rejected(signer: Signing
 def test_responders_signature_cannot_stand_in_for_the_initiators() -> None:
     """The role is in the signed bytes: echoing the Reply's signature proves nothing."""
     bob = Responder(BOB, random_bytes=seeded_random("bob"))
-    init = HandshakeInit(public_key=ALICE.public_key, challenge=bytes(32), time=int(T0))
+    init = init_of(ALICE, bytes(32))
     reply = bob.receive_init(init, now=T0)
     with pytest.raises(HandshakeFailed, match="finish signature does not verify"):
         bob.receive_finish(
@@ -311,7 +413,8 @@ def test_responders_signature_cannot_stand_in_for_the_initiators() -> None:
 
 
 @pytest.mark.parametrize(
-    "domain", [ENTRY_DOMAIN, b"", b"eidetica/handshake/v2\x00", b"eidetica/handshake/v1"]
+    "domain",
+    [ENTRY_DOMAIN, b"", b"eidetica/handshake/v1\x00", b"eidetica/handshake/v2", b"eidetica/v3\x00"],
 )
 def test_signatures_under_another_domain_are_rejected(domain: bytes) -> None:
     pair = PeerPair()
@@ -351,15 +454,20 @@ def test_connection_to_self_is_rejected_by_the_responder() -> None:
 def test_connection_to_self_is_rejected_by_the_initiator() -> None:
     initiator = Initiator(ALICE, now=T0, random_bytes=seeded_random("alice"))
     init = initiator.start()
+    transcript = Transcript(
+        ALICE.public_key,
+        ALICE.public_key,
+        init.challenge,
+        bytes(32),
+        init.ephemeral,
+        EPHEMERAL,
+        init.time,
+    )
     reply = HandshakeReply(
         public_key=ALICE.public_key,
         challenge=bytes(32),
-        signature=ALICE.sign(
-            HANDSHAKE_DOMAIN,
-            Transcript(
-                ALICE.public_key, ALICE.public_key, init.challenge, bytes(32), init.time
-            ).signed_bytes("responder"),
-        ),
+        ephemeral=EPHEMERAL,
+        signature=ALICE.sign(HANDSHAKE_DOMAIN, transcript.signed_bytes("responder")),
     )
     with pytest.raises(HandshakeFailed, match="self-connection"):
         initiator.receive_reply(reply)
@@ -378,7 +486,7 @@ def test_connection_to_self_is_rejected_by_the_initiator() -> None:
 )
 def test_malformed_keys_in_messages_are_handshake_failures(bad_key: str) -> None:
     bob = Responder(BOB, random_bytes=seeded_random("bob"))
-    init = HandshakeInit(public_key=bad_key, challenge=bytes(32), time=int(T0))
+    init = msgspec.structs.replace(init_of(ALICE, bytes(32)), public_key=bad_key)
     with pytest.raises(HandshakeFailed, match="initiator's key is malformed"):
         bob.receive_init(init, now=T0)
 
@@ -391,10 +499,9 @@ def test_malformed_keys_in_messages_are_handshake_failures(bad_key: str) -> None
 def test_challenges_of_the_wrong_length_are_handshake_failures() -> None:
     bob = Responder(BOB, random_bytes=seeded_random("bob"))
     with pytest.raises(HandshakeFailed, match="32 bytes"):
-        bob.receive_init(
-            HandshakeInit(public_key=ALICE.public_key, challenge=bytes(31), time=int(T0)),
-            now=T0,
-        )
+        bob.receive_init(init_of(ALICE, bytes(31)), now=T0)
+    with pytest.raises(HandshakeFailed, match="ephemeral key must be 32 bytes"):
+        bob.receive_init(init_of(ALICE, bytes(32), ephemeral=bytes(31)), now=T0)
     with pytest.raises(HandshakeFailed, match="32 bytes"):
         bob.receive_finish(HandshakeFinish(signature=bytes(64), challenge=b""), now=T0)
     with pytest.raises(HandshakeFailed, match="32 bytes"):
@@ -408,7 +515,12 @@ def test_initiator_calls_out_of_order_are_rejected() -> None:
     pair = PeerPair()
     with pytest.raises(HandshakeFailed, match="out of order"):
         pair.initiator.receive_reply(
-            HandshakeReply(public_key=BOB.public_key, challenge=bytes(32), signature=bytes(64))
+            HandshakeReply(
+                public_key=BOB.public_key,
+                challenge=bytes(32),
+                ephemeral=EPHEMERAL,
+                signature=bytes(64),
+            )
         )
 
     pair = PeerPair()
@@ -466,7 +578,9 @@ def test_done_naming_another_session_is_rejected() -> None:
 
 def _init(fresh: RandomBytes, now: float = T0, key: SigningKey = ALICE) -> HandshakeInit:
     """An Init that nobody means to finish: a flooder's."""
-    return HandshakeInit(public_key=key.public_key, challenge=fresh(32), time=int(now))
+    return HandshakeInit(
+        public_key=key.public_key, challenge=fresh(32), ephemeral=EPHEMERAL, time=int(now)
+    )
 
 
 def _honest(label: str, responder: Responder, now: float = T0) -> PeerPair:
@@ -592,13 +706,9 @@ def test_a_source_holding_less_than_its_share_never_loses_a_handshake(
 def test_a_repeating_random_source_is_refused_not_trusted() -> None:
     bob = Responder(BOB, random_bytes=constant_random(0x22))
     fresh = seeded_random("alice")
-    bob.receive_init(
-        HandshakeInit(public_key=ALICE.public_key, challenge=fresh(32), time=int(T0)), now=T0
-    )
+    bob.receive_init(init_of(ALICE, fresh(32)), now=T0)
     with pytest.raises(HandshakeFailed, match="repeated"):
-        bob.receive_init(
-            HandshakeInit(public_key=ALICE.public_key, challenge=fresh(32), time=int(T0)), now=T0
-        )
+        bob.receive_init(init_of(ALICE, fresh(32)), now=T0)
 
 
 # Tampering with anything in transit
@@ -683,12 +793,42 @@ def test_tampering_with_any_field_in_transit_fails_the_handshake(
 # Wire forms
 
 
-def _example_messages() -> list[HandshakeMessage]:
-    initiator = Initiator(ALICE, now=T0, random_bytes=constant_random(0x11))
-    responder = Responder(BOB, random_bytes=constant_random(0x22))
+EXAMPLE_TREE = "ab" * 32
+
+
+@dataclass(frozen=True)
+class Example:
+    """The fixed handshake of docs/protocol.md, and one request and answer under it."""
+
+    messages: list[HandshakeMessage]
+    proven: Proven
+    request: SendEntries
+    request_mac: bytes
+    answer: Ack
+    answer_mac: bytes
+
+    @property
+    def envelopes(self) -> list[bytes]:
+        """The JSON of each message as it travels (no request id)."""
+        handshake = [codec.JSON.encode(message) for message in self.messages]
+        request = codec.JSON.encode(self.request, session=self.proven.session, mac=self.request_mac)
+        return [*handshake, request, codec.JSON.encode(self.answer, mac=self.answer_mac)]
+
+
+def _example() -> Example:
+    initiator = Initiator(ALICE, now=T0, random_bytes=byte_sequence(0x11, 0x33))
+    responder = Responder(BOB, random_bytes=byte_sequence(0x22, 0x44))
     pair = PeerPair(initiator, responder)
-    pair.run()
-    return pair.sent
+    proven = pair.run()
+    request = SendEntries(tree=EXAMPLE_TREE, entries=())
+    request_mac = mac.request_mac(proven.session_key, proven.session, request)
+    answer = Ack(stored=0, rejected=0, held=0)
+    answer_mac = mac.answer_mac(proven.session_key, proven.session, request_mac, answer)
+    return Example(pair.sent, proven, request, request_mac, answer, answer_mac)
+
+
+def _example_messages() -> list[HandshakeMessage]:
+    return _example().messages
 
 
 @pytest.mark.parametrize("wire", [codec.JSON, codec.MSGPACK], ids=["json", "msgpack"])
@@ -709,10 +849,10 @@ def _doc_section() -> str:
 
 def test_documented_json_examples_are_what_the_code_sends() -> None:
     blocks = re.findall(r"^```json\n(.*?)\n```", _doc_section(), re.MULTILINE | re.DOTALL)
-    assert blocks == [codec.JSON.encode(message).decode() for message in _example_messages()]
+    assert blocks == [envelope.decode() for envelope in _example().envelopes]
 
 
-def test_documented_transcripts_and_session_are_what_the_code_computes() -> None:
+def _documented_values() -> dict[str, str]:
     block = re.search(
         r"^### Example\n.*?^```text\n(.*?)^```", _doc_section(), re.MULTILINE | re.DOTALL
     )
@@ -725,23 +865,50 @@ def test_documented_transcripts_and_session_are_what_the_code_computes() -> None
         else:
             name, value = line.split(maxsplit=1)
             values[name] = value
-    init, reply, finish, done = _example_messages()
+    return values
+
+
+def test_documented_transcripts_session_and_macs_are_what_the_code_computes() -> None:
+    example = _example()
+    init, reply, finish, done = example.messages
     assert isinstance(init, HandshakeInit)
     assert isinstance(reply, HandshakeReply)
     assert isinstance(finish, HandshakeFinish)
     assert isinstance(done, HandshakeDone)
     transcript = transcript_of(init, reply)
-    assert values == {
+    init_secret, reply_secret = bytes([0x33] * 32), bytes([0x44] * 32)
+    shared = nacl.bindings.crypto_scalarmult(init_secret, reply.ephemeral)
+    assert shared == nacl.bindings.crypto_scalarmult(reply_secret, init.ephemeral)
+    assert _documented_values() == {
         "initiator.seed": bytes(range(32)).hex(),
         "initiator.key": ALICE.public_key,
         "responder.seed": bytes([7] * 32).hex(),
         "responder.key": BOB.public_key,
         "init.challenge": init.challenge.hex(),
+        "init.ephemeral_secret": init_secret.hex(),
+        "init.ephemeral": init.ephemeral.hex(),
         "reply.challenge": reply.challenge.hex(),
+        "reply.ephemeral_secret": reply_secret.hex(),
+        "reply.ephemeral": reply.ephemeral.hex(),
         "init.time": str(init.time),
         "responder.transcript": transcript.signed_bytes("responder").hex(),
         "reply.signature": reply.signature.hex(),
         "initiator.transcript": transcript.signed_bytes("initiator").hex(),
         "finish.signature": finish.signature.hex(),
         "session": done.session.hex(),
+        "shared_secret": shared.hex(),
+        "session_key": example.proven.session_key.hex(),
+        "request.msgpack": msgspec.msgpack.encode(example.request).hex(),
+        "request.mac": example.request_mac.hex(),
+        "answer.msgpack": msgspec.msgpack.encode(example.answer).hex(),
+        "answer.mac": example.answer_mac.hex(),
     }
+
+
+def test_the_documented_transcript_is_261_bytes() -> None:
+    init, reply, _, _ = _example_messages()
+    assert isinstance(init, HandshakeInit) and isinstance(reply, HandshakeReply)
+    transcript = transcript_of(init, reply)
+    assert len(transcript.signed_bytes("responder")) == 261
+    assert len(transcript.signed_bytes("initiator")) == 261
+    assert "261 bytes" in _doc_section()

@@ -40,8 +40,10 @@ class ServerLimits:
 
     ``max_sessions`` and ``max_sessions_per_source`` cap the proven sessions a node
     keeps (each source replaces its own when at its cap; a full table refuses new ones
-    as busy rather than push out another source's), and a session unused for
-    ``session_idle`` seconds expires. ``max_held_per_peer`` is how many received
+    as busy rather than push out another source's); a session unused for
+    ``session_idle`` seconds expires, and any session ``session_lifetime`` seconds
+    after its handshake, however much it is used (the peer then proves its key again,
+    with a fresh session key). ``max_held_per_peer`` is how many received
     entries one peer may have waiting for their parents.
     """
 
@@ -55,6 +57,7 @@ class ServerLimits:
     max_sessions: int = 4096
     max_sessions_per_source: int = 64
     session_idle: float = 3600.0
+    session_lifetime: float = 86400.0
     max_held_per_peer: int = 1000
 
     def __post_init__(self) -> None:
@@ -70,7 +73,14 @@ class ServerLimits:
         for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("handshake_timeout", "message_timeout", "handshake_rate", "session_idle"):
+        positive = (
+            "handshake_timeout",
+            "message_timeout",
+            "handshake_rate",
+            "session_idle",
+            "session_lifetime",
+        )
+        for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0, not {getattr(self, name)}")
 

@@ -294,7 +294,8 @@ class WebSocketTransport:
         raise TransportError(f"no answer from {address} within {self.timeout} s")
 
     def _stamp(self, data: bytes, request_id: int) -> bytes:
-        """``data`` re-encoded with ``request_id`` as its envelope's id."""
+        """``data`` re-encoded with ``request_id`` as its envelope's id; its session and
+        MAC go as they came (the MAC does not cover the id)."""
         if len(data) > self.max_message_bytes:
             raise TransportError(
                 f"request is {len(data)} bytes, over the limit of {self.max_message_bytes}"
@@ -303,7 +304,7 @@ class WebSocketTransport:
             envelope = MSGPACK.decode(bytes(data))
         except ProtocolError as exc:
             raise TransportError(f"cannot send this request: {exc}") from exc
-        stamped = MSGPACK.encode(envelope.body, request_id, envelope.session)
+        stamped = MSGPACK.encode(envelope.body, request_id, envelope.session, envelope.mac)
         if len(stamped) > self.max_message_bytes:
             raise TransportError(
                 f"request is {len(stamped)} bytes, over the limit of {self.max_message_bytes}"
