@@ -6,9 +6,9 @@ spent in each side's own calls is summed apart (``time.perf_counter`` around eve
 call: ``start``, ``receive_reply`` and ``receive_done`` for the initiator,
 ``receive_init`` and ``receive_finish`` for the responder), and the figure is ms per
 handshake at each end, the median of :data:`REPEATS` runs. Next to it is the floor,
-measured in the same run: one Ed25519 signature and one verification of a
-transcript-sized message, which each end must make whatever else it does, and the
-ratio of the end's cost to it.
+measured in the same run (its runs between theirs): one Ed25519 signature and one
+verification of a transcript-sized message, which each end must make whatever else
+it does, and the ratio of the end's cost to it.
 
 *A whole handshake over WebSocket.* :data:`LINK_HANDSHAKES` calls of
 ``Link.handshake`` against a node's :class:`SyncService` served by a
@@ -126,11 +126,15 @@ def _ms(seconds: float) -> str:
 
 
 def main() -> None:
-    runs = [_sans_io_run(HANDSHAKES) for _ in range(REPEATS)]
+    runs, floors, links = [], [], []
+    for _ in range(REPEATS):  # interleaved, so that a slower spell of the machine hits all
+        runs.append(_sans_io_run(HANDSHAKES))
+        floors.append(_floor_run(HANDSHAKES))
+        links.append(trio.run(_link_run, LINK_HANDSHAKES))
     initiator = statistics.median(run[0] for run in runs)
     responder = statistics.median(run[1] for run in runs)
-    floor = statistics.median(_floor_run(HANDSHAKES) for _ in range(REPEATS))
-    link = statistics.median(trio.run(_link_run, LINK_HANDSHAKES) for _ in range(REPEATS))
+    floor = statistics.median(floors)
+    link = statistics.median(links)
     print(f"protocol version {PROTOCOL_VERSION}")
     print_table(
         f"One handshake, ms (median of {REPEATS} runs; floor: one Ed25519 sign + verify)",
