@@ -28,7 +28,7 @@ from eidetica.actors.service import UNKNOWN_SESSION, SyncService
 from eidetica.actors.transports.base import Origin
 from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.ws import WebSocketTransport
-from eidetica.errors import BadMac
+from eidetica.errors import BadMac, RemoteError
 from eidetica.protocol.codec import JSON, MSGPACK, Codec
 from eidetica.protocol.mac import answer_mac
 from eidetica.protocol.messages import (
@@ -283,6 +283,27 @@ async def test_an_answer_the_relay_changed_fails_that_request_on_that_link_only(
             direct = Link(scene.b_client, scene.c_at, wire.codec)
             await direct.handshake(scene.b)
             assert (await direct.sync_tree(scene.b, scene.tree)).complete
+
+
+def _refused(relay: Relay, answer: Envelope) -> Envelope:
+    """C's page of entries, swapped for an error of X's making, with no MAC."""
+    if not isinstance(answer.body, SyncResponse):
+        return answer
+    return msgspec.structs.replace(answer, body=ErrorReply("not-found", "no tree"), mac=b"")
+
+
+@parametrize_wires
+async def test_a_relay_can_fail_a_request_as_if_it_dropped_it_and_no_more(wire: Wire) -> None:
+    """An error answer without a MAC is taken for the failure it says: the node sends
+    such answers when it has no key to MAC them with, and a relay could fail the
+    request anyway by dropping it. It gives B nothing to store."""
+    with trio.fail_after(20):
+        async with relayed(wire, _refused) as scene:
+            link = scene.link_through_x()
+            await link.handshake(scene.b)
+            with pytest.raises(RemoteError, match="not-found"):
+                await link.sync_tree(scene.b, scene.tree)
+            assert scene.b.backend.tips(scene.tree) == []
 
 
 def _stale(relay: Relay, answer: Envelope) -> Envelope:
