@@ -46,6 +46,13 @@ class Judge:
             self._verdicts.move_to_end(key)
         return verdict
 
+    def assume(self, tips: Iterable[str], verdict: Verdict) -> None:
+        """Take ``verdict`` as the one for ``tips``, when the caller knows it for less
+        than building it would cost."""
+        self._verdicts[frozenset(tips)] = verdict
+        if len(self._verdicts) > MAX_VERDICTS:
+            self._verdicts.popitem(last=False)
+
     def of_tree(self, tree: str) -> Verdict:
         """The verdict on every settings entry of ``tree`` that is stored."""
         return self.verdict(self._backend.store_tips(tree, SETTINGS_STORE), self._lookup)

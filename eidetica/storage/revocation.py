@@ -30,12 +30,13 @@ every parent to converge. They are left out of every document fold, settings inc
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from eidetica.protocol.auth import Permission, permission_of
+from eidetica.protocol.auth import ANYONE, Permission, permission_of
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
-from eidetica.storage.crdt import Document, apply_ops, decode_ops
+from eidetica.storage.crdt import Document, Op, apply_ops, decode_ops
 from eidetica.storage.settings import Lookup, settings_members, settings_parents
 
 Fingerprint = tuple[frozenset[str], tuple[str, ...]]
@@ -71,17 +72,66 @@ class Verdict:
     """
 
     def __init__(self, tips: Iterable[str], lookup: Lookup) -> None:
-        self.members = sorted(settings_members(tips, lookup), key=lambda e: e.key)
+        self.tips = frozenset(tips)
+        self.members = sorted(settings_members(self.tips, lookup), key=lambda e: e.key)
         self._index = {entry.id: i for i, entry in enumerate(self.members)}
         self._below = self._closures()
         self.owner = self.members[0].author if self.members else ""
         self._ranks: dict[str, tuple[int, int, str]] = {}
-        self._plain: dict[int, Document] = {}
         self.voided: dict[str, str] = {}
         self._folds: dict[int, Document] = {}
         self.revocations: list[Revocation] = []
         self._lowered: dict[str, bool] = {}
-        self._settle()
+        self._by_key: dict[str, list[Revocation]] = {}
+        self._before: list[Document] = []
+        self._at: list[Document] = []
+        self._plain = self._plain_states()
+        if any(lowered_keys(*triple) for triple in self._plain_changes()):
+            self._settle()
+        else:  # everything counts: the states that count are the plain ones
+            self._at = self._plain
+            self._before = [self._plain_before(e, self._plain) for e in self.members]
+
+    @classmethod
+    def of_history_without_revocations(cls) -> Verdict:
+        """The verdict when no settings entry lowers anyone: everything counts."""
+        return cls((), _no_lookup)
+
+    def extended(self, entry: Entry) -> Verdict | None:
+        """The verdict once ``entry``, a settings entry built on exactly these tips, is
+        added; None if it is not. Such an entry is concurrent with no settings entry, so
+        it changes no other's standing: it is judged alone, and its revocations added.
+        This keeps a long settings history cheap to extend one entry at a time."""
+        if not self.members or frozenset(settings_parents(entry)) != self.tips:
+            return None
+        index, ops = len(self.members), _ops(entry)
+        new = copy.copy(self)
+        new.tips = frozenset([entry.id])
+        new.members = [*self.members, entry]
+        new._index = {**self._index, entry.id: index}
+        new._below = [*self._below, (1 << (index + 1)) - 1]
+        new._plain = [*self._plain, apply_ops(self._tips_state(self._plain, {}), ops, owned={})]
+        new._ranks = {key: rank for key, rank in self._ranks.items() if rank[0] < index}
+        new._folds, new._lowered = {}, {}
+        before = self._tips_state(self._at, self.voided)
+        reason = self._not_admin(entry, before)
+        after = before if reason else apply_ops(before, ops, owned={})
+        new._before, new._at = [*self._before, before], [*self._at, after]
+        new.voided = {**self.voided, entry.id: reason} if reason else self.voided
+        keys = [] if reason else lowered_keys(before, after, ops)
+        if keys:
+            revocation = Revocation(entry.id, index, entry.author, entry.height, before, after)
+            new.revocations = [*self.revocations, revocation]
+            new._by_key = {**self._by_key}
+            for key in keys:
+                new._by_key[key] = [*self._by_key.get(key, ()), revocation]
+        return new
+
+    def _tips_state(self, states: list[Document], voided: dict[str, str]) -> Document:
+        """The settings at this verdict's tips, from the states at each entry."""
+        if len(self.tips) == 1:
+            return states[self._index[next(iter(self.tips))]]
+        return self._fold(self._mask(self.tips), voided, cache=False)
 
     @property
     def trivial(self) -> bool:
@@ -95,6 +145,10 @@ class Verdict:
 
     def state(self, tips: Iterable[str]) -> Document:
         """The settings that count at these settings tips (do not mutate it)."""
+        tips = list(tips)
+        if len(tips) == 1 and tips[0] in self._index and self._at:
+            state: Document = self._at[self._index[tips[0]]]
+            return state
         return self._fold(self._mask(tips), self.voided)
 
     def suspect(self, entry: Entry) -> bool:
@@ -107,7 +161,7 @@ class Verdict:
         lowered = self._lowered.get(entry.author)
         if lowered is None:
             lowered = self._lowered[entry.author] = any(
-                r.lowers(entry.author, Permission.WRITE) for r in self.revocations
+                r.lowers(entry.author, Permission.WRITE) for r in self._revocations_of(entry.author)
             )
         return lowered
 
@@ -120,10 +174,10 @@ class Verdict:
             return None
         mask = self._mask(head)
         if self.voided:
-            held = permission_of(self._fold(mask, self.voided), entry.author) or 0
+            held = permission_of(self.state(head), entry.author) or 0
             if held < Permission.WRITE:
                 return f"{_short(entry.author)} holds no write under the settings that count"
-        for revocation in self.revocations:
+        for revocation in self._revocations_of(entry.author):
             if (
                 revocation.lowers(entry.author, Permission.WRITE)
                 and self._senior(revocation.author, entry.author)
@@ -138,8 +192,7 @@ class Verdict:
         junior keys and along ancestry, so each round settles at least one more step of
         that order and the loop ends within one round per entry."""
         for _ in range(len(self.members) + 1):
-            self._folds.clear()
-            self.revocations = self._find_revocations()
+            self._count()
             judged = {
                 entry.id: reason
                 for i, entry in enumerate(self.members[1:], start=1)
@@ -148,14 +201,51 @@ class Verdict:
             if judged == self.voided:
                 break
             self.voided = judged
-        self._folds.clear()
-        self.revocations = self._find_revocations()
+        self._count()
 
-    def _judge(self, index: int, entry: Entry) -> str | None:
-        before = self._fold(self._parents_mask(entry), self.voided)
+    @staticmethod
+    def _not_admin(entry: Entry, before: Document) -> str | None:
         if (permission_of(before, entry.author) or 0) < Permission.ADMIN:
             return f"{_short(entry.author)} is not admin under the settings that count"
-        for revocation in self.revocations:
+        return None
+
+    def _count(self) -> None:
+        """With :attr:`voided` as it stands, the settings that count before and at each
+        entry, and the revocations among the entries that count."""
+        self._folds.clear()
+        self._before, self._at, self.revocations, self._by_key = [], [], [], {}
+        self._lowered.clear()
+        for i, entry in enumerate(self.members):
+            before = self._state_before(entry, self._at)
+            counts = entry.id not in self.voided
+            ops = _ops(entry)
+            after = apply_ops(before, ops, owned={}) if counts else before
+            self._before.append(before)
+            self._at.append(after)
+            keys = lowered_keys(before, after, ops) if i > 0 and counts else []
+            if keys:
+                revocation = Revocation(entry.id, i, entry.author, entry.height, before, after)
+                self.revocations.append(revocation)
+                for key in keys:
+                    self._by_key.setdefault(key, []).append(revocation)
+
+    def _revocations_of(self, key: str) -> list[Revocation]:
+        """The revocations that may lower ``key``: of it, or of ``*``."""
+        return [*self._by_key.get(key, ()), *self._by_key.get(ANYONE, ())]
+
+    def _state_before(self, entry: Entry, states: list[Document]) -> Document:
+        """The settings as of an entry's parents, from ``states`` at each earlier entry:
+        on a linear history, the parent's state itself."""
+        parents = settings_parents(entry)
+        if len(parents) == 1:
+            return states[self._index[parents[0]]]
+        return self._fold(self._parents_mask(entry), self.voided)
+
+    def _judge(self, index: int, entry: Entry) -> str | None:
+        reason = self._not_admin(entry, self._before[index])
+        if reason is not None:
+            return reason
+        for revocation in self._revocations_of(entry.author):
             if (
                 revocation.index != index
                 and revocation.lowers(entry.author, Permission.ADMIN)
@@ -164,20 +254,6 @@ class Verdict:
             ):
                 return _revoked(entry.author, revocation.id)
         return None
-
-    def _find_revocations(self) -> list[Revocation]:
-        found = []
-        for i, entry in enumerate(self.members[1:], start=1):
-            if entry.id in self.voided:
-                continue
-            before = self._fold(self._parents_mask(entry), self.voided)
-            after = apply_ops(before, decode_ops(_settings_data(entry)), owned={})
-            revocation = Revocation(entry.id, i, entry.author, entry.height, before, after)
-            auth = before.get("auth")
-            keys = list(auth) if isinstance(auth, dict) else []
-            if any(revocation.lowers(key, Permission.ADMIN + 1) for key in keys):
-                found.append(revocation)
-        return found
 
     def _senior(self, key: str, other: str) -> bool:
         return key != other and self._rank(key) < self._rank(other)
@@ -188,19 +264,30 @@ class Verdict:
         if rank is None:
             rank = (len(self.members), 0, key)
             for i in range(len(self.members)):
-                held = permission_of(self._plain_at(i), key)
+                held = permission_of(self._plain[i], key)
                 if held is not None:
                     rank = (-1, 0, key) if key == self.owner else (i, -held, key)
                     break
             self._ranks[key] = rank
         return rank
 
-    def _plain_at(self, index: int) -> Document:
-        """The settings at one entry with every entry counted (seniority is static)."""
-        state = self._plain.get(index)
-        if state is None:
-            state = self._plain[index] = self._fold(self._below[index], {}, cache=False)
-        return state
+    def _plain_states(self) -> list[Document]:
+        """The settings as of each entry, every entry counted: on a linear history each
+        is its parent's plus one entry's operations, sharing the rest."""
+        states: list[Document] = []
+        for entry in self.members:
+            states.append(apply_ops(self._plain_before(entry, states), _ops(entry), owned={}))
+        return states
+
+    def _plain_before(self, entry: Entry, states: list[Document]) -> Document:
+        parents = settings_parents(entry)
+        if len(parents) == 1:
+            return states[self._index[parents[0]]]
+        return self._fold(self._parents_mask(entry), {}, cache=False)
+
+    def _plain_changes(self) -> Iterator[tuple[Document, Document, list[Op]]]:
+        for i, entry in enumerate(self.members[1:], start=1):
+            yield self._plain_before(entry, self._plain), self._plain[i], _ops(entry)
 
     def _fold(self, mask: int, voided: dict[str, str], *, cache: bool = True) -> Document:
         state = self._folds.get(mask) if cache else None
@@ -209,7 +296,7 @@ class Verdict:
             for i in _bits(mask):
                 entry = self.members[i]
                 if entry.id not in voided:
-                    state = apply_ops(state, decode_ops(_settings_data(entry)))
+                    state = apply_ops(state, _ops(entry))
             if cache:
                 self._folds[mask] = state
         return state
@@ -245,6 +332,35 @@ def _bits(mask: int) -> Iterator[int]:
         low = mask & -mask
         yield low.bit_length() - 1
         mask ^= low
+
+
+def lowered_keys(before: Document, after: Document, ops: Sequence[Op]) -> list[str]:
+    """The keys of ``before``'s auth map (``*`` included) that hold less in ``after``,
+    where ``ops`` took ``before`` to ``after``. Only keys the operations touch are
+    looked at, unless one replaces the whole map, so a long auth map costs nothing."""
+    auth = before.get("auth")
+    if not isinstance(auth, dict):
+        return []
+    touched: set[str] = set()
+    for op in ops:
+        if op.path[0] != "auth":
+            continue
+        if len(op.path) == 1:  # the whole map set or deleted
+            touched.update(auth)
+        else:
+            touched.add(op.path[1])
+    touched &= auth.keys()
+    return sorted(
+        k for k in touched if (permission_of(after, k) or 0) < (permission_of(before, k) or 0)
+    )
+
+
+def _no_lookup(entry_id: str) -> Entry:
+    raise AssertionError(f"an empty verdict looks up nothing, asked for {entry_id}")
+
+
+def _ops(entry: Entry) -> list[Op]:
+    return decode_ops(_settings_data(entry))
 
 
 def _settings_data(entry: Entry) -> bytes:

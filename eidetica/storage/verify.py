@@ -27,8 +27,12 @@ from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.backend import Backend, EntryMeta, Record
 from eidetica.storage.crdt import Document, Op, apply_ops, decode_ops
 from eidetica.storage.judge import Judge
-from eidetica.storage.revocation import Verdict
+from eidetica.storage.revocation import Verdict, lowered_keys
 from eidetica.storage.settings import SettingsIndex
+
+_Governing = tuple[tuple[str, ...], Verdict | None, Document, Document]
+"""An entry's settings tips, the tree's verdict, the settings that count at those tips,
+and the settings there with every entry counted."""
 
 
 class BatchVerifier:
@@ -58,47 +62,63 @@ class BatchVerifier:
         """The record for one entry whose parents are stored or already accepted."""
         if tree is not None and entry.tree_id != tree:
             raise WrongTree(f"entry {entry.id} belongs to tree {entry.tree_id}, not {tree}")
-        changes_settings = entry.store(SETTINGS_STORE) is not None
-        if entry.is_root:
-            tips: tuple[str, ...] = ()
-            governing: Document = {}
-            plain: Document = {}
-        else:
-            parents = self._parent_metas(entry, entry.parents, "parents")
-            expected = max(meta.height for meta in parents) + 1
-            if entry.height != expected:
-                raise ShapeError(f"entry {entry.id} has height {entry.height}, not {expected}")
-            tips = self._settings.tips_as_of((m.settings_head for m in parents), self.lookup)
-            verdict = self._verdict(entry.tree_id)
-            governing = verdict.state(tips)
-            plain = governing if verdict.trivial else self._settings.state(tips, self.lookup)
-            self._check_permission(entry, changes_settings, governing, plain)
+        tips, verdict, governing, plain = self._governing(entry)
+        lowers = False
         for write in entry.stores:
             ops = decode_ops(write.data)
             if write.name == SETTINGS_STORE:
                 if write.parents != tips:
                     raise ShapeError(f"entry {entry.id} must name the settings tips {tips}")
-                self._check_settings(entry, ops, governing, plain)
+                lowers = self._check_settings(entry, ops, governing, plain)
             elif write.parents:
                 for meta in self._parent_metas(entry, write.parents, f"{write.name} parents"):
                     if write.name not in meta.stores or meta.height >= entry.height:
                         raise ShapeError(f"{meta.id} cannot be a {write.name!r} store parent")
-        head = (entry.id,) if changes_settings else tips
-        record = Record(entry, head)
+        record = Record(entry, (entry.id,) if entry.store(SETTINGS_STORE) else tips)
         self._accepted[entry.id] = record
         self._metas[entry.id] = EntryMeta.of(record)
-        if changes_settings:
-            known = (self._tree_settings_tips(entry.tree_id), head)
-            self._tree_tips[entry.tree_id] = self._settings.tips_as_of(known, self.lookup)
+        self._judge_new(record, tips, verdict is None or (verdict.trivial and not lowers))
+        return record
+
+    def _governing(self, entry: Entry) -> _Governing:
+        """The entry's settings tips, the tree's verdict, and the settings at those tips
+        (counted entries only, and every entry) once its author is found to hold the
+        permission it needs under either. A root has no tips and no governing settings."""
+        if entry.is_root:
+            return (), None, {}, {}
+        parents = self._parent_metas(entry, entry.parents, "parents")
+        expected = max(meta.height for meta in parents) + 1
+        if entry.height != expected:
+            raise ShapeError(f"entry {entry.id} has height {entry.height}, not {expected}")
+        tips = self._settings.tips_as_of((m.settings_head for m in parents), self.lookup)
+        verdict = self._verdict(entry.tree_id)
+        plain = self._settings.state(tips, self.lookup)
+        governing = plain if verdict.trivial else verdict.state(tips)
+        self._check_permission(entry, entry.store(SETTINGS_STORE) is not None, governing, plain)
+        return tips, verdict, governing, plain
+
+    def _judge_new(self, record: Record, tips: tuple[str, ...], still_trivial: bool) -> None:
+        """Move the tree's settings tips past a new settings entry, and note whether the
+        new entry counts. A settings entry that lowers nobody, in a tree where
+        everything counts, leaves everything counting: no verdict is built for it."""
+        entry = record.entry
+        if entry.store(SETTINGS_STORE) is not None:
+            known = (self._tree_settings_tips(entry.tree_id), record.settings_head)
+            new_tips = self._settings.tips_as_of(known, self.lookup)
+            self._tree_tips[entry.tree_id] = new_tips
+            if still_trivial:
+                self._judge.assume(new_tips, Verdict.of_history_without_revocations())
+            elif (grown := self._judge.verdict(known[0], self.lookup).extended(entry)) is not None:
+                self._judge.assume(new_tips, grown)
         # a new entry is no stored entry's ancestor, so it is never one of a revocation's
         reason = self._verdict(entry.tree_id).reason(entry, tips, lambda _e, _r: False)
         if reason is not None:
             self.voided[entry.id] = reason
-        return record
 
     def _check_settings(
         self, entry: Entry, ops: list[Op], governing: Document, plain: Document
-    ) -> None:
+    ) -> bool:
+        """Check a settings write; return whether it lowers anyone's permission."""
         updated = apply_ops(governing, ops, owned={})
         try:
             check_auth_map(updated)
@@ -106,9 +126,10 @@ class BatchVerifier:
             raise InvalidSettings(f"entry {entry.id} sets bad settings: {exc}") from exc
         if entry.is_root:  # a root is governed by the settings it creates
             check_write(updated, entry.author, changes_settings=True)
-            return
+            return False
         for before in (governing, plain):
             self._check_owner_kept(entry, apply_ops(before, ops, owned={}))
+        return bool(lowered_keys(governing, updated, ops))
 
     @staticmethod
     def _check_permission(

@@ -67,7 +67,9 @@ def test_store_entries_resume_after_a_key(backend: Backend) -> None:
     assert list(backend.store_entries(entries[0].id, "absent")) == []
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(shape=dag_shapes(), seed=st.integers(0, 2**32))
 def test_tips_are_right_in_any_arrival_order(
     tmp_path: Path, shape: list[list[int]], seed: int
