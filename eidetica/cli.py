@@ -171,6 +171,7 @@ _LIMITS: dict[str, tuple[type[int] | type[float], str]] = {
     "max_sessions": (int, "proven sessions the node keeps (default 4096)"),
     "max_sessions_per_source": (int, "proven sessions from one IP address (default 64)"),
     "session_idle": (float, "seconds an unused session lives (default 3600)"),
+    "session_lifetime": (float, "seconds any session lives, used or not (default 86400)"),
     "max_held_per_peer": (int, "entries one peer may have waiting for parents (default 1000)"),
 }
 """What ``serve`` lets its clients hold (:class:`ServerLimits`): flag, ``EIDETICA_*``

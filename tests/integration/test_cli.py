@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -11,7 +12,9 @@ import pytest
 import trio
 import trio.testing
 
+from eidetica import cli
 from eidetica.actors import control
+from eidetica.actors.transports.admission import ServerLimits
 from tests.processes import COMMAND, run
 
 
@@ -26,6 +29,12 @@ def test_tree_put_get_round_trip(tmp_path: Path) -> None:
     assert tree in run("tree", "list", data=data).stdout
     shown = json.loads(run("tree", "show", tree, data=data).stdout)
     assert shown["settings"]["name"] == "notes" and len(shown["tips"]) == 1
+    assert shown["voided"] == {}
+
+
+def test_every_server_limit_is_a_serve_flag() -> None:
+    """What the library lets a server bound, an operator can set."""
+    assert set(cli._LIMITS) == {field.name for field in dataclasses.fields(ServerLimits)}
 
 
 @pytest.mark.parametrize(
