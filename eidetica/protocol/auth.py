@@ -61,6 +61,13 @@ def permission_of(settings: Mapping[str, Any], key: str) -> Permission | None:
     return max((_BY_LABEL[v] for v in held if isinstance(v, str) and v in _BY_LABEL), default=None)
 
 
+def granted(settings: Mapping[str, Any], key: str) -> Permission | None:
+    """The permission ``settings`` grant ``key`` by name (not through ``*``)."""
+    auth = settings.get("auth")
+    label = auth.get(key) if isinstance(auth, Mapping) else None
+    return _BY_LABEL.get(label) if isinstance(label, str) else None
+
+
 def check_write(settings: Mapping[str, Any], author: str, *, changes_settings: bool) -> None:
     """Raise :class:`PermissionDenied` unless ``author`` may make this write."""
     needed = Permission.ADMIN if changes_settings else Permission.WRITE

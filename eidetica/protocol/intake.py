@@ -243,6 +243,11 @@ class Intake:
                 self._take(entry.id)
         return released
 
+    def waiting(self, tree: str) -> list[Entry]:
+        """The entries of ``tree`` held until their parents arrive (unverified beyond
+        their own bytes and signature)."""
+        return [self._held[i].entry for i in self._trees.get(tree, ())]
+
     def missing(self, tree: str, stored: StoredQuery) -> set[str]:
         """Parents that held entries of ``tree`` wait for: neither held nor stored."""
         wanted = {

@@ -22,6 +22,7 @@ from eidetica.errors import (
     TreeNotFound,
     Voided,
 )
+from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.entry import (
     SETTINGS_STORE,
     Entry,
@@ -191,7 +192,7 @@ class Instance:
         """
         if not verifier.voided:
             return records
-        needed = self.intake.missing(tree, self.backend.has)
+        needed = self._needed_by_writers(tree)
         kept: list[Record] = []
         for record in reversed(records):
             entry = record.entry
@@ -203,6 +204,20 @@ class Instance:
                 rejected.append(Rejection(entry.id, Voided(f"entry {entry.id}: {reason}")))
         kept.reverse()
         return kept
+
+    def _needed_by_writers(self, tree: str) -> set[str]:
+        """Parents that held entries wait for, counting only entries whose author may
+        write now: anyone can sign an entry that names a revoked key's chain and a
+        parent that never comes, and must not thereby get that chain stored."""
+        verdict = self.judge.of_tree(tree)
+        settings = self.doc_states.state(tree, SETTINGS_STORE)
+        return {
+            parent
+            for entry in self.intake.waiting(tree)
+            if (permission_of(settings, entry.author) or 0) >= Permission.WRITE
+            and not verdict.suspect(entry)
+            for parent in entry.parents
+        }
 
     def voided(self, tree: str) -> dict[str, str]:
         """Stored entries of ``tree`` that do not count, each with the reason (which

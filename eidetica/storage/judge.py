@@ -8,21 +8,21 @@ A tree that never revoked anything costs one lookup of its settings tips per que
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 
 from eidetica.errors import StorageError
-from eidetica.protocol.dagview import walk
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.backend import Backend
-from eidetica.storage.revocation import Verdict
+from eidetica.storage.revocation import Revocation, Verdict
 from eidetica.storage.settings import Lookup
-from eidetica.storage.treeview import TreeView
 
 MAX_VERDICTS = 64
-MAX_ANCESTRIES = 8
-"""Revocations whose full ancestry is kept, to tell an entry they build on from a
-concurrent one; each costs a set of the tree's ids below the revocation."""
+MAX_LABELLINGS = 4
+"""Sets of revocations whose ancestry is kept, to tell an entry a revocation builds on
+from a concurrent one; each costs an int per entry below its revocations."""
 CHUNK = 512
 
 
@@ -32,7 +32,7 @@ class Judge:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._verdicts: OrderedDict[frozenset[str], Verdict] = OrderedDict()
-        self._ancestries: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._labels: OrderedDict[tuple[str, ...], dict[str, int]] = OrderedDict()
 
     def verdict(self, tips: Iterable[str], lookup: Lookup) -> Verdict:
         """The verdict on the settings entries at and below ``tips``."""
@@ -74,15 +74,42 @@ class Judge:
             found.update((e.id, r) for e, r in self._reasons(verdict, chunk) if r is not None)
         return found
 
-    def is_ancestor(self, entry: Entry, of: str) -> bool:
-        """Whether stored ``entry`` is an ancestor of stored entry ``of``."""
-        ancestry = self._ancestries.get(of)
-        if ancestry is None:
-            view = TreeView(self._backend, entry.tree_id)
-            ancestry = self._ancestries[of] = frozenset(walk(view, [of]))
-            if len(self._ancestries) > MAX_ANCESTRIES:
-                self._ancestries.popitem(last=False)
-        return entry.id in ancestry
+    def is_ancestor(self, verdict: Verdict, entry: Entry, of: str) -> bool:
+        """Whether stored ``entry`` is an ancestor of ``of``, one of the verdict's
+        revocations."""
+        key = tuple(r.id for r in verdict.revocations)
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = self._label(verdict.revocations)
+            if len(self._labels) > MAX_LABELLINGS:
+                self._labels.popitem(last=False)
+        bit = key.index(of)
+        return bool(labels.get(entry.id, 0) >> bit & 1)
+
+    def _label(self, revocations: Sequence[Revocation]) -> dict[str, int]:
+        """For every entry below some revocation, a bit set of the revocations it is an
+        ancestor of. One walk down from all of them at once, a height at a time, so
+        that every child is labelled before its parents: many revocations cost one
+        walk of the history, not one each."""
+        labels = {r.id: 1 << i for i, r in enumerate(revocations)}
+        metas = self._backend.meta(labels)
+        heap = [(-meta.height, entry_id) for entry_id, meta in metas.items()]
+        heapq.heapify(heap)
+        while heap:
+            height = heap[0][0]
+            level = []
+            while heap and heap[0][0] == height:
+                level.append(heapq.heappop(heap)[1])
+            found = set()
+            for entry_id in level:
+                for parent in metas.pop(entry_id).parents:
+                    labels[parent] = labels.get(parent, 0) | labels[entry_id]
+                    if parent not in metas:
+                        found.add(parent)
+            for parent, meta in self._backend.meta(found).items():
+                metas[parent] = meta
+                heapq.heappush(heap, (-meta.height, parent))
+        return labels
 
     def _reasons(
         self, verdict: Verdict, entries: Sequence[Entry]
@@ -95,7 +122,7 @@ class Judge:
                 continue
             meta = metas.get(entry.id)
             head = meta.settings_head if meta is not None else ()
-            yield entry, verdict.reason(entry, head, self.is_ancestor)
+            yield entry, verdict.reason(entry, head, partial(self.is_ancestor, verdict))
 
     def _lookup(self, entry_id: str) -> Entry:
         entry = self._backend.get(entry_id)

@@ -14,11 +14,16 @@ grantee's entries with it.
 **Seniority decides between admins.** Two admins can revoke each other concurrently;
 if each revocation voided the other, neither would hold and a demoted admin could
 always cancel its demotion by demoting its demoter in return. So a revocation voids
-concurrent entries only of keys *junior* to its author: the tree's owner (the root's
-author) is senior to everyone, and any other key ranks by the first settings entry,
-in (height, id) order, that gave it any permission (a higher permission first within
-one entry, then the key itself). A key is always junior to whoever first granted it,
-so a writer's revocation always holds, and voiding flows one way: what counts is a
+concurrent entries of a key that was an admin where it was signed only if its author
+is *senior* to that key: the tree's owner (the root's author) is senior to everyone,
+and any other key ranks by the first settings entry, in (height, id) order, that
+granted it a permission by name (a higher permission first within one entry, then
+the key itself). A writer or reader cannot revoke anyone back, so any admin's
+revocation of one holds.
+
+**One order.** The rules can allow two answers (two revocations each voiding the grant
+the other's author needed), so revocations take effect one at a time, the most senior
+author's first, and one that took effect is never voided later: what counts is a
 function of the DAG alone, the same on every node whatever the order of arrival.
 
 The owner keeps admin for good (the verifier refuses any entry that lowers it), so no
@@ -34,12 +39,12 @@ import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from eidetica.protocol.auth import ANYONE, Permission, permission_of
+from eidetica.protocol.auth import ANYONE, Permission, granted, permission_of
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.crdt import Document, Op, apply_ops, decode_ops
 from eidetica.storage.settings import Lookup, settings_members, settings_parents
 
-Fingerprint = tuple[frozenset[str], tuple[str, ...]]
+Fingerprint = tuple[frozenset[str], tuple[str, ...], tuple[object, ...]]
 """Names what counts in a tree: the voided settings entries and the revocations."""
 
 IsAncestor = Callable[[Entry, str], bool]
@@ -140,8 +145,15 @@ class Verdict:
 
     @property
     def fingerprint(self) -> Fingerprint:
-        """Changes exactly when what counts may have changed."""
-        return frozenset(self.voided), tuple(r.id for r in self.revocations)
+        """Changes whenever what counts may have changed: the entries voided, the
+        revocations, and the seniority of every key a revocation could void (of every
+        key, once one lowers ``*``)."""
+        if ANYONE in self._by_key:
+            ranks: tuple[object, ...] = tuple(entry.id for entry in self.members)
+        else:
+            keys = {*self._by_key, *(r.author for r in self.revocations)}
+            ranks = tuple((key, self._rank(key)) for key in sorted(keys))
+        return frozenset(self.voided), tuple(r.id for r in self.revocations), ranks
 
     def state(self, tips: Iterable[str]) -> Document:
         """The settings that count at these settings tips (do not mutate it)."""
@@ -180,7 +192,7 @@ class Verdict:
         for revocation in self._revocations_of(entry.author):
             if (
                 revocation.lowers(entry.author, Permission.WRITE)
-                and self._senior(revocation.author, entry.author)
+                and self._may_void(revocation, entry.author)
                 and not mask >> revocation.index & 1
                 and not (entry.height < revocation.height and is_ancestor(entry, revocation.id))
             ):
@@ -188,20 +200,56 @@ class Verdict:
         return None
 
     def _settle(self) -> None:
-        """Judge every settings entry until nothing changes. Voiding flows from senior to
-        junior keys and along ancestry, so each round settles at least one more step of
-        that order and the loop ends within one round per entry."""
-        for _ in range(len(self.members) + 1):
+        """Let the revocations take effect one at a time, the most senior author's first
+        ((rank, height, id) order). One that still counts when its turn comes voids the
+        concurrent settings entries of the keys it may void (:meth:`_may_void`), then
+        whatever is left without admin by that; a revocation that took effect is never
+        voided later. So there is one answer, a function of the DAG, even where the rules
+        alone would allow two (each of two revocations voiding the grant the other's
+        author needed)."""
+        self._count()
+        taken: set[str] = set()
+        order = sorted(self.revocations, key=lambda r: (self._rank(r.author), r.height, r.id))
+        for candidate in order:
+            revocation = next((r for r in self.revocations if r.id == candidate.id), None)
+            if revocation is None:  # voided, or no longer lowers anyone, by now
+                continue
+            taken.add(revocation.id)
+            voided = {
+                entry.id: _revoked(entry.author, revocation.id)
+                for i, entry in enumerate(self.members)
+                if entry.id not in self.voided
+                and entry.id not in taken
+                and revocation.lowers(entry.author, Permission.ADMIN)
+                and self._may_void(revocation, entry.author)
+                and self._concurrent(revocation.index, i)
+            }
+            if voided:
+                self.voided = {**self.voided, **voided}
+                self._cascade(taken)
+
+    def _cascade(self, taken: set[str]) -> None:
+        """Void what is left without admin under the settings that count, until nothing is."""
+        while True:
             self._count()
-            judged = {
+            lost = {
                 entry.id: reason
                 for i, entry in enumerate(self.members[1:], start=1)
-                if (reason := self._judge(i, entry)) is not None
+                if entry.id not in self.voided
+                and entry.id not in taken
+                and (reason := self._not_admin(entry, self._before[i])) is not None
             }
-            if judged == self.voided:
-                break
-            self.voided = judged
-        self._count()
+            if not lost:
+                return
+            self.voided = {**self.voided, **lost}
+
+    def _may_void(self, revocation: Revocation, key: str) -> bool:
+        """Whether ``revocation`` voids ``key``'s concurrent entries: if its author is
+        senior to the key, or the key was no admin where the revocation was signed (a
+        writer or reader cannot revoke anyone back, so seniority is not needed)."""
+        if (permission_of(revocation.before, key) or 0) < Permission.ADMIN:
+            return True
+        return self._senior(revocation.author, key)
 
     @staticmethod
     def _not_admin(entry: Entry, before: Document) -> str | None:
@@ -241,20 +289,6 @@ class Verdict:
             return states[self._index[parents[0]]]
         return self._fold(self._parents_mask(entry), self.voided)
 
-    def _judge(self, index: int, entry: Entry) -> str | None:
-        reason = self._not_admin(entry, self._before[index])
-        if reason is not None:
-            return reason
-        for revocation in self._revocations_of(entry.author):
-            if (
-                revocation.index != index
-                and revocation.lowers(entry.author, Permission.ADMIN)
-                and self._senior(revocation.author, entry.author)
-                and self._concurrent(revocation.index, index)
-            ):
-                return _revoked(entry.author, revocation.id)
-        return None
-
     def _senior(self, key: str, other: str) -> bool:
         return key != other and self._rank(key) < self._rank(other)
 
@@ -264,7 +298,7 @@ class Verdict:
         if rank is None:
             rank = (len(self.members), 0, key)
             for i in range(len(self.members)):
-                held = permission_of(self._plain[i], key)
+                held = granted(self._plain[i], key)
                 if held is not None:
                     rank = (-1, 0, key) if key == self.owner else (i, -held, key)
                     break

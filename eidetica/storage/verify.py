@@ -22,7 +22,7 @@ from eidetica.errors import (
     ShapeError,
     WrongTree,
 )
-from eidetica.protocol.auth import Permission, check_auth_map, check_write, permission_of
+from eidetica.protocol.auth import Permission, check_auth_map, check_write, granted
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.backend import Backend, EntryMeta, Record
 from eidetica.storage.crdt import Document, Op, apply_ops, decode_ops
@@ -103,12 +103,14 @@ class BatchVerifier:
         everything counts, leaves everything counting: no verdict is built for it."""
         entry = record.entry
         if entry.store(SETTINGS_STORE) is not None:
-            known = (self._tree_settings_tips(entry.tree_id), record.settings_head)
-            new_tips = self._settings.tips_as_of(known, self.lookup)
+            old_tips = self._tree_settings_tips(entry.tree_id)
+            # every old tip that is an ancestor of a new settings entry is one of its
+            # settings parents, and nothing stored descends from it
+            new_tips = tuple(sorted({*old_tips} - {*tips} | {entry.id}))
             self._tree_tips[entry.tree_id] = new_tips
             if still_trivial:
                 self._judge.assume(new_tips, Verdict.of_history_without_revocations())
-            elif (grown := self._judge.verdict(known[0], self.lookup).extended(entry)) is not None:
+            elif (grown := self._judge.verdict(old_tips, self.lookup).extended(entry)) is not None:
                 self._judge.assume(new_tips, grown)
         # a new entry is no stored entry's ancestor, so it is never one of a revocation's
         reason = self._verdict(entry.tree_id).reason(entry, tips, lambda _e, _r: False)
@@ -125,7 +127,7 @@ class BatchVerifier:
         except (InvalidKey, InvalidPermission) as exc:
             raise InvalidSettings(f"entry {entry.id} sets bad settings: {exc}") from exc
         if entry.is_root:  # a root is governed by the settings it creates
-            check_write(updated, entry.author, changes_settings=True)
+            self._check_owner_kept(entry, updated)
             return False
         for before in (governing, plain):
             self._check_owner_kept(entry, apply_ops(before, ops, owned={}))
@@ -144,12 +146,13 @@ class BatchVerifier:
             check_write(plain, entry.author, changes_settings=changes_settings)
 
     def _check_owner_kept(self, entry: Entry, after: Document) -> None:
-        """The owner (the root's author) holds admin for good: no entry may lower it,
-        so no key, however it was demoted, can lock the owner out. An owner whose key
-        is lost or stolen moves its data to a new tree."""
-        owner = self.lookup(entry.tree_id).author
-        if permission_of(after, owner) != Permission.ADMIN:
-            raise PermissionDenied(f"entry {entry.id} lowers the tree owner, who keeps admin")
+        """The owner (the root's author) is named admin by the root and by every settings
+        entry after it: no entry may change that, so the owner is admin in every fold,
+        of every entry or only of those that count, and no key, however it was demoted,
+        can lock the owner out. An owner whose key is lost moves to a new tree."""
+        owner = entry.author if entry.is_root else self.lookup(entry.tree_id).author
+        if granted(after, owner) != Permission.ADMIN:
+            raise PermissionDenied(f"entry {entry.id} changes the tree owner's admin, which stays")
 
     def _verdict(self, tree: str) -> Verdict:
         return self._judge.verdict(self._tree_settings_tips(tree), self.lookup)

@@ -115,7 +115,7 @@ async def test_demoted_admin_cannot_raise_itself_or_lower_the_owner(
     demotion = await new_entries(tree, known)
 
     # On the tips from before its demotion, it cannot lower the owner, in any order.
-    with pytest.raises(PermissionDenied, match="owner, who keeps admin"):
+    with pytest.raises(PermissionDenied, match="owner's admin, which stays"):
         async with theirs.transaction() as op:
             op.settings().set(("auth", mallory.public_key), "admin")
             op.settings().set(("auth", owner.public_key), "read")

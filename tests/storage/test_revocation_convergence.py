@@ -3,6 +3,7 @@ delivered to fresh nodes in random orders and batches, read the same everywhere.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from eidetica.errors import InvalidEntry
 from eidetica.protocol.entry import Entry
 from tests.builders import topological_order
 
+EXAMPLES = int(os.environ.get("EIDETICA_REVOCATION_EXAMPLES", "200"))
 ACTORS = 4  # 0 owns the tree; 1 and 2 start as admins, 3 as a writer
 LEVELS = ["read", "write", "admin", None, None]  # None revokes
 
@@ -110,7 +112,7 @@ async def observe(entries: list[Entry], root_id: str, seed: int) -> View:
         return (await tree.doc("d")).to_dict(), await tree.settings(), counted
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(script=steps, seeds=st.lists(st.integers(0, 2**32), min_size=3, max_size=3))
 async def test_random_histories_read_the_same_on_every_node(
     script: list[Step], seeds: list[int]
