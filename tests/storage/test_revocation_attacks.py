@@ -7,7 +7,9 @@ the entries it knows), delivers it to a fresh node, and checks a promise of 8.5.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
 
 import eidetica
 import eidetica.storage.judge as judge_module
@@ -16,23 +18,7 @@ from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_en
 from eidetica.storage.crdt import SetOp, encode_ops
 from eidetica.storage.instance import Instance
 from eidetica.storage.settings import SettingsIndex
-
-
-async def copy(source: eidetica.Tree, target: eidetica.Instance) -> eidetica.Tree:
-    await target.import_entries(await source.entries())
-    return await target.open_tree(source.root_id)
-
-
-async def new_entries(tree: eidetica.Tree, known: Sequence[Entry]) -> list[Entry]:
-    seen = {e.id for e in known}
-    return [e for e in await tree.entries() if e.id not in seen]
-
-
-async def write(tree: eidetica.Tree, key: str, value: object) -> Entry:
-    async with tree.transaction() as op:
-        op.doc("d").set(key, value)
-    assert op.entry is not None
-    return op.entry
+from tests.storage.test_revocation import copy, new_entries, write
 
 
 async def deliver(node: eidetica.Instance, tree: str, *batches: Sequence[Entry]) -> None:
@@ -193,22 +179,32 @@ async def cycle_history(
     return tree, {"X": x, "Y": y, "R": r, "R2": r2}, known
 
 
-async def test_mutually_dependent_revocations_read_the_same_after_a_restart() -> None:
-    """Verdict._settle iterates "judge everything again" from "everything counts"; on
-    the cycle above it never settles (period 4: {X,Y}, {X,Y,R,R2}, {R,R2}, {}) and
-    stops after len(members)+1 rounds wherever it is. ``extended`` then adds an owner
-    entry on top without settling again, while a restarted node builds the verdict for
-    the same tips from scratch, one round further: the same entries read differently."""
+@pytest.fixture
+async def cycle() -> AsyncIterator[tuple[eidetica.Tree, dict[str, Entry]]]:
+    """The tree of :func:`cycle_history` at the owner's node, which holds its four
+    concurrent entries too, and those entries by name."""
     async with (
         eidetica.open_instance(None) as owner,
         eidetica.open_instance(None) as kr,
         eidetica.open_instance(None) as kr2,
         eidetica.open_instance(None) as kx,
         eidetica.open_instance(None) as ky,
-        eidetica.open_instance(None) as node,
     ):
         tree, named, _ = await cycle_history(owner, [kr, kr2, kx, ky])
         await owner.import_entries(named.values())
+        yield tree, named
+
+
+async def test_mutually_dependent_revocations_read_the_same_after_a_restart(
+    cycle: tuple[eidetica.Tree, dict[str, Entry]],
+) -> None:
+    """Verdict._settle iterates "judge everything again" from "everything counts"; on
+    the cycle above it never settles (period 4: {X,Y}, {X,Y,R,R2}, {R,R2}, {}) and
+    stops after len(members)+1 rounds wherever it is. ``extended`` then adds an owner
+    entry on top without settling again, while a restarted node builds the verdict for
+    the same tips from scratch, one round further: the same entries read differently."""
+    tree, _ = cycle
+    async with eidetica.open_instance(None) as node:
         async with tree.transaction() as op:  # the owner merges, on top of everything
             op.settings().set("merged", True)
         await deliver(node, tree.root_id, await tree.entries())
@@ -217,31 +213,25 @@ async def test_mutually_dependent_revocations_read_the_same_after_a_restart() ->
         assert live == after_restart
 
 
-async def test_mutually_dependent_revocations_never_count_a_revocation_and_what_it_voids() -> None:
+async def test_mutually_dependent_revocations_never_count_a_revocation_and_what_it_voids(
+    cycle: tuple[eidetica.Tree, dict[str, Entry]],
+) -> None:
     """Whatever reading the node ends on must satisfy the rules of 8.5 it is made of:
     R (Kr, senior to Kx) and X (Kx's settings entry concurrent with R) cannot both
     count, nor R2 and Y; and R, a settings entry by Kr, counts exactly when Y, the
     only entry making Kr admin, does (likewise R2 and X). The node reads X and Y
     counting but R and R2 not: Kr is admin under what counts, yet R is voided as
     "not admin under the settings that count"."""
-    async with (
-        eidetica.open_instance(None) as owner,
-        eidetica.open_instance(None) as kr,
-        eidetica.open_instance(None) as kr2,
-        eidetica.open_instance(None) as kx,
-        eidetica.open_instance(None) as ky,
-    ):
-        tree, named, _ = await cycle_history(owner, [kr, kr2, kx, ky])
-        await owner.import_entries(named.values())
-        for pad in range(4):  # whatever the phase the loop stops in
-            async with tree.transaction() as op:
-                op.settings().set("pad", pad)
-            voided = set(await tree.voided())
-            counts = {name: e.id not in voided for name, e in named.items()}
-            assert not (counts["R"] and counts["X"]), counts
-            assert not (counts["R2"] and counts["Y"]), counts
-            assert counts["R"] == counts["Y"], counts  # Kr is admin iff Y counts
-            assert counts["R2"] == counts["X"], counts
+    tree, named = cycle
+    for pad in range(4):  # whatever the phase the loop stops in
+        async with tree.transaction() as op:
+            op.settings().set("pad", pad)
+        voided = set(await tree.voided())
+        counts = {name: e.id not in voided for name, e in named.items()}
+        assert not (counts["R"] and counts["X"]), counts
+        assert not (counts["R2"] and counts["Y"]), counts
+        assert counts["R"] == counts["Y"], counts  # Kr is admin iff Y counts
+        assert counts["R2"] == counts["X"], counts
 
 
 # --- 5. the Voided refusal is bypassed by a held entry that names the voided ones -------
