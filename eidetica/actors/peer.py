@@ -128,7 +128,7 @@ async def _serve_one(
 ) -> None:
     """Do one job, keeping the breaker's count."""
     if health.breaker == "open":
-        _refuse_while_open(link, job, report)
+        _refuse_while_open(link, job, report, until=health.open_until or 0.0)
         return
     try:
         health.attempts.append(trio.current_time())
@@ -199,16 +199,21 @@ async def _run(
             health.probes += 1
 
 
-def _refuse_while_open(link: Link, job: Job, report: trio.MemorySendChannel[cmd.Command]) -> None:
-    """Fail a job at once while the breaker is open, without extending the cooldown
-    or spending a retry attempt: the job says nothing new about the peer."""
+def _refuse_while_open(
+    link: Link, job: Job, report: trio.MemorySendChannel[cmd.Command], *, until: float
+) -> None:
+    """Fail a job at once while the breaker is open, without extending the cooldown:
+    the job says nothing new about the peer. A push waits for the breaker to close
+    (``until``) before it is tried again, and the refusal counts as one of its
+    attempts, so a peer that stays away never makes a push come back every few
+    seconds, and the push is dropped in the end like any other."""
     error = SyncError(f"peer {link.peer_key} is failing; breaker open")
     match job:
         case SyncJob(reply=reply) if reply is not None:
             reply.fail(error)
         case PushJob():
             item = job.retry or RetryItem(uuid.uuid4().hex, link.peer_key or "", job.tree, job.ids)
-            item = replace(item, attempts=max(item.attempts - 1, 0))  # the queue adds it back
+            item = replace(item, not_before=until)
             with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
                 report.send_nowait(cmd.PushFailed(item))
         case _:

@@ -30,6 +30,8 @@ class RetryItem:
     tree: str
     entry_ids: tuple[str, ...]
     attempts: int = 0
+    not_before: float = 0.0
+    """Not due before this (trio clock) time: when the peer's breaker closes again."""
 
 
 def backoff(attempts: int) -> float:
@@ -67,7 +69,7 @@ class RetryQueue:
             )
             return None
         delay = backoff(item.attempts) * (1 + self._jitter * self._rng.random())
-        self._due[item.id] = (now + delay, item)
+        self._due[item.id] = (max(now + delay, item.not_before), item)
         return item
 
     def restore(self, item: RetryItem, now: float) -> None:

@@ -211,3 +211,43 @@ async def test_an_unverifiable_pushed_entry_is_refused_and_counted(
             assert (ack.stored, ack.rejected) == (0, 1)
             assert (await tree.doc("d")).get("x") is None
             assert await tree.tips() == tips
+
+
+async def sync_tree_entries(node: eidetica.Instance, data_tree: str) -> int:
+    """Entries of every tree but ``data_tree``: the node's own sync state."""
+    trees = [t for t in await node.trees() if t.root_id != data_tree]
+    return sum([len(await t.entries()) for t in trees])
+
+
+async def test_pushes_to_a_peer_behind_an_open_breaker_wait_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While a peer's breaker is open, a failed push waits for the breaker to close
+    rather than coming back every two seconds, and each refusal counts toward the
+    push's retry limit: two hours with the peer away cost a bounded number of writes
+    of sync state, however many pushes are pending."""
+    network = SimNetwork()
+    config = SyncConfig(
+        breaker=BreakerConfig(failure_threshold=2, cooldown=60),
+        connection_check=10_000,
+        periodic_sync=10_000,
+        max_retries=10,
+    )
+    pending = 40
+    with trio.fail_after(3 * 3600):
+        async with cluster(2, network, config) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            network.partition("n0", "n1")
+            for _ in range(2):
+                with pytest.raises(eidetica.errors.TransportError):
+                    await a.sync.sync_with_peer(peer_b)
+            before = await sync_tree_entries(a.inst, tree.root_id)
+            for i in range(pending):
+                async with tree.transaction() as op:
+                    op.doc("d").set("n", i)
+            await trio.sleep(2 * 3600)
+            written = await sync_tree_entries(a.inst, tree.root_id) - before
+            # each attempt writes a push's record once and deletes it once
+            assert written <= 2 * pending * (config.max_retries + 1), written
+            assert (await a.sync.status())["retries_dropped"] == pending
