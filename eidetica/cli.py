@@ -101,7 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("path", nargs="?", help="a dotted path (default: the whole document)")
     serve = commands.add_parser("serve", help="run the node until SIGTERM or SIGINT")
     serve.add_argument("--listen", action="append", help="an address to serve (repeatable)")
-    serve.add_argument("--peer", action="append", help="a peer address to dial (repeatable)")
+    serve.add_argument(
+        "--peer",
+        action="append",
+        help="a peer address to dial, again and again until it answers (repeatable)",
+    )
     serve.add_argument("--sync", action="append", help="a tree id to sync with every peer")
     for name, what in _INTERVALS.items():
         serve.add_argument(f"--{name.replace('_', '-')}", help=f"seconds {what}")
@@ -393,19 +397,40 @@ async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
                 print(f"listening {await sync.start_server(address)}", flush=True)
             print(f"key {inst.public_key}", flush=True)
             for address in settings.get("peer") or []:
-                try:
-                    peer = await sync.connect(address)
-                except EideticaError as exc:
-                    log.warning("could not reach %s yet: %s", address, exc)
-                    continue
-                for tree in settings.get("sync") or []:
-                    await sync.add_tree_sync(peer, tree)
-                log.info("peer %s at %s", peer, address)
+                nursery.start_soon(_keep_dialling, sync, address, settings.get("sync") or [])
             print("ready", flush=True)
             async for signum in signals:
                 log.info("got %s: shutting down", signal.Signals(signum).name)
                 break
             nursery.cancel_scope.cancel()
+
+
+FIRST_REDIAL = 1.0
+LAST_REDIAL = 60.0
+
+
+async def _keep_dialling(sync: Sync, address: str, trees: Sequence[str]) -> None:
+    """Dial a peer given to ``serve`` until it answers, waiting 1 s, then twice as
+    long each time up to a minute, so nodes started in any order link; then relate
+    ``trees`` with it and fetch them at once rather than at the first periodic sync."""
+    delay = FIRST_REDIAL
+    while True:
+        try:
+            peer = await sync.connect(address)
+            break
+        except EideticaError as exc:
+            log.warning("could not reach %s yet (%s); trying again in %.0f s", address, exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, LAST_REDIAL)
+    log.info("peer %s at %s", peer, address)
+    if not trees:
+        return
+    try:
+        for tree in trees:
+            await sync.add_tree_sync(peer, tree)
+        await sync.sync_with_peer(peer)
+    except EideticaError as exc:
+        log.warning("first sync with %s failed (%s); the periodic sync will retry", peer, exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

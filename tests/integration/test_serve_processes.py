@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,37 @@ def test_commands_reach_a_running_node(tmp_path: Path) -> None:
     assert not socket.exists()
     # With the node stopped, the same commands open the directory itself.
     assert json.loads(cli(a_data, "get", tree, "todo", "milk.done")) is False
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it; the caller binds it soon)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_serve_processes_started_in_the_wrong_order_link_and_fetch_by_themselves(
+    tmp_path: Path,
+) -> None:
+    a_data, b_data = tmp_path / "a", tmp_path / "b"
+    b_key = cli(b_data, "init")
+    tree = cli(a_data, "tree", "create", "shared")
+    cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
+    cli(a_data, "tree", "grant", tree, b_key, "write")
+    address = f"ws://127.0.0.1:{free_port()}"
+    # B starts first, told to sync a tree it does not hold with a node that is down.
+    b, _ = start(b_data, "--listen", "ws://127.0.0.1:0", "--peer", address, "--sync", tree)
+    try:
+        a, _ = start(a_data, "--listen", address)
+        try:
+            deadline = time.monotonic() + 30
+            while json.loads(run("get", tree, "todo", data=b_data).stdout or "null") is None:
+                assert time.monotonic() < deadline, "B never fetched the tree"
+                time.sleep(0.2)  # polling another process's state; nothing to wait on
+            assert json.loads(cli(b_data, "get", tree, "todo", "milk.done")) is False
+        finally:
+            stop(a)
+    finally:
+        err = stop(b)
+    assert f"could not reach {address} yet" in err
