@@ -100,6 +100,14 @@ class RetryDue(_Command, frozen=True):
     item: RetryItem
 
 
+class RetryEnded(_Command, frozen=True):
+    """A queued push needs no more tries: it went through, or it used up its attempts.
+    The supervisor forgets its record, so the persisted queue stays the live one."""
+
+    item: RetryItem
+    delivered: bool
+
+
 class CheckConnections(_Command, frozen=True):
     """The connection-check timer fired: probe every peer."""
 
@@ -158,6 +166,7 @@ Command = (
     | PushFailed
     | SyncDone
     | RetryDue
+    | RetryEnded
     | CheckConnections
     | PeerReachable
     | LinkClosed

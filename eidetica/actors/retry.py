@@ -105,10 +105,12 @@ async def run_retry(
     inbox: trio.MemoryReceiveChannel[RetryItem],
     due: Due,
     *,
+    dropped: Due,
     sweep: float = 30.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Take failed items from ``inbox``; hand each to ``due`` when its time comes.
+    """Take failed items from ``inbox``; hand each to ``due`` when its time comes, or
+    to ``dropped`` once it has used up its attempts.
 
     It wakes at the earliest due time, and at least every ``sweep`` seconds.
     """
@@ -124,4 +126,5 @@ async def run_retry(
                 item = await inbox.receive()
             except trio.EndOfChannel:
                 return
-            queue.failed(item, trio.current_time())
+            if queue.failed(item, trio.current_time()) is None:
+                await dropped(item)

@@ -223,6 +223,7 @@ class Supervisor:
                     self._retries,
                     self._retry_inbox,
                     self._retry_due,
+                    dropped=self._retry_dropped,
                     sweep=self._config.retry_sweep,
                 ),
             )
@@ -336,8 +337,9 @@ class Supervisor:
                 except trio.WouldBlock:
                     log.warning("retry queue full: the periodic sync will repair %s", item)
             case cmd.RetryDue():
-                await self._require_state().drop_retry(command.item.id)
                 await self._retry(command.item)
+            case cmd.RetryEnded():
+                await self._require_state().drop_retry(command.item.id)
             case cmd.PushFailed():
                 pass  # from the actor of a peer removed since
             case cmd.CheckConnections():
@@ -419,14 +421,21 @@ class Supervisor:
         await state.record_sync(done.peer, done.ok, done.received, done.duration * 1000)
 
     async def _retry(self, item: RetryItem) -> None:
+        """Try a queued push again. Its record stays on disk until the push goes
+        through, is dropped, or has nowhere to go, so a crash loses none."""
         known = self._peers.get(item.peer)
         if known is None and item.peer in self._reconnecting:
             with contextlib.suppress(trio.WouldBlock):  # not back yet: wait longer
                 self._to_retry.send_nowait(item)
             return
         if known is None or not await self._shares(known, item.tree):
-            return  # the peer, the relationship or its permission is gone
+            await self._require_state().drop_retry(item.id)  # the peer or tree is gone
+            return
         self._queue(known, self._push_job(item.tree, item.entry_ids, item))
+
+    async def _retry_dropped(self, item: RetryItem) -> None:
+        """Called by the retry actor: a push used up its attempts."""
+        await self.inbox.send(cmd.RetryEnded(item, delivered=False))
 
     async def _retry_due(self, item: RetryItem) -> None:
         """Called by the retry actor: hand the item back through the inbox."""
