@@ -1,27 +1,28 @@
-"""SyncState: what the sync engine must remember across restarts, kept in the sync tree.
+"""SyncState: what the sync engine must remember across restarts.
 
-Each node keeps its peers, their tree relationships, sync cursors, per-peer metadata, a
-bounded sync history and the retry queue in an ordinary tree of its own, the sync
-tree. Being a tree, it is stored by the same backend as everything else (SQLite on
-disk), so it survives a restart with no storage of its own. The backend's node-local
-key ``sync_tree`` names it; lookup never goes by the tree's name, so a user tree that
-happens to be called ``_sync`` is never mistaken for it.
+Peers and their tree relationships are kept in an ordinary tree of the node's own,
+the sync tree: stored by the same backend as everything else (SQLite on disk), so
+they survive a restart with no storage of their own. The backend's node-local key
+``sync_tree`` names it; lookup never goes by the tree's name, so a user tree that
+happens to be called ``_sync`` is never mistaken for it. Peers sit at the seed's path,
+in the ``peers`` store: ``{peer_key}`` -> ``{"addresses": [...], "sync_trees": [...]}``.
 
-The data sits at the seed's paths, in three document stores:
+What changes with every sync or push - cursors, per-peer metadata, the bounded
+history and the retry queue - is node-local instead: one JSON document per kind under
+a backend-local key (``sync/cursors``, ``sync/metadata``, ``sync/history``,
+``sync/retry``), replaced whole on each write and durable at once. As signed entries
+they cost about 660 bytes per sync and were never reclaimed, so the sync tree grew
+for ever; as local records they take what they hold now. A node whose sync tree still
+holds them in its ``sync_state`` and ``retry`` stores (written by an earlier version)
+has them copied over the first time it opens, once.
 
-- ``peers``: ``{peer_key}`` -> ``{"addresses": [...], "sync_trees": [...]}``
-- ``sync_state``: ``cursors/{peer_key}/{tree_id}``, ``metadata/{peer_key}`` and
-  ``history/{sync_id}``
-- ``retry``: ``{retry_id}`` -> the entries still to push to a peer, and how often that
-  was tried. Times are not kept: trio's clock starts afresh with every run.
+Times of retries are not kept: trio's clock starts afresh with every run. Peer keys
+hold base64 characters, so tree paths are always given as tuples, never dotted strings.
 
-Every write method is one transaction, so one signed entry. Peer keys hold base64
-characters, so paths are always given as tuples, never dotted strings.
-
-Only this node writes its sync tree, but two writes from concurrent tasks could both
-read the state before either commits and one would lose the other's change. Writes
-therefore take a lock of this object: keep one ``SyncState`` per instance (the
-supervisor's) for writing.
+Only this node writes its sync state, but two writes from concurrent tasks could both
+read it before either writes and one would lose the other's change. Writes therefore
+take a lock of this object: keep one ``SyncState`` per instance (the supervisor's) for
+writing.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ _CURSORS = "cursors"
 _METADATA = "metadata"
 _HISTORY = "history"
 _HISTORY_ID_DIGITS = 20  # zero-padded, so ids sort as the numbers they are
+_LOCAL = {kind: f"sync/{kind}" for kind in (_CURSORS, _METADATA, _HISTORY, RETRY)}
+"""The backend-local key of each kind of node-local sync record."""
+_MIGRATED_KEY = "sync/local_since"
+"""Set once the records an earlier version kept in the sync tree were copied over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +195,38 @@ class SyncState:
                 tree = await instance.open_tree(root_id)
             except TreeNotFound as exc:
                 raise StorageError(f"the sync tree {root_id} is missing from this node") from exc
-        return cls(tree, max_history=max_history)
+        state = cls(tree, max_history=max_history)
+        await state._migrate()
+        return state
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[AtomicOp]:
         """One locked read-modify-write transaction."""
         async with self._lock, self.tree.transaction() as op:
             yield op
+
+    def _local(self, kind: str) -> dict[str, Any]:
+        """The node-local document of one kind of record (empty if none was written)."""
+        raw = self._backend.get_local(_LOCAL[kind])
+        loaded: dict[str, Any] = json.loads(raw) if raw else {}
+        return loaded
+
+    def _put_local(self, kind: str, document: dict[str, Any]) -> None:
+        self._backend.set_local(_LOCAL[kind], json.dumps(document, sort_keys=True))
+
+    async def _migrate(self) -> None:
+        """Copy cursors, metadata, history and retries that an earlier version kept
+        in the sync tree to their node-local records, once."""
+        if self._backend.get_local(_MIGRATED_KEY) is not None:
+            return
+        state = (await self.tree.doc(SYNC_STATE)).to_dict()
+        for kind in (_CURSORS, _METADATA, _HISTORY):
+            if state.get(kind) and not self._local(kind):
+                self._put_local(kind, state[kind])
+        retries = (await self.tree.doc(RETRY)).to_dict()
+        if retries and not self._local(RETRY):
+            self._put_local(RETRY, retries)
+        self._backend.set_local(_MIGRATED_KEY, "1")
 
     # Peers the operator removed (node-local: a fact about this node, not to sync)
 
@@ -231,10 +261,7 @@ class SyncState:
             peers = op.doc(PEERS)
             if (key,) in peers:
                 peers.delete((key,))
-            state = op.doc(SYNC_STATE)
-            if (_CURSORS, key) in state:
-                state.delete((_CURSORS, key))
-            self._drop_retries(op.doc(RETRY), key, tree=None)
+            self._drop_local(key, tree=None)
 
     async def add_relationship(self, key: str, tree: str) -> None:
         """Keep ``tree`` in sync with the known peer ``key``."""
@@ -253,10 +280,7 @@ class SyncState:
             peer = self._peer_in(peers, key)
             if peer is not None and tree in peer.trees:
                 peers.set((key,), _dump_peer(PeerRecord(key, peer.addresses, peer.trees - {tree})))
-            state = op.doc(SYNC_STATE)
-            if (_CURSORS, key, tree) in state:
-                state.delete((_CURSORS, key, tree))
-            self._drop_retries(op.doc(RETRY), key, tree)
+            self._drop_local(key, tree)
 
     async def peers(self) -> dict[str, PeerRecord]:
         """Every known peer, by key."""
@@ -284,31 +308,27 @@ class SyncState:
         """Record that a sync of ``tree`` with ``peer`` ended at ``tips`` at time ``now``
         (the caller's clock, stored as given) having moved ``synced`` entries, which are
         added to the cursor's running total. Returns the new cursor."""
-        async with self._writing() as op:
-            state = op.doc(SYNC_STATE)
-            where = (_CURSORS, peer, tree)
-            previous = state.get(where)
-            total = 0 if previous is None else _load(previous, Cursor, where).total_synced_count
+        async with self._lock:
+            cursors = self._local(_CURSORS)
+            previous = await self.cursor(peer, tree)
+            total = 0 if previous is None else previous.total_synced_count
             cursor = Cursor(tuple(sorted(set(tips))), float(now), total + synced)
-            state.set(where, _dump(cursor))
+            cursors.setdefault(peer, {})[tree] = _dump(cursor)
+            self._put_local(_CURSORS, cursors)
         return cursor
 
     async def cursor(self, peer: str, tree: str) -> Cursor | None:
         """The cursor of ``tree`` with ``peer``, or None if they never synced."""
-        where = (_CURSORS, peer, tree)
-        raw = (await self.tree.doc(SYNC_STATE)).get(where)
-        return None if raw is None else _load(raw, Cursor, where)
+        raw = self._local(_CURSORS).get(peer, {}).get(tree)
+        return None if raw is None else _load(raw, Cursor, (_CURSORS, peer, tree))
 
     async def record_sync(self, peer: str, ok: bool, entries: int, duration_ms: float) -> None:
         """Count one sync with ``peer`` in its metadata and add it to the history,
         dropping the oldest records beyond ``max_history``. ``entries`` counts towards the
         total even when the sync failed: whatever was stored before the failure stays."""
         duration_ms = _duration(duration_ms)
-        async with self._writing() as op:
-            state = op.doc(SYNC_STATE)
-            where = (_METADATA, peer)
-            raw = state.get(where)
-            before = SyncMetadata() if raw is None else _load(raw, SyncMetadata, where)
+        async with self._lock:
+            before = await self.metadata(peer)
             count = before.successful_sync_count + before.failed_sync_count + 1
             average = before.average_sync_duration_ms
             after = SyncMetadata(
@@ -317,23 +337,24 @@ class SyncState:
                 total_entries_synced=before.total_entries_synced + entries,
                 average_sync_duration_ms=average + (duration_ms - average) / count,
             )
-            state.set(where, _dump(after))
-            ids = sorted(state.get((_HISTORY,), {}))
+            self._put_local(_METADATA, {**self._local(_METADATA), peer: _dump(after)})
+            history = self._local(_HISTORY)
+            ids = sorted(history)
             number = int(ids[-1]) + 1 if ids else 0
             record = HistoryRecord(peer, ok, entries, duration_ms)
-            state.set((_HISTORY, f"{number:0{_HISTORY_ID_DIGITS}d}"), _dump(record))
+            history[f"{number:0{_HISTORY_ID_DIGITS}d}"] = _dump(record)
             for old in ids[: max(0, len(ids) + 1 - self.max_history)]:
-                state.delete((_HISTORY, old))
+                del history[old]
+            self._put_local(_HISTORY, history)
 
     async def metadata(self, peer: str) -> SyncMetadata:
         """The running totals of syncs with ``peer`` (all zero if none was recorded)."""
-        where = (_METADATA, peer)
-        raw = (await self.tree.doc(SYNC_STATE)).get(where)
-        return SyncMetadata() if raw is None else _load(raw, SyncMetadata, where)
+        raw = self._local(_METADATA).get(peer)
+        return SyncMetadata() if raw is None else _load(raw, SyncMetadata, (_METADATA, peer))
 
     async def history(self) -> list[HistoryRecord]:
         """The recorded syncs, oldest first; at most ``max_history`` of them."""
-        stored: dict[str, Any] = (await self.tree.doc(SYNC_STATE)).get((_HISTORY,), {})
+        stored = self._local(_HISTORY)
         return [
             _load(stored[sync_id], HistoryRecord, (_HISTORY, sync_id)) for sync_id in sorted(stored)
         ]
@@ -342,28 +363,39 @@ class SyncState:
 
     async def put_retry(self, retry_id: str, record: RetryRecord) -> None:
         """Persist (or replace) the retry ``retry_id``."""
-        async with self._writing() as op:
-            op.doc(RETRY).set((retry_id,), _dump(record))
+        async with self._lock:
+            self._put_local(RETRY, {**self._local(RETRY), retry_id: _dump(record)})
 
     async def drop_retry(self, retry_id: str) -> None:
         """Forget the retry ``retry_id``, if it is kept."""
-        async with self._writing() as op:
-            retries = op.doc(RETRY)
-            if (retry_id,) in retries:
-                retries.delete((retry_id,))
+        async with self._lock:
+            retries = self._local(RETRY)
+            if retries.pop(retry_id, None) is not None:
+                self._put_local(RETRY, retries)
 
     async def retries(self) -> dict[str, RetryRecord]:
         """Every persisted retry, by id."""
-        stored = (await self.tree.doc(RETRY)).to_dict()
+        stored = self._local(RETRY)
         return {
             retry_id: _load(raw, RetryRecord, (RETRY, retry_id))
             for retry_id, raw in sorted(stored.items())
         }
 
-    @staticmethod
-    def _drop_retries(retries: DocStore, peer: str, tree: str | None) -> None:
-        """Stage the removal of the retries for ``peer`` (and ``tree``, if given)."""
-        for retry_id, raw in retries.to_dict().items():
-            record = _load(raw, RetryRecord, (RETRY, retry_id))
-            if record.peer == peer and (tree is None or record.tree == tree):
-                retries.delete((retry_id,))
+    def _drop_local(self, peer: str, tree: str | None) -> None:
+        """Forget the cursors and retries kept for ``peer`` (and ``tree``, if given);
+        its metadata and history stay, as the record of the past."""
+        cursors = self._local(_CURSORS)
+        if tree is None:
+            cursors.pop(peer, None)
+        else:
+            cursors.get(peer, {}).pop(tree, None)
+        self._put_local(_CURSORS, cursors)
+        retries = {
+            retry_id: raw
+            for retry_id, raw in self._local(RETRY).items()
+            if not (
+                _load(raw, RetryRecord, (RETRY, retry_id)).peer == peer
+                and (tree is None or raw.get("tree") == tree)
+            )
+        }
+        self._put_local(RETRY, retries)

@@ -11,6 +11,7 @@ import trio
 import eidetica
 from eidetica.actors.state import (
     SYNC_TREE_KEY,
+    SYNC_TREE_NAME,
     Cursor,
     HistoryRecord,
     PeerRecord,
@@ -162,14 +163,61 @@ async def test_metadata_counts_outcomes_and_averages_every_duration(
         await state.record_sync(ALICE, ok=True, entries=0, duration_ms=float("nan"))
 
 
-async def test_each_write_is_one_commit(inst: eidetica.Instance) -> None:
+async def test_sync_bookkeeping_signs_no_entries(inst: eidetica.Instance) -> None:
+    """Cursors, metadata, history and retries are node-local records: a thousand
+    syncs leave the sync tree as it was. Peers and relationships are still entries."""
     state = await SyncState.open(inst)
     await state.add_peer(ALICE)
-    await state.put_retry("r1", RetryRecord(ALICE, TREE_A, ("e1",), 0))
     before = await entry_count(state)
-    await state.record_sync(ALICE, ok=True, entries=1, duration_ms=1.0)
-    await state.remove_relationship(ALICE, TREE_A)  # drops the retry, touches nothing else
-    assert await entry_count(state) == before + 2
+    for i in range(1000):
+        await state.record_sync(ALICE, ok=True, entries=1, duration_ms=1.0)
+        await state.set_cursor(ALICE, TREE_A, [f"{i:064x}"], now=float(i), synced=1)
+        await state.put_retry(f"r{i}", RetryRecord(ALICE, TREE_A, ("e1",), 0))
+        await state.drop_retry(f"r{i}")
+    assert await entry_count(state) == before
+    assert (await state.metadata(ALICE)).successful_sync_count == 1000
+    assert len(await state.history()) == state.max_history
+    await state.add_relationship(ALICE, TREE_A)
+    assert await entry_count(state) == before + 1
+
+
+async def test_what_an_earlier_version_kept_in_the_sync_tree_is_read_once(
+    inst: eidetica.Instance,
+) -> None:
+    """A node upgraded from the version that kept cursors, metadata, history and
+    retries in its sync tree keeps its peers, relationships, cursors and retry queue."""
+    tree = await inst.create_tree(SYNC_TREE_NAME)  # as the earlier version wrote it
+    inst.backend.set_local(SYNC_TREE_KEY, tree.root_id)
+    async with tree.transaction() as op:
+        op.doc("peers").set((ALICE,), {"addresses": ["ws://a"], "sync_trees": [TREE_A]})
+        op.doc("retry").set(
+            ("r1",), {"attempts": 2, "entry_ids": ["e1"], "peer": ALICE, "tree": TREE_A}
+        )
+        state_doc = op.doc("sync_state")
+        state_doc.set(
+            ("cursors", ALICE, TREE_A),
+            {"last_sync_time": 1.0, "last_synced_tips": ["t"], "total_synced_count": 3},
+        )
+        state_doc.set(
+            ("metadata", ALICE),
+            {
+                "average_sync_duration_ms": 2.0,
+                "failed_sync_count": 0,
+                "successful_sync_count": 1,
+                "total_entries_synced": 3,
+            },
+        )
+        state_doc.set(
+            ("history", f"{0:020d}"), {"duration_ms": 2.0, "entries": 3, "ok": True, "peer": ALICE}
+        )
+    state = await SyncState.open(inst)
+    assert await state.peers() == {ALICE: PeerRecord(ALICE, ("ws://a",), frozenset({TREE_A}))}
+    assert await state.retries() == {"r1": RetryRecord(ALICE, TREE_A, ("e1",), 2)}
+    assert await state.cursor(ALICE, TREE_A) == Cursor(("t",), 1.0, 3)
+    assert (await state.metadata(ALICE)).total_entries_synced == 3
+    assert len(await state.history()) == 1
+    await state.drop_retry("r1")
+    assert await (await SyncState.open(inst)).retries() == {}  # copied once, not again
 
 
 async def test_history_keeps_the_newest_max_history(inst: eidetica.Instance) -> None:
