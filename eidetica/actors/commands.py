@@ -100,6 +100,21 @@ class RetryDue(_Command, frozen=True):
     item: RetryItem
 
 
+class Pushed(_Command, frozen=True):
+    """A peer took a push of ``entries`` entries of ``tree``: count it."""
+
+    peer: str
+    tree: str
+    entries: int
+
+
+class Served(_Command, frozen=True):
+    """A peer's sync request for ``tree`` was answered: count it."""
+
+    peer: str
+    tree: str
+
+
 class RetryEnded(_Command, frozen=True):
     """A queued push needs no more tries: it went through, or it used up its attempts.
     The supervisor forgets its record, so the persisted queue stays the live one."""
@@ -167,6 +182,8 @@ Command = (
     | SyncDone
     | RetryDue
     | RetryEnded
+    | Pushed
+    | Served
     | CheckConnections
     | PeerReachable
     | LinkClosed

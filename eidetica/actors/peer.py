@@ -194,8 +194,9 @@ async def _run(
             health.pushes += 1
             if ack.need or ack.held:  # the peer lacks more than we pushed: sync the tree
                 await link.sync_tree(instance, job.tree)
-            if job.retry is not None:  # a retried push went through: forget its record
-                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                report.send_nowait(cmd.Pushed(link.peer_key or "", job.tree, len(job.entries)))
+                if job.retry is not None:  # a retried push went through: forget its record
                     report.send_nowait(cmd.RetryEnded(job.retry, delivered=True))
         case ProbeJob():
             await link.handshake(instance, expected_key=link.peer_key)

@@ -56,6 +56,9 @@ refusals = RefusalLog(log)
 Received = Callable[[str, tuple[str, ...], str], None]
 """Told (tree, stored ids, peer key) after a peer's entries were stored."""
 
+Served = Callable[[str, str], None]
+"""Told (tree, peer key) after a peer's sync request for the tree was answered."""
+
 Wanted = Callable[[str, str], bool]
 """Whether this node syncs (peer key, tree) and so takes a tree it does not hold yet."""
 
@@ -109,6 +112,7 @@ class SyncService:
         codec: Codec,
         *,
         on_received: Received | None = None,
+        on_served: Served | None = None,
         wanted: Wanted | None = None,
         on_reachable: Reachable | None = None,
         heard: Wanted | None = None,
@@ -120,6 +124,7 @@ class SyncService:
         self._instance = instance
         self._codec = codec
         self._on_received = on_received
+        self._on_served = on_served
         self._wanted = wanted
         self._on_reachable = on_reachable
         self._heard = heard
@@ -213,6 +218,8 @@ class SyncService:
                 peer = _proven(caller)
                 view = await self._readable(body.tree, peer)
                 self._reachable(peer, origin, body.tree)
+                if self._on_served is not None:
+                    self._on_served(body.tree, peer)
                 return self._planner.answer(view, body, peer=peer)
             case SendEntries():
                 peer = _proven(caller)

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import msgspec
@@ -99,6 +100,11 @@ class SyncMetadata:
     total_entries_synced: int = 0
     average_sync_duration_ms: float = 0.0
     """The mean over every recorded sync, successful or not."""
+    pushes: int = 0
+    """Pushes of our new entries that the peer took."""
+    entries_pushed: int = 0
+    requests_served: int = 0
+    """Sync requests the peer started and this node answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,12 @@ class HistoryRecord:
     ok: bool
     entries: int
     duration_ms: float
+    tree: str = ""
+    direction: str = "pull"
+    """``pull``: a sync this node started; ``push``: entries this node sent;
+    ``served``: a sync request the peer started."""
+    at: float = 0.0
+    """Unix time the sync ended (0 in records from before this was kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +171,10 @@ def _dump_peer(peer: PeerRecord) -> Any:
 def _load_peer(key: str, raw: Any) -> PeerRecord:
     stored = _load(raw, _PeerDoc, (PEERS, key))
     return PeerRecord(key, stored.addresses, frozenset(stored.sync_trees))
+
+
+def _at(at: float | None) -> float:
+    return time.time() if at is None else float(at)
 
 
 def _duration(value: float) -> float:
@@ -322,7 +338,16 @@ class SyncState:
         raw = self._local(_CURSORS).get(peer, {}).get(tree)
         return None if raw is None else _load(raw, Cursor, (_CURSORS, peer, tree))
 
-    async def record_sync(self, peer: str, ok: bool, entries: int, duration_ms: float) -> None:
+    async def record_sync(
+        self,
+        peer: str,
+        ok: bool,
+        entries: int,
+        duration_ms: float,
+        *,
+        tree: str = "",
+        at: float | None = None,
+    ) -> None:
         """Count one sync with ``peer`` in its metadata and add it to the history,
         dropping the oldest records beyond ``max_history``. ``entries`` counts towards the
         total even when the sync failed: whatever was stored before the failure stays."""
@@ -331,21 +356,44 @@ class SyncState:
             before = await self.metadata(peer)
             count = before.successful_sync_count + before.failed_sync_count + 1
             average = before.average_sync_duration_ms
-            after = SyncMetadata(
+            after = replace(
+                before,
                 successful_sync_count=before.successful_sync_count + ok,
                 failed_sync_count=before.failed_sync_count + (not ok),
                 total_entries_synced=before.total_entries_synced + entries,
                 average_sync_duration_ms=average + (duration_ms - average) / count,
             )
-            self._put_local(_METADATA, {**self._local(_METADATA), peer: _dump(after)})
-            history = self._local(_HISTORY)
-            ids = sorted(history)
-            number = int(ids[-1]) + 1 if ids else 0
-            record = HistoryRecord(peer, ok, entries, duration_ms)
-            history[f"{number:0{_HISTORY_ID_DIGITS}d}"] = _dump(record)
-            for old in ids[: max(0, len(ids) + 1 - self.max_history)]:
-                del history[old]
-            self._put_local(_HISTORY, history)
+            self._put_metadata(peer, after)
+            self._add_history(HistoryRecord(peer, ok, entries, duration_ms, tree, "pull", _at(at)))
+
+    async def record_push(self, peer: str, tree: str, entries: int) -> None:
+        """Count a push of ``entries`` of ``tree`` that ``peer`` took."""
+        async with self._lock:
+            before = await self.metadata(peer)
+            after = replace(
+                before, pushes=before.pushes + 1, entries_pushed=before.entries_pushed + entries
+            )
+            self._put_metadata(peer, after)
+            self._add_history(HistoryRecord(peer, True, entries, 0.0, tree, "push", _at(None)))
+
+    async def record_served(self, peer: str, tree: str) -> None:
+        """Count a sync request for ``tree`` that ``peer`` started and this node answered."""
+        async with self._lock:
+            before = await self.metadata(peer)
+            self._put_metadata(peer, replace(before, requests_served=before.requests_served + 1))
+            self._add_history(HistoryRecord(peer, True, 0, 0.0, tree, "served", _at(None)))
+
+    def _put_metadata(self, peer: str, metadata: SyncMetadata) -> None:
+        self._put_local(_METADATA, {**self._local(_METADATA), peer: _dump(metadata)})
+
+    def _add_history(self, record: HistoryRecord) -> None:
+        history = self._local(_HISTORY)
+        ids = sorted(history)
+        number = int(ids[-1]) + 1 if ids else 0
+        history[f"{number:0{_HISTORY_ID_DIGITS}d}"] = _dump(record)
+        for old in ids[: max(0, len(ids) + 1 - self.max_history)]:
+            del history[old]
+        self._put_local(_HISTORY, history)
 
     async def metadata(self, peer: str) -> SyncMetadata:
         """The running totals of syncs with ``peer`` (all zero if none was recorded)."""

@@ -340,6 +340,10 @@ class Supervisor:
                 await self._retry(command.item)
             case cmd.RetryEnded():
                 await self._require_state().drop_retry(command.item.id)
+            case cmd.Pushed() | cmd.Served() if self._keeps(command.peer):
+                await self._count(command)
+            case cmd.Pushed() | cmd.Served():
+                pass  # a peer that only dialled us leaves no record
             case cmd.PushFailed():
                 pass  # from the actor of a peer removed since
             case cmd.CheckConnections():
@@ -418,7 +422,21 @@ class Supervisor:
         state = self._require_state()
         if done.ok:
             await state.set_cursor(done.peer, done.tree, done.tips, time.time(), done.received)
-        await state.record_sync(done.peer, done.ok, done.received, done.duration * 1000)
+        await state.record_sync(
+            done.peer, done.ok, done.received, done.duration * 1000, tree=done.tree
+        )
+
+    def _keeps(self, peer: str) -> bool:
+        """Whether the node keeps records of ``peer`` (one it chose, not a stranger)."""
+        known = self._peers.get(peer)
+        return known is not None and known.kept
+
+    async def _count(self, command: cmd.Pushed | cmd.Served) -> None:
+        state = self._require_state()
+        if isinstance(command, cmd.Pushed):
+            await state.record_push(command.peer, command.tree, command.entries)
+        else:
+            await state.record_served(command.peer, command.tree)
 
     async def _retry(self, item: RetryItem) -> None:
         """Try a queued push again. Its record stays on disk until the push goes
@@ -513,6 +531,7 @@ class Supervisor:
             self._instance,
             codec,
             on_received=lambda tree, ids, peer: self.notify(cmd.EntriesReceived(tree, ids, peer)),
+            on_served=lambda tree, peer: self.notify(cmd.Served(peer, tree)),
             wanted=self._wants,
             heard=self._heard,
             on_reachable=lambda peer, address, tree: self.notify(

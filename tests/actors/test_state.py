@@ -44,7 +44,7 @@ async def test_everything_reads_back_after_a_restart(tmp_path: Path) -> None:
         await state.add_relationship(ALICE, TREE_A)
         await state.add_relationship(ALICE, TREE_B)
         await state.set_cursor(ALICE, TREE_A, ["t2", "t1"], now=1234.5, synced=7)
-        await state.record_sync(ALICE, ok=True, entries=7, duration_ms=30.0)
+        await state.record_sync(ALICE, ok=True, entries=7, duration_ms=30.0, tree=TREE_A, at=5.0)
         await state.put_retry("r1", retry)
 
     async with eidetica.open_instance(path) as inst:
@@ -60,7 +60,7 @@ async def test_everything_reads_back_after_a_restart(tmp_path: Path) -> None:
         assert await state.cursor(ALICE, TREE_A) == Cursor(("t1", "t2"), 1234.5, 7)
         assert await state.cursor(ALICE, TREE_B) is None
         assert await state.metadata(ALICE) == SyncMetadata(1, 0, 7, 30.0)
-        assert await state.history() == [HistoryRecord(ALICE, True, 7, 30.0)]
+        assert await state.history() == [HistoryRecord(ALICE, True, 7, 30.0, TREE_A, "pull", 5.0)]
         assert await state.retries() == {"r1": retry}
 
 
@@ -269,3 +269,18 @@ async def test_a_malformed_record_is_a_storage_error(inst: eidetica.Instance) ->
 async def test_max_history_must_keep_at_least_one(inst: eidetica.Instance) -> None:
     with pytest.raises(SyncError, match="max_history"):
         await SyncState.open(inst, max_history=0)
+
+
+async def test_history_says_when_which_tree_and_which_way(inst: eidetica.Instance) -> None:
+    state = await SyncState.open(inst)
+    await state.record_sync(ALICE, ok=True, entries=2, duration_ms=5.0, tree=TREE_A, at=100.0)
+    await state.record_push(ALICE, TREE_B, entries=3)
+    await state.record_served(BOB, TREE_A)
+    pulled, pushed, served = await state.history()
+    assert pulled == HistoryRecord(ALICE, True, 2, 5.0, TREE_A, "pull", 100.0)
+    assert (pushed.direction, pushed.tree, pushed.entries) == ("push", TREE_B, 3)
+    assert (served.direction, served.peer, served.tree) == ("served", BOB, TREE_A)
+    assert pushed.at > 0 and served.at > 0
+    alice = await state.metadata(ALICE)
+    assert (alice.successful_sync_count, alice.pushes, alice.entries_pushed) == (1, 1, 3)
+    assert (await state.metadata(BOB)).requests_served == 1

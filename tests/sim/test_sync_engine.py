@@ -91,6 +91,10 @@ async def test_a_commit_is_pushed_to_related_peers(autojump_clock: trio.testing.
             await trio.testing.wait_all_tasks_blocked()
             assert (await theirs.doc("d")).get("pushed") is True
             assert trio.current_time() < 1  # the push needed no timer
+            # both sides count what the other side started, as well as their own syncs
+            assert (await (await SyncState.open(a.inst)).metadata(peer_b)).pushes == 1
+            served = await (await SyncState.open(b.inst)).metadata(a.inst.public_key)
+            assert served.requests_served >= 1
 
 
 async def test_a_write_on_a_reaches_c_through_b(autojump_clock: trio.testing.MockClock) -> None:
