@@ -43,6 +43,18 @@ def child_entry(
     )
 
 
+def settings_on_root(key: SigningKey, root: Entry, ops: Sequence[SetOp]) -> Entry:
+    """A settings entry signed by ``key`` right on ``root`` (height 1), whether or not
+    ``key`` may write one there: for tests of what a tree takes in."""
+    return create_entry(
+        key,
+        tree=root.id,
+        parents=[root.id],
+        height=1,
+        stores=[StoreWrite(SETTINGS_STORE, (root.id,), encode_ops(list(ops)))],
+    )
+
+
 def build_dag(key: SigningKey, shape: Sequence[Sequence[int]]) -> list[Entry]:
     """A root followed by one entry per item of ``shape``.
 

@@ -18,6 +18,7 @@ from eidetica.errors import (
 )
 from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry
 from eidetica.storage.crdt import SetOp, encode_ops
+from tests.builders import settings_on_root
 
 
 async def copy_tree(source: eidetica.Tree, target: eidetica.Instance) -> eidetica.Tree:
@@ -127,19 +128,7 @@ async def test_forged_settings_entry_is_refused(
     tree = await inst.create_tree(name="t")
     (root,) = await tree.entries()
     # Another key writes itself in as admin, signing validly with its own key.
-    grab = create_entry(
-        other.device_key,
-        tree=root.id,
-        parents=[root.id],
-        height=1,
-        stores=[
-            StoreWrite(
-                SETTINGS_STORE,
-                (root.id,),
-                encode_ops([SetOp(("auth", other.public_key), "admin")]),
-            )
-        ],
-    )
+    grab = settings_on_root(other.device_key, root, [SetOp(("auth", other.public_key), "admin")])
     with pytest.raises(PermissionDenied):
         await inst.import_entries([grab])
     assert await tree.tips() == [root.id]

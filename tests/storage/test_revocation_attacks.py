@@ -18,6 +18,7 @@ from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_en
 from eidetica.storage.crdt import SetOp, encode_ops
 from eidetica.storage.instance import Instance
 from eidetica.storage.settings import SettingsIndex
+from tests.builders import settings_on_root
 from tests.storage.test_revocation import copy, new_entries, write
 
 
@@ -123,18 +124,8 @@ async def test_a_cached_fold_follows_a_late_settings_entry_that_changes_seniorit
         revocation = await new_entries(at_admin, known)
         late = await write(at_writer, "late", 1)
         # The owner, on another device that only knew the root, lets the writer read.
-        side = create_entry(
-            owner.device_key,
-            tree=root.id,
-            parents=[root.id],
-            height=1,
-            stores=[
-                StoreWrite(
-                    SETTINGS_STORE,
-                    (root.id,),
-                    encode_ops([SetOp(("auth", writer.public_key), "read")]),
-                )
-            ],
+        side = settings_on_root(
+            owner.device_key, root, [SetOp(("auth", writer.public_key), "read")]
         )
         await deliver(node, tree.root_id, known, [late], revocation)
         before = await read(node, tree.root_id)  # folds d and caches it
