@@ -1,9 +1,10 @@
 """The peer actor: one per peer, owning that peer's link and doing its requests in order.
 
-It is also the peer's circuit breaker: after ``failure_threshold`` failures in a row
-it stops sending for ``cooldown`` seconds, failing jobs at once (pushes go to the
-retry queue); then the next job is a single probe (half-open), which closes the
-breaker if it succeeds and opens it again if not.
+It also keeps the peer's circuit breaker (its rules are plain state in
+``engine/breaker.py``): after ``failure_threshold`` failures in a row it stops sending
+for ``cooldown`` seconds, failing jobs at once (a push then waits for the breaker in
+the retry queue); then the next job is tried (half-open), which closes the breaker if
+it succeeds and opens it again if not.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from eidetica.actors import commands as cmd
+from eidetica.actors.engine.breaker import Breaker, BreakerConfig
 from eidetica.actors.link import Link, RoundResult
 from eidetica.actors.reply import Reply
 from eidetica.actors.retry import RetryItem
@@ -55,34 +57,25 @@ class ProbeJob:
 Job = SyncJob | PushJob | ProbeJob
 
 
-@dataclass(frozen=True)
-class BreakerConfig:
-    failure_threshold: int = 5
-    cooldown: float = 60.0
-
-
 @dataclass
 class PeerHealth:
     """What the peer actor has seen of its peer (read by status snapshots)."""
 
     syncs: int = 0
     failures: int = 0
-    consecutive_failures: int = 0
     pushes: int = 0
     probes: int = 0
     last_sync: float | None = None
     last_error: str | None = None
     received: int = 0
-    open_until: float | None = None
-    """While set and in the future, the breaker is open."""
+    circuit: Breaker = field(default_factory=Breaker)
     attempts: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     """When recent requests were tried (trio time)."""
 
     @property
     def breaker(self) -> str:
-        if self.open_until is None:
-            return "closed"
-        return "open" if trio.current_time() < self.open_until else "half-open"
+        """The breaker's state now, by name (for status)."""
+        return self.circuit.state(trio.current_time()).value
 
 
 async def run_peer(
@@ -127,8 +120,8 @@ async def _serve_one(
     breaker: BreakerConfig,
 ) -> None:
     """Do one job, keeping the breaker's count."""
-    if health.breaker == "open":
-        _refuse_while_open(link, job, report, until=health.open_until or 0.0)
+    if health.circuit.refuses(trio.current_time()):
+        _refuse_while_open(link, job, report, until=health.circuit.open_until or 0.0)
         return
     try:
         health.attempts.append(trio.current_time())
@@ -140,8 +133,7 @@ async def _serve_one(
             job.reply.fail(SyncError(f"peer actor crashed: {exc!r}"))
         raise  # the supervisor restarts this actor
     else:
-        health.consecutive_failures = 0
-        health.open_until = None
+        health.circuit.succeeded()
 
 
 async def _do(
@@ -256,10 +248,8 @@ def _failed(
     report: trio.MemorySendChannel[cmd.Command],
 ) -> None:
     health.failures += 1
-    health.consecutive_failures += 1
     health.last_error = str(error)
-    if health.consecutive_failures >= breaker.failure_threshold:
-        health.open_until = trio.current_time() + breaker.cooldown
+    health.circuit.failed(trio.current_time(), breaker)
     log.warning("peer %s: %s failed: %s", link.peer_key, type(job).__name__, error)
     match job:
         case SyncJob(reply=reply) if reply is not None:

@@ -22,9 +22,9 @@ import trio
 
 from eidetica.actors import commands as cmd
 from eidetica.actors import linkbook
+from eidetica.actors.engine.breaker import BreakerConfig
 from eidetica.actors.link import Link
 from eidetica.actors.peer import (
-    BreakerConfig,
     Job,
     PeerHealth,
     ProbeJob,

@@ -11,8 +11,8 @@ import trio.testing
 
 import eidetica
 from eidetica.actors import peer as peer_module
+from eidetica.actors.engine.breaker import BreakerConfig
 from eidetica.actors.link import Link
-from eidetica.actors.peer import BreakerConfig
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.sim import SimNetwork, SimTransport

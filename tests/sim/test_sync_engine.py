@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 import eidetica
-from eidetica.actors.peer import BreakerConfig
+from eidetica.actors.engine.breaker import BreakerConfig
 from eidetica.actors.state import SyncState
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
