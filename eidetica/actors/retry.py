@@ -96,35 +96,66 @@ class RetryQueue:
         """(due, item) pairs, soonest first."""
         return sorted(self._due.values(), key=lambda pair: pair[0])
 
+    def snapshot(self) -> RetrySnapshot:
+        return RetrySnapshot(tuple(self.items()), self.dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetPeer:
+    """Drop every queued push to ``peer``: it was removed."""
+
+    peer: str
+
+
+RetryMessage = RetryItem | ForgetPeer
+"""What the retry actor's inbox carries: a push that failed, or a peer to forget."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySnapshot:
+    """The queue as the retry actor last published it, for status: never changed."""
+
+    items: tuple[tuple[float, RetryItem], ...] = ()
+    dropped: int = 0
+
 
 Due = Callable[[RetryItem], Awaitable[None]]
+Publish = Callable[[RetrySnapshot], None]
 
 
 async def run_retry(
     queue: RetryQueue,
-    inbox: trio.MemoryReceiveChannel[RetryItem],
+    inbox: trio.MemoryReceiveChannel[RetryMessage],
     due: Due,
     *,
     dropped: Due,
+    publish: Publish,
     sweep: float = 30.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Take failed items from ``inbox``; hand each to ``due`` when its time comes, or
-    to ``dropped`` once it has used up its attempts.
+    """Own ``queue`` from now on: take failed items and peers to forget from ``inbox``;
+    hand each item to ``due`` when its time comes, or to ``dropped`` once it has used up
+    its attempts; ``publish`` a snapshot after every change, for status.
 
     It wakes at the earliest due time, and at least every ``sweep`` seconds.
     """
     task_status.started()
+    publish(queue.snapshot())
     while True:
         now = trio.current_time()
         for item in queue.take_due(now):
             await due(item)
+        publish(queue.snapshot())
         next_due = queue.next_due()
         deadline = now + sweep if next_due is None else min(next_due, now + sweep)
         with trio.move_on_at(deadline):
             try:
-                item = await inbox.receive()
+                message = await inbox.receive()
             except trio.EndOfChannel:
                 return
-            if queue.failed(item, trio.current_time()) is None:
-                await dropped(item)
+            match message:
+                case ForgetPeer(peer):
+                    queue.forget_peer(peer)
+                case RetryItem() if queue.failed(message, trio.current_time()) is None:
+                    await dropped(message)
+            publish(queue.snapshot())

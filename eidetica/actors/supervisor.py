@@ -33,7 +33,14 @@ from eidetica.actors.peer import (
     run_peer,
 )
 from eidetica.actors.reply import Reply
-from eidetica.actors.retry import RetryItem, RetryQueue, run_retry
+from eidetica.actors.retry import (
+    ForgetPeer,
+    RetryItem,
+    RetryMessage,
+    RetryQueue,
+    RetrySnapshot,
+    run_retry,
+)
 from eidetica.actors.service import HandshakeGate, SyncService
 from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
@@ -132,7 +139,12 @@ class Supervisor:
         """One handshake rate for all the node's listeners."""
         self._services: dict[str, SyncService] = {}
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
-        self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryItem](config.inbox_size)
+        """Filled with persisted retries at start, then the retry actor's alone."""
+        self._retry_view = RetrySnapshot()
+        """What the retry actor last published of its queue, for status."""
+        self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryMessage](
+            config.inbox_size
+        )
         self._state: SyncState | None = None
         self.stopped = trio.Event()
         """Set once the engine has stopped: callers stop waiting for answers."""
@@ -224,6 +236,7 @@ class Supervisor:
                     self._retry_inbox,
                     self._retry_due,
                     dropped=self._retry_dropped,
+                    publish=self._retry_published,
                     sweep=self._config.retry_sweep,
                 ),
             )
@@ -290,7 +303,8 @@ class Supervisor:
                 known = self._peers.pop(command.peer, None)
                 if known is not None:
                     known.jobs.close()
-                self._retries.forget_peer(command.peer)
+                with contextlib.suppress(trio.WouldBlock):  # else dropped when due
+                    self._to_retry.send_nowait(ForgetPeer(command.peer))
                 command.reply.set(None)
             case cmd.CreateRelationship():
                 if not is_entry_id(command.tree):
@@ -450,6 +464,10 @@ class Supervisor:
             await self._require_state().drop_retry(item.id)  # the peer or tree is gone
             return
         self._queue(known, self._push_job(item.tree, item.entry_ids, item))
+
+    def _retry_published(self, snapshot: RetrySnapshot) -> None:
+        """Called by the retry actor with an immutable view of its queue."""
+        self._retry_view = snapshot
 
     async def _retry_dropped(self, item: RetryItem) -> None:
         """Called by the retry actor: a push used up its attempts."""
@@ -797,9 +815,9 @@ class Supervisor:
             },
             "retries": [
                 {"due": due, "peer": i.peer, "tree": i.tree, "attempts": i.attempts}
-                for due, i in self._retries.items()
+                for due, i in self._retry_view.items
             ],
-            "retries_dropped": self._retries.dropped,
+            "retries_dropped": self._retry_view.dropped,
             "peers": {
                 key: {
                     "address": known.address,
@@ -816,9 +834,7 @@ class Supervisor:
                     "trees_last_synced": {
                         tree: self._last_sync.get((key, tree)) for tree in sorted(known.trees)
                     },
-                    "queued_retries": sum(
-                        1 for _, item in self._retries.items() if item.peer == key
-                    ),
+                    "queued_retries": sum(1 for _, i in self._retry_view.items if i.peer == key),
                     "dropped_jobs": known.dropped,
                 }
                 for key, known in sorted(self._peers.items())
