@@ -20,7 +20,7 @@ from eidetica.protocol.codec import MSGPACK
 from eidetica.protocol.entry import StoreWrite, create_entry
 from eidetica.protocol.messages import Ack, ErrorReply, SendEntries, Summary, SyncRequest
 from eidetica.storage.crdt import SetOp, encode_ops
-from tests.sim.test_sync_engine import cluster, link, share
+from tests.sim.test_sync_engine import Node, cluster, link, share
 
 
 async def test_a_crashing_peer_actor_is_restarted_and_others_never_notice(
@@ -53,6 +53,14 @@ async def test_a_crashing_peer_actor_is_restarted_and_others_never_notice(
             assert (await a.sync.status())["crashed"] == []
 
 
+async def cut_off_until_the_breaker_opens(network: SimNetwork, a: Node, peer_b: str) -> None:
+    """Partition n0 from n1 and fail two syncs: enough for a threshold of two."""
+    network.partition("n0", "n1")
+    for _ in range(2):
+        with pytest.raises(eidetica.errors.TransportError):
+            await a.sync.sync_with_peer(peer_b)
+
+
 async def test_the_breaker_opens_then_probes_half_open(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -64,10 +72,7 @@ async def test_the_breaker_opens_then_probes_half_open(
         async with cluster(2, network, config) as (a, b):
             tree = await a.inst.create_tree(name="t")
             peer_b = await share(a, b, tree)
-            network.partition("n0", "n1")
-            for _ in range(2):
-                with pytest.raises(eidetica.errors.TransportError):
-                    await a.sync.sync_with_peer(peer_b)
+            await cut_off_until_the_breaker_opens(network, a, peer_b)
             assert (await a.sync.status())["peers"][peer_b]["breaker"] == "open"
             with pytest.raises(eidetica.errors.SyncError, match="breaker open"):
                 await a.sync.sync_with_peer(peer_b)  # fails fast, nothing sent
@@ -238,10 +243,7 @@ async def test_pushes_to_a_peer_behind_an_open_breaker_wait_for_it(
         async with cluster(2, network, config) as (a, b):
             tree = await a.inst.create_tree(name="t")
             peer_b = await share(a, b, tree)
-            network.partition("n0", "n1")
-            for _ in range(2):
-                with pytest.raises(eidetica.errors.TransportError):
-                    await a.sync.sync_with_peer(peer_b)
+            await cut_off_until_the_breaker_opens(network, a, peer_b)
             before = await sync_tree_entries(a.inst, tree.root_id)
             for i in range(pending):
                 async with tree.transaction() as op:
