@@ -35,7 +35,7 @@ from eidetica.actors import control
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync
 from eidetica.actors.transports.admission import ServerLimits
-from eidetica.errors import EideticaError, first_leaf
+from eidetica.errors import EideticaError, SyncError, first_leaf
 
 log = logging.getLogger("eidetica.cli")
 
@@ -265,9 +265,15 @@ async def _run(args: argparse.Namespace, settings: dict[str, Any]) -> int:
 
 
 async def _command(
-    inst: eidetica.Instance, args: argparse.Namespace, out: TextIO, engine: Engine
+    inst: eidetica.Instance,
+    args: argparse.Namespace,
+    out: TextIO,
+    engine: Engine,
+    keep_dialling: Callable[[str, Sequence[str]], None] | None = None,
 ) -> int:
-    """Run one command other than ``serve`` on ``inst``, printing to ``out``."""
+    """Run one command other than ``serve`` on ``inst``, printing to ``out``.
+    ``keep_dialling``, given by a running node, dials a peer in the background until
+    it answers, so that ``peer add`` of a peer that is down is not lost."""
     match args.command:
         case "init" | "id":
             print(inst.public_key, file=out)
@@ -287,7 +293,17 @@ async def _command(
             print(json.dumps(doc.get(args.path) if args.path else doc.to_dict()), file=out)
         case "peer":
             async with engine() as sync:  # the sync tree remembers what we add
-                peer = await sync.connect(args.address)
+                try:
+                    peer = await sync.connect(args.address)
+                except EideticaError as exc:
+                    if keep_dialling is None:
+                        raise SyncError(
+                            f"cannot reach {args.address} now ({exc}): run 'eidetica serve"
+                            f" --peer {args.address}' to keep dialling it"
+                        ) from exc
+                    keep_dialling(args.address, args.sync or [])
+                    print(f"dialling {args.address} until it answers", file=out)
+                    return EXIT_OK
                 for tree_id in args.sync or []:
                     await sync.add_tree_sync(peer, tree_id)
                 print(peer, file=out)
@@ -325,8 +341,13 @@ async def _tree(inst: eidetica.Instance, args: argparse.Namespace, out: TextIO) 
     return EXIT_OK
 
 
-def _commands_for(inst: eidetica.Instance, sync: Sync) -> control.ControlHandler:
+def _commands_for(
+    inst: eidetica.Instance, sync: Sync, nursery: trio.Nursery
+) -> control.ControlHandler:
     """What the control socket runs: a command, on this node's instance and engine."""
+
+    def keep_dialling(address: str, trees: Sequence[str]) -> None:
+        nursery.start_soon(_keep_dialling, sync, address, trees)
 
     @asynccontextmanager
     async def running() -> AsyncIterator[Sync]:
@@ -337,7 +358,7 @@ def _commands_for(inst: eidetica.Instance, sync: Sync) -> control.ControlHandler
         try:
             args = argparse.Namespace(**fields)
             log.info("control: %s", args.command)
-            code = await _command(inst, args, out, running)
+            code = await _command(inst, args, out, running, keep_dialling)
         except _Usage as exc:
             return control.ControlAnswer(EXIT_USAGE, out.getvalue(), f"eidetica: {exc}\n")
         except (AttributeError, TypeError) as exc:
@@ -392,7 +413,7 @@ async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
             trio.open_nursery() as nursery,
         ):
             path = control.socket_path(settings["data"])
-            await nursery.start(control.serve, path, _commands_for(inst, sync))
+            await nursery.start(control.serve, path, _commands_for(inst, sync, nursery))
             for address in settings.get("listen") or []:
                 print(f"listening {await sync.start_server(address)}", flush=True)
             print(f"key {inst.public_key}", flush=True)

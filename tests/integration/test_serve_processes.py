@@ -158,3 +158,34 @@ def test_serve_processes_started_in_the_wrong_order_link_and_fetch_by_themselves
     finally:
         err = stop(b)
     assert f"could not reach {address} yet" in err
+
+
+def test_peer_add_on_a_running_node_keeps_dialling_a_peer_that_is_down(tmp_path: Path) -> None:
+    a_data, b_data = tmp_path / "a", tmp_path / "b"
+    a_key = cli(a_data, "init")
+    tree = cli(b_data, "tree", "create", "shared")
+    cli(b_data, "put", tree, "todo", "milk", '{"done": true}')
+    cli(b_data, "tree", "grant", tree, a_key, "read")
+    address = f"ws://127.0.0.1:{free_port()}"
+    a, _ = start(a_data, "--listen", "ws://127.0.0.1:0")
+    try:
+        said = cli(a_data, "peer", "add", address, "--sync", tree)  # B is not up yet
+        assert said == f"dialling {address} until it answers"
+        b, _ = start(b_data, "--listen", address)
+        try:
+            deadline = time.monotonic() + 30
+            while json.loads(run("get", tree, "todo", data=a_data).stdout or "null") is None:
+                assert time.monotonic() < deadline, "A never fetched the tree"
+                time.sleep(0.2)  # polling another process's state; nothing to wait on
+        finally:
+            stop(b)
+    finally:
+        stop(a)
+
+
+def test_peer_add_without_a_running_node_says_how_to_keep_dialling(tmp_path: Path) -> None:
+    address = f"ws://127.0.0.1:{free_port()}"
+    result = run("peer", "add", address, data=tmp_path / "a")
+    assert result.returncode == 1
+    assert f"run 'eidetica serve --peer {address}' to keep dialling it" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
