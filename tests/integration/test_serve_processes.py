@@ -134,25 +134,37 @@ def free_port() -> int:
         return port
 
 
+def shared_tree(owner: Path, other: Path, permission: str) -> str:
+    """A tree created at ``owner`` holding ``todo.milk``, that ``other`` may use."""
+    other_key = cli(other, "init")
+    tree = cli(owner, "tree", "create", "shared")
+    cli(owner, "put", tree, "todo", "milk", '{"done": false}')
+    cli(owner, "tree", "grant", tree, other_key, permission)
+    return tree
+
+
+def wait_until_it_holds(data: Path, tree: str) -> None:
+    """Poll the node serving ``data`` until it holds ``tree``, for at most 30 s: it is
+    another process, with nothing in this one to wait on."""
+    deadline = time.monotonic() + 30
+    while json.loads(run("get", tree, "todo", data=data).stdout or "null") is None:
+        assert time.monotonic() < deadline, f"{data.name} never fetched the tree"
+        time.sleep(0.2)
+    assert json.loads(cli(data, "get", tree, "todo", "milk.done")) is False
+
+
 def test_serve_processes_started_in_the_wrong_order_link_and_fetch_by_themselves(
     tmp_path: Path,
 ) -> None:
     a_data, b_data = tmp_path / "a", tmp_path / "b"
-    b_key = cli(b_data, "init")
-    tree = cli(a_data, "tree", "create", "shared")
-    cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
-    cli(a_data, "tree", "grant", tree, b_key, "write")
+    tree = shared_tree(a_data, b_data, "write")
     address = f"ws://127.0.0.1:{free_port()}"
     # B starts first, told to sync a tree it does not hold with a node that is down.
     b, _ = start(b_data, "--listen", "ws://127.0.0.1:0", "--peer", address, "--sync", tree)
     try:
         a, _ = start(a_data, "--listen", address)
         try:
-            deadline = time.monotonic() + 30
-            while json.loads(run("get", tree, "todo", data=b_data).stdout or "null") is None:
-                assert time.monotonic() < deadline, "B never fetched the tree"
-                time.sleep(0.2)  # polling another process's state; nothing to wait on
-            assert json.loads(cli(b_data, "get", tree, "todo", "milk.done")) is False
+            wait_until_it_holds(b_data, tree)
         finally:
             stop(a)
     finally:
@@ -162,10 +174,7 @@ def test_serve_processes_started_in_the_wrong_order_link_and_fetch_by_themselves
 
 def test_peer_add_on_a_running_node_keeps_dialling_a_peer_that_is_down(tmp_path: Path) -> None:
     a_data, b_data = tmp_path / "a", tmp_path / "b"
-    a_key = cli(a_data, "init")
-    tree = cli(b_data, "tree", "create", "shared")
-    cli(b_data, "put", tree, "todo", "milk", '{"done": true}')
-    cli(b_data, "tree", "grant", tree, a_key, "read")
+    tree = shared_tree(b_data, a_data, "read")
     address = f"ws://127.0.0.1:{free_port()}"
     a, _ = start(a_data, "--listen", "ws://127.0.0.1:0")
     try:
@@ -173,10 +182,7 @@ def test_peer_add_on_a_running_node_keeps_dialling_a_peer_that_is_down(tmp_path:
         assert said == f"dialling {address} until it answers"
         b, _ = start(b_data, "--listen", address)
         try:
-            deadline = time.monotonic() + 30
-            while json.loads(run("get", tree, "todo", data=a_data).stdout or "null") is None:
-                assert time.monotonic() < deadline, "A never fetched the tree"
-                time.sleep(0.2)  # polling another process's state; nothing to wait on
+            wait_until_it_holds(a_data, tree)
         finally:
             stop(b)
     finally:
