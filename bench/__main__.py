@@ -16,6 +16,7 @@ from bench import (
     hostile,
     reconcile,
     revocation,
+    sync_tree,
     transports,
 )
 
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "transports": transports.main,
     "hostile": hostile.main,
     "revocation": revocation.main,
+    "sync_tree": sync_tree.main,
 }
 
 
