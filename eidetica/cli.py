@@ -32,7 +32,8 @@ import trio
 
 import eidetica
 from eidetica.actors import control
-from eidetica.actors.supervisor import SyncConfig
+from eidetica.actors.config import SyncConfig
+from eidetica.actors.engine.policy import AcceptTrees, TreePolicy
 from eidetica.actors.sync import Sync
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.errors import EideticaError, SyncError, first_leaf
@@ -107,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a peer address to dial, again and again until it answers (repeatable)",
     )
     serve.add_argument("--sync", action="append", help="a tree id to sync with every peer")
+    serve.add_argument(
+        "--accept-trees",
+        action="append",
+        metavar="any|chosen|KEY",
+        help="take in trees peers bring: from any peer, only those chosen (the default), "
+        "or from this peer key (repeatable)",
+    )
     for name, what in _INTERVALS.items():
         serve.add_argument(f"--{name.replace('_', '-')}", help=f"seconds {what}")
     for name, (_, what) in _LIMITS.items():
@@ -139,6 +147,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "listen": _split(os.environ.get("EIDETICA_LISTEN")),
         "peer": _split(os.environ.get("EIDETICA_PEERS")),
         "sync": _split(os.environ.get("EIDETICA_SYNC")),
+        "accept_trees": _split(os.environ.get("EIDETICA_ACCEPT_TREES")),
         **{name: os.environ.get(f"EIDETICA_{name.upper()}") for name in (*_INTERVALS, *_LIMITS)},
     }
     settings.update({key: value for key, value in env.items() if value})
@@ -185,7 +194,7 @@ MIN_INTERVAL = 0.1
 """Shorter timer intervals would keep a core busy for nothing."""
 
 _TEXT_SETTINGS = ("data", "log_level", "log_format")
-_LIST_SETTINGS = ("listen", "peer", "sync")
+_LIST_SETTINGS = ("listen", "peer", "sync", "accept_trees")
 
 
 def _check_file_settings(config_file: str, settings: dict[str, Any]) -> None:
@@ -405,6 +414,7 @@ async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
     _make_room_for(limits)
     config = SyncConfig(
         limits=limits,
+        accept_trees=_accept_trees(settings.get("accept_trees") or ["chosen"]),
         **{name: settings[name] for name in _INTERVALS if settings.get(name) is not None},
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -424,6 +434,16 @@ async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
                 log.info("got %s: shutting down", signal.Signals(signum).name)
                 break
             nursery.cancel_scope.cancel()
+
+
+def _accept_trees(values: Sequence[str]) -> AcceptTrees:
+    """``--accept-trees`` as a policy: ``any``, ``chosen``, or peer keys."""
+    if len(values) == 1 and values[0] in ("any", "chosen"):
+        return values[0]
+    if {"any", "chosen"} & set(values):
+        raise _Usage("accept-trees takes 'any', 'chosen', or peer keys, not a mix of them")
+    TreePolicy.of(values)  # each must be a key: a one-line error here, not at the first peer
+    return values
 
 
 FIRST_REDIAL = 1.0

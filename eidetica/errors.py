@@ -158,6 +158,12 @@ class TreeUnavailable(ProtocolError):
     code = "not-found"
 
 
+class QuotaExceeded(ProtocolError):
+    """A peer brought in more trees, or bytes of them, than this node lets one peer."""
+
+    code = "quota"
+
+
 class RemoteError(ProtocolError):
     """The peer answered with an error; ``code`` is the code it sent."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import eidetica
+from eidetica.actors.engine.policy import AcceptTrees
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.ws import WebSocketTransport
@@ -21,10 +22,12 @@ class WsNode(NamedTuple):
 
 
 @asynccontextmanager
-async def ws_node(path: Path, config: SyncConfig | None = None) -> AsyncIterator[WsNode]:
+async def ws_node(
+    path: Path, config: SyncConfig | None = None, *, accept_trees: AcceptTrees | None = None
+) -> AsyncIterator[WsNode]:
     async with (
         eidetica.open_instance(path) as inst,
         WebSocketTransport() as ws,
-        open_sync(inst, transports={"ws": ws}, config=config) as sync,
+        open_sync(inst, transports={"ws": ws}, config=config, accept_trees=accept_trees) as sync,
     ):
         yield WsNode(inst, sync, ws)

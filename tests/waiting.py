@@ -50,3 +50,12 @@ async def links_settle(*transports: WebSocketTransport, count: int = 1) -> None:
         if all(len(transport.links()) == count for transport in transports):
             return
         await first_of(*map(lambda t, v: partial(t.link_changed, v), transports, seen))
+
+
+async def until(check: Callable[[], Awaitable[bool]], every: float = 0.01) -> None:
+    """Ask ``check`` every ``every`` seconds until it says yes: for a condition of
+    another node's engine that nothing in this process signals (its status)."""
+    while True:
+        if await check():
+            return
+        await trio.sleep(every)

@@ -1,102 +1,290 @@
-"""The peer actor: one per peer, owning that peer's link and doing its requests in order.
+"""The peer actor: one per peer, doing that peer's jobs in order over its link.
 
-It also keeps the peer's circuit breaker (its rules are plain state in
+The engine hands it links (``links``) and jobs (``jobs``), each over its own channel;
+before each job it moves to the newest link it was handed, closing the one it leaves
+if we dialled it, so jobs queued before a link changed go out on the new one. It
+reports only by messages: what each job did, and its :class:`Health` after each.
+
+It keeps the peer's circuit breaker (its rules are plain state in
 ``engine/breaker.py``): after ``failure_threshold`` failures in a row it stops sending
 for ``cooldown`` seconds, failing jobs at once (a push then waits for the breaker in
 the retry queue); then the next job is tried (half-open), which closes the breaker if
 it succeeds and opens it again if not.
+
+A relationship alone never leaks a tree: before syncing or pushing a tree, the actor
+checks that the tree's settings let the peer's proven key read it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import trio
 
 from eidetica.actors import commands as cmd
 from eidetica.actors.engine.breaker import Breaker, BreakerConfig
+from eidetica.actors.engine.events import Health
+from eidetica.actors.engine.jobs import Job, ProbeJob, PushJob, SyncJob
+from eidetica.actors.engine.policy import TreePolicy
+from eidetica.actors.engine.retries import RetryItem
 from eidetica.actors.link import Link, RoundResult
-from eidetica.actors.reply import Reply
-from eidetica.actors.retry import RetryItem
-from eidetica.errors import EideticaError, RemoteError, SyncError
+from eidetica.errors import EideticaError, RemoteError, SyncError, TreeNotFound
+from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.messages import Ack, SendEntries
 from eidetica.storage.instance import Instance
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class SyncJob:
-    """Sync these trees fully, both ways, then answer."""
-
-    trees: tuple[str, ...]
-    reply: Reply[None] | None
-    common: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    """Per tree, the tips both sides held after the last sync (the cursor)."""
+__all__ = ["Job", "NewLink", "PeerActor", "ProbeJob", "PushJob", "SyncJob"]
 
 
 @dataclass(frozen=True, slots=True)
-class PushJob:
-    """Offer these entries of a tree to the peer (a commit, forwarded entries, a retry)."""
+class NewLink:
+    """Use ``link`` from the next job on; close the one in use if ``close_previous``."""
 
-    tree: str
-    ids: tuple[str, ...]
-    entries: tuple[bytes, ...]
-    retry: RetryItem | None = None
+    link: Link
+    close_previous: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeJob:
-    """Check the peer answers, with a fresh handshake (the connection check)."""
-
-
-Job = SyncJob | PushJob | ProbeJob
+Report = trio.MemorySendChannel[cmd.Command]
 
 
 @dataclass
-class PeerHealth:
-    """What the peer actor has seen of its peer (read by status snapshots)."""
+class PeerActor:
+    """One peer's job loop and what it has seen of the peer. Its state outlives a
+    crash of :meth:`run`, which the supervisor restarts."""
 
-    syncs: int = 0
-    failures: int = 0
-    pushes: int = 0
-    probes: int = 0
-    last_sync: float | None = None
-    last_error: str | None = None
-    received: int = 0
-    circuit: Breaker = field(default_factory=Breaker)
-    attempts: deque[float] = field(default_factory=lambda: deque(maxlen=64))
-    """When recent requests were tried (trio time)."""
+    instance: Instance
+    key: str
+    report: Report
+    breaker_config: BreakerConfig
+    close: Callable[[str], None]
+    """Closes a two-way link we dialled, by address."""
+    policy: TreePolicy = field(default_factory=TreePolicy)
+    """Counts what we pull into trees a peer brought against its quota."""
+    link: Link | None = None
+    breaker: Breaker = field(default_factory=Breaker)
+    health: Health = field(default_factory=Health)
+    _attempts: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    _next: NewLink | None = None
+    _busy: bool = False
+    _handed_one: trio.Event = field(default_factory=trio.Event)
+    """Set once a link was handed over: the engine queues jobs only behind one."""
 
-    @property
-    def breaker(self) -> str:
-        """The breaker's state now, by name (for status)."""
-        return self.circuit.state(trio.current_time()).value
+    async def run(
+        self, jobs: trio.MemoryReceiveChannel[Job], links: trio.MemoryReceiveChannel[NewLink]
+    ) -> None:
+        """Do the jobs one at a time, in order, until the inbox closes, moving to each
+        link handed over as soon as no job is running on the old one. Jobs left when it
+        stops get their callers an error, never silence."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._take_links, links)
+            try:
+                async for job in jobs:
+                    self._busy = True
+                    self._drain(links)  # a link handed over just before this job...
+                    if self.link is None and self._next is None:
+                        await self._handed_one.wait()  # ...or still on its way
+                    self._move()
+                    await self._serve_one(job)
+                    self._busy = False
+                    self._move()
+                    self._publish()
+            finally:
+                _fail_remaining(jobs)
+                nursery.cancel_scope.cancel()
 
+    async def _take_links(self, links: trio.MemoryReceiveChannel[NewLink]) -> None:
+        async for handed in links:
+            self._handed(handed)
+            if not self._busy:
+                self._move()
 
-async def run_peer(
-    instance: Instance,
-    link: Link,
-    jobs: trio.MemoryReceiveChannel[Job],
-    *,
-    report: trio.MemorySendChannel[cmd.Command],
-    health: PeerHealth,
-    breaker: BreakerConfig,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Do the peer's jobs one at a time, in order, until the inbox closes. Jobs left
-    when it stops get their callers an error, never silence."""
-    task_status.started()
-    async with report:
+    def _drain(self, links: trio.MemoryReceiveChannel[NewLink]) -> None:
+        while True:
+            try:
+                self._handed(links.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    def _handed(self, handed: NewLink) -> None:
+        """Note the newest link; one handed over before and never used is closed if
+        the newest says so (the link in use is closed as the skipped one said)."""
+        skipped, self._next = self._next, handed
+        self._handed_one.set()
+        if skipped is not None:
+            if handed.close_previous and skipped.link is not handed.link:
+                self.close(skipped.link.address)
+            self._next = replace(handed, close_previous=skipped.close_previous)
+
+    def _move(self) -> None:
+        """Move to the link handed over last, closing the one left if we dialled it."""
+        new, self._next = self._next, None
+        if new is None:
+            return
+        if self.link is not None and new.close_previous and self.link is not new.link:
+            self.close(self.link.address)
+        self.link = new.link
+
+    def _publish(self) -> None:
+        self.health = replace(
+            self.health, breaker=replace(self.breaker), attempts=tuple(self._attempts)
+        )
+        with contextlib.suppress(
+            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+        ):
+            self.report.send_nowait(cmd.HealthReport(self.key, self.health))
+
+    async def _serve_one(self, job: Job) -> None:
+        """Do one job, keeping the breaker's count."""
+        link = self.link
+        if link is None:  # the engine queues jobs only behind a link: cannot happen
+            _refuse(job, SyncError(f"peer {self.key} has no link"), self.report, self.key)
+            return
+        now = trio.current_time()
+        if self.breaker.refuses(now):
+            error = SyncError(f"peer {self.key} is failing; breaker open")
+            until = self.breaker.open_until or 0.0
+            _refuse(job, error, self.report, self.key, not_before=until)
+            return
         try:
-            async for job in jobs:
-                await _serve_one(instance, link, job, report=report, health=health, breaker=breaker)
-        finally:
-            _fail_remaining(jobs)
+            self._attempts.append(now)
+            await self._do(link, job)
+        except EideticaError as exc:
+            self._failed(job, exc)
+        except Exception as exc:
+            if isinstance(job, SyncJob) and job.reply is not None:
+                job.reply.fail(SyncError(f"peer actor crashed: {exc!r}"))
+            raise  # the supervisor restarts this actor
+        else:
+            self.breaker.succeeded()
+
+    def _failed(self, job: Job, error: EideticaError) -> None:
+        self.health = replace(self.health, failures=self.health.failures + 1, last_error=str(error))
+        self.breaker.failed(trio.current_time(), self.breaker_config)
+        log.warning("peer %s: %s failed: %s", self.key, type(job).__name__, error)
+        _refuse(job, error, self.report, self.key)
+
+    async def _do(self, link: Link, job: Job) -> None:
+        try:
+            await self._run(link, job)
+        except RemoteError as exc:
+            if exc.code != "unauthenticated":
+                raise
+            # The peer forgot our session (it restarted): prove ourselves again, once.
+            await link.handshake(self.instance, expected_key=self.key)
+            await self._run(link, job)
+
+    async def _run(self, link: Link, job: Job) -> None:
+        match job:
+            case SyncJob():
+                await self._sync(link, job)
+            case PushJob():
+                await self._push(link, job)
+            case ProbeJob():
+                await link.handshake(self.instance, expected_key=self.key)
+                self.health = replace(self.health, probes=self.health.probes + 1)
+
+    async def _sync(self, link: Link, job: SyncJob) -> None:
+        common = dict(job.common)
+        for tree in job.trees:
+            if not await self._readable(tree) or self.policy.over(self.key, tree):
+                continue
+            started = trio.current_time()
+            try:
+                result = await link.sync_tree(self.instance, tree, common=common.get(tree, ()))
+            except EideticaError:
+                self._tell(tree, ok=False, started=started)
+                raise
+            self.health = replace(self.health, received=self.health.received + result.received)
+            self._count_pulled(tree, result.stored)
+            self._tell(tree, ok=result.complete, started=started, result=result)
+            if result.stored:  # pulled entries go on to the tree's other peers too
+                self._send(cmd.EntriesReceived(tree, result.stored, self.key))
+        self.health = replace(
+            self.health, syncs=self.health.syncs + 1, last_sync=trio.current_time()
+        )
+        if job.reply is not None:
+            job.reply.set(None)
+
+    def _count_pulled(self, tree: str, stored: tuple[str, ...]) -> None:
+        if stored and not self.policy.chosen_only:
+            entries = (self.instance.backend.get(entry_id) for entry_id in stored)
+            self.policy.pulled(self.key, tree, sum(len(e.raw) for e in entries if e))
+
+    async def _push(self, link: Link, job: PushJob) -> None:
+        if not await self._readable(job.tree):
+            if job.retry is not None:  # nowhere to go: forget its record
+                self._send(cmd.RetryEnded(job.retry, delivered=False))
+            return
+        stored = [self.instance.backend.get(entry_id) for entry_id in job.ids]
+        raw = tuple(entry.raw for entry in stored if entry is not None)
+        ack = await link.call(SendEntries(tree=job.tree, entries=raw), Ack)
+        self.health = replace(self.health, pushes=self.health.pushes + 1)
+        if ack.need or ack.held:  # the peer lacks more than we pushed: sync the tree
+            await link.sync_tree(self.instance, job.tree)
+        self._send(cmd.Pushed(self.key, job.tree, len(raw)))
+        if job.retry is not None:  # a retried push went through: forget its record
+            self._send(cmd.RetryEnded(job.retry, delivered=True))
+
+    async def _readable(self, tree: str) -> bool:
+        """Whether the tree's settings let this peer read it (a tree we do not hold
+        has nothing to leak: syncing can only pull it in)."""
+        try:
+            settings = await (await self.instance.open_tree(tree)).settings()
+        except TreeNotFound:
+            return True
+        level = permission_of(settings, self.key)
+        return level is not None and level >= Permission.READ
+
+    def _tell(
+        self, tree: str, *, ok: bool, started: float, result: RoundResult | None = None
+    ) -> None:
+        """Tell the engine how a tree's sync went, for its cursor and records."""
+        self._send(
+            cmd.SyncDone(
+                peer=self.key,
+                tree=tree,
+                ok=ok,
+                tips=result.tips if result is not None else (),
+                received=result.received if result is not None else 0,
+                duration=trio.current_time() - started,
+                at=time.time(),
+            )
+        )
+
+    def _send(self, message: cmd.Command) -> None:
+        """Post a report; if it cannot be posted, the periodic sync finds what it said."""
+        with contextlib.suppress(
+            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+        ):
+            self.report.send_nowait(message)
+
+
+def _refuse(
+    job: Job, error: EideticaError, report: Report, peer: str, *, not_before: float = 0.0
+) -> None:
+    """Fail a job's caller, or hand a push to the retry queue. A push refused while
+    the breaker is open waits for it to close (``not_before``) and the refusal counts
+    as one of its attempts, so a peer that stays away never makes a push come back
+    every few seconds, and the push is dropped in the end like any other."""
+    match job:
+        case SyncJob(reply=reply) if reply is not None:
+            reply.fail(error)
+        case PushJob():
+            item = job.retry or RetryItem(uuid.uuid4().hex, peer, job.tree, job.ids)
+            with contextlib.suppress(
+                trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+            ):
+                report.send_nowait(cmd.PushFailed(replace(item, not_before=not_before)))
+        case _:
+            pass
 
 
 def _fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
@@ -108,156 +296,3 @@ def _fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
             return
         if isinstance(job, SyncJob) and job.reply is not None:
             job.reply.fail(SyncError("the peer actor stopped"))
-
-
-async def _serve_one(
-    instance: Instance,
-    link: Link,
-    job: Job,
-    *,
-    report: trio.MemorySendChannel[cmd.Command],
-    health: PeerHealth,
-    breaker: BreakerConfig,
-) -> None:
-    """Do one job, keeping the breaker's count."""
-    if health.circuit.refuses(trio.current_time()):
-        _refuse_while_open(link, job, report, until=health.circuit.open_until or 0.0)
-        return
-    try:
-        health.attempts.append(trio.current_time())
-        await _do(instance, link, job, health, report)
-    except EideticaError as exc:
-        _failed(link, job, exc, health=health, breaker=breaker, report=report)
-    except Exception as exc:
-        if isinstance(job, SyncJob) and job.reply is not None:
-            job.reply.fail(SyncError(f"peer actor crashed: {exc!r}"))
-        raise  # the supervisor restarts this actor
-    else:
-        health.circuit.succeeded()
-
-
-async def _do(
-    instance: Instance,
-    link: Link,
-    job: Job,
-    health: PeerHealth,
-    report: trio.MemorySendChannel[cmd.Command],
-) -> None:
-    try:
-        await _run(instance, link, job, health, report)
-    except RemoteError as exc:
-        if exc.code != "unauthenticated":
-            raise
-        # The peer forgot our session (it restarted): prove ourselves again, once.
-        await link.handshake(instance, expected_key=link.peer_key)
-        await _run(instance, link, job, health, report)
-
-
-async def _run(
-    instance: Instance,
-    link: Link,
-    job: Job,
-    health: PeerHealth,
-    report: trio.MemorySendChannel[cmd.Command],
-) -> None:
-    match job:
-        case SyncJob():
-            common = dict(job.common)
-            for tree in job.trees:
-                started = trio.current_time()
-                try:
-                    result = await link.sync_tree(instance, tree, common=common.get(tree, ()))
-                except EideticaError:
-                    _tell(report, link, tree, ok=False, started=started)
-                    raise
-                health.received += result.received
-                _tell(report, link, tree, ok=result.complete, started=started, result=result)
-                if result.stored:  # pulled entries go on to the tree's other peers too
-                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                        report.send_nowait(
-                            cmd.EntriesReceived(tree, result.stored, link.peer_key or "")
-                        )
-            health.syncs += 1
-            health.last_sync = trio.current_time()
-            if job.reply is not None:
-                job.reply.set(None)
-        case PushJob():
-            ack = await link.call(SendEntries(tree=job.tree, entries=job.entries), Ack)
-            health.pushes += 1
-            if ack.need or ack.held:  # the peer lacks more than we pushed: sync the tree
-                await link.sync_tree(instance, job.tree)
-            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                report.send_nowait(cmd.Pushed(link.peer_key or "", job.tree, len(job.entries)))
-                if job.retry is not None:  # a retried push went through: forget its record
-                    report.send_nowait(cmd.RetryEnded(job.retry, delivered=True))
-        case ProbeJob():
-            await link.handshake(instance, expected_key=link.peer_key)
-            health.probes += 1
-
-
-def _refuse_while_open(
-    link: Link, job: Job, report: trio.MemorySendChannel[cmd.Command], *, until: float
-) -> None:
-    """Fail a job at once while the breaker is open, without extending the cooldown:
-    the job says nothing new about the peer. A push waits for the breaker to close
-    (``until``) before it is tried again, and the refusal counts as one of its
-    attempts, so a peer that stays away never makes a push come back every few
-    seconds, and the push is dropped in the end like any other."""
-    error = SyncError(f"peer {link.peer_key} is failing; breaker open")
-    match job:
-        case SyncJob(reply=reply) if reply is not None:
-            reply.fail(error)
-        case PushJob():
-            item = job.retry or RetryItem(uuid.uuid4().hex, link.peer_key or "", job.tree, job.ids)
-            item = replace(item, not_before=until)
-            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                report.send_nowait(cmd.PushFailed(item))
-        case _:
-            pass
-
-
-def _tell(
-    report: trio.MemorySendChannel[cmd.Command],
-    link: Link,
-    tree: str,
-    *,
-    ok: bool,
-    started: float,
-    result: RoundResult | None = None,
-) -> None:
-    """Tell the supervisor how a tree's sync went, for its cursor and metadata."""
-    done = cmd.SyncDone(
-        peer=link.peer_key or "",
-        tree=tree,
-        ok=ok,
-        tips=result.tips if result is not None else (),
-        received=result.received if result is not None else 0,
-        duration=trio.current_time() - started,
-    )
-    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-        report.send_nowait(done)
-
-
-def _failed(
-    link: Link,
-    job: Job,
-    error: EideticaError,
-    *,
-    health: PeerHealth,
-    breaker: BreakerConfig,
-    report: trio.MemorySendChannel[cmd.Command],
-) -> None:
-    health.failures += 1
-    health.last_error = str(error)
-    health.circuit.failed(trio.current_time(), breaker)
-    log.warning("peer %s: %s failed: %s", link.peer_key, type(job).__name__, error)
-    match job:
-        case SyncJob(reply=reply) if reply is not None:
-            reply.fail(error)
-        case PushJob():
-            item = job.retry or RetryItem(uuid.uuid4().hex, link.peer_key or "", job.tree, job.ids)
-            # If the report cannot be posted, the periodic sync finds what this carried.
-            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                report.send_nowait(cmd.PushFailed(item))
-        case _:
-            pass

@@ -12,6 +12,7 @@ trying. Every answer to an authenticated request carries a MAC of its own.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from eidetica.actors.engine.policy import TreePolicy
+from eidetica.actors.engine.view import EngineView
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.framing import LOCAL, Origin, peek
 from eidetica.actors.transports.refusals import RefusalLog
@@ -59,13 +62,14 @@ Received = Callable[[str, tuple[str, ...], str], None]
 Served = Callable[[str, str], None]
 """Told (tree, peer key) after a peer's sync request for the tree was answered."""
 
-Wanted = Callable[[str, str], bool]
-"""Whether this node syncs (peer key, tree) and so takes a tree it does not hold yet."""
+View = Callable[[], EngineView]
+"""The engine's view as last published: read, never asked to change."""
 
-Reachable = Callable[[str, str, str | None], None]
-"""Told (peer key, reply address, tree or None) when a proven peer's request came
-over a link that carries requests back: after its handshake (no tree), and after each
-request for a tree it may read."""
+Reachable = Callable[[str, str | None, str | None], None]
+"""Told (peer key, reply address or None, tree or None) when a proven peer's request
+tells the engine something new: after its handshake (no tree), and after a request for
+a tree it may read. The address is where requests can go back over the link the peer
+opened, or None over a one-shot transport."""
 
 UNKNOWN_SESSION = "no handshake for this session: connect first"
 """What a request under an unknown or expired session is told, and a request whose MAC
@@ -113,9 +117,10 @@ class SyncService:
         *,
         on_received: Received | None = None,
         on_served: Served | None = None,
-        wanted: Wanted | None = None,
+        view: View | None = None,
         on_reachable: Reachable | None = None,
-        heard: Wanted | None = None,
+        policy: TreePolicy | None = None,
+        on_taken: Served | None = None,
         limits: ServerLimits | None = None,
         gate: HandshakeGate | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -125,11 +130,13 @@ class SyncService:
         self._codec = codec
         self._on_received = on_received
         self._on_served = on_served
-        self._wanted = wanted
+        self._view = view or EngineView
+        """Which trees this node syncs with whom, and whether a request is news (a busy
+        peer must not post a notice per request)."""
         self._on_reachable = on_reachable
-        self._heard = heard
-        """Whether a peer's request for a tree would tell the listener nothing new:
-        then no notice is posted (a busy peer must not post one per request)."""
+        self._policy = policy or TreePolicy()
+        """Which trees we take in from peers we were not told to sync them with."""
+        self._on_taken = on_taken
         self._clock = wall_clock
         """Unix time, for the handshake's window (compared with the peer's clock)."""
         self._monotonic = monotonic
@@ -216,16 +223,19 @@ class SyncService:
                 return proven.done
             case SyncRequest():
                 peer = _proven(caller)
-                view = await self._readable(body.tree, peer)
+                view, _ = await self._readable(body.tree, peer)
                 self._reachable(peer, origin, body.tree)
                 if self._on_served is not None:
                     self._on_served(body.tree, peer)
                 return self._planner.answer(view, body, peer=peer)
             case SendEntries():
                 peer = _proven(caller)
-                view = await self._readable(body.tree, peer)
+                view, taken = await self._readable(body.tree, peer)
                 self._reachable(peer, origin, body.tree)
+                self._policy.charge(peer, body.tree, sum(len(raw) for raw in body.entries))
                 receipt = await self._instance.receive(body.tree, body.entries, source=peer)
+                if receipt.stored and taken:
+                    self._took(peer, body.tree)
                 if receipt.stored and self._on_received is not None:
                     self._on_received(body.tree, tuple(receipt.stored), peer)
                 return acknowledge(
@@ -242,32 +252,54 @@ class SyncService:
                 )
 
     def _reachable(self, peer: str, origin: Origin, tree: str | None) -> None:
-        """Tell the listener a peer reached us over a two-way link: after every
-        handshake, and at requests for trees it is not known to sync already."""
+        """Tell the engine a proven peer reached us, unless it knows already."""
         address = origin.reply
-        if address is None or self._on_reachable is None:
+        if self._on_reachable is None:
             return
-        if tree is not None and self._heard is not None and self._heard(peer, tree):
+        if self._view().heard(peer, tree, two_way=address is not None):
             return
         self._on_reachable(peer, address, tree)
 
-    async def _readable(self, tree: str, peer: str) -> TreeView:
+    async def _readable(self, tree: str, peer: str) -> tuple[TreeView, bool]:
         """The tree, if ``peer`` may read it; otherwise the same answer as no tree.
+        With it, whether the policy takes it in from ``peer`` (we do not hold it).
 
         A tree this node does not hold yet but syncs with ``peer`` counts as readable
-        (and empty), so the peer can bootstrap us by pushing it.
+        (and empty), so the peer can bootstrap us by pushing it; so does one the
+        admission policy lets ``peer`` bring in.
         """
         view = TreeView(self._instance.backend, tree)
         try:
             settings = await (await self._instance.open_tree(tree)).settings()
         except TreeNotFound:
-            if self._wanted is not None and self._wanted(peer, tree):
-                return view
+            if await self._admits(peer, tree):
+                return view, True
+            if self._view().relates(peer, tree):
+                return view, False
             settings = {}
         level = permission_of(settings, peer)
         if level is None or level < Permission.READ:
             raise TreeUnavailable(f"no tree {tree} for this peer")
-        return view
+        return view, False
+
+    async def _admits(self, peer: str, tree: str) -> bool:
+        """Whether the admission policy takes ``tree`` in from ``peer``."""
+        if self._policy.chosen_only:
+            return False
+        view = self._view()
+        others = view.trees_of(peer) - view.relates(peer, tree)  # not this one
+        decision = self._policy.asks(peer, tree, others)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        return bool(decision)
+
+    def _took(self, peer: str, tree: str) -> None:
+        """A tree came in under the policy: its bytes count to ``peer`` from now on,
+        and the engine relates the two, so the tree flows through this node."""
+        self._policy.brought(peer, tree)
+        log.info("took in tree %s from %s", tree, peer)
+        if self._on_taken is not None:
+            self._on_taken(peer, tree)
 
 
 def _proven(caller: _Caller | None) -> str:

@@ -28,6 +28,7 @@ writing.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -38,13 +39,18 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
+from eidetica.actors.engine.core import Restored
+from eidetica.actors.engine.retries import RetryItem
 from eidetica.errors import InvalidValue, StorageError, SyncError, TreeNotFound
+from eidetica.protocol.entry import is_entry_id
 from eidetica.protocol.keys import check_public_key
 from eidetica.storage.crdt import Path
 from eidetica.storage.docstore import DocStore
 from eidetica.storage.instance import Instance
 from eidetica.storage.transaction import AtomicOp
 from eidetica.storage.tree import Tree
+
+log = logging.getLogger(__name__)
 
 SYNC_TREE_NAME = "_sync"
 """The name the sync tree is created with; for people reading a node, not for lookup."""
@@ -298,6 +304,30 @@ class SyncState:
                 peers.set((key,), _dump_peer(PeerRecord(key, peer.addresses, peer.trees - {tree})))
             self._drop_local(key, tree)
 
+    async def kept(self) -> tuple[list[Restored], dict[tuple[str, str], tuple[str, ...]]]:
+        """What the engine starts from: the peers with their first address and their
+        relationships, and each relationship's cursor tips. A relationship stored
+        before tree ids were checked is skipped with a warning, not fatal."""
+        kept, cursors = [], {}
+        for record in (await self.peers()).values():
+            bad = {tree for tree in record.trees if not is_entry_id(tree)}
+            if bad:
+                log.warning("peer %s: ignoring stored relationships %s", record.key, bad)
+            for tree in record.trees - bad:
+                cursor = await self.cursor(record.key, tree)
+                if cursor is not None:
+                    cursors[record.key, tree] = cursor.last_synced_tips
+            address = record.addresses[0] if record.addresses else ""
+            kept.append(Restored(record.key, address, record.trees - bad))
+        return kept, cursors
+
+    async def retry_items(self) -> list[RetryItem]:
+        """The persisted retry queue, as items (due at once: times are not kept)."""
+        return [
+            RetryItem(retry_id, saved.peer, saved.tree, saved.entry_ids, saved.attempts)
+            for retry_id, saved in (await self.retries()).items()
+        ]
+
     async def peers(self) -> dict[str, PeerRecord]:
         """Every known peer, by key."""
         stored = (await self.tree.doc(PEERS)).to_dict()
@@ -413,6 +443,11 @@ class SyncState:
         """Persist (or replace) the retry ``retry_id``."""
         async with self._lock:
             self._put_local(RETRY, {**self._local(RETRY), retry_id: _dump(record)})
+
+    async def keep_retry(self, item: RetryItem) -> None:
+        """Persist a push that has just failed once more: its record counts the failure."""
+        record = RetryRecord(item.peer, item.tree, item.entry_ids, item.attempts + 1)
+        await self.put_retry(item.id, record)
 
     async def drop_retry(self, retry_id: str) -> None:
         """Forget the retry ``retry_id``, if it is kept."""

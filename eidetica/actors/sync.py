@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import trio
 
 from eidetica.actors import commands as cmd
+from eidetica.actors.engine.policy import AcceptTrees, TreePolicy
+from eidetica.actors.engine.status import SyncStatus
 from eidetica.actors.reply import Reply
 from eidetica.actors.supervisor import Supervisor, SyncConfig
 from eidetica.actors.transports.admission import Admission
@@ -116,14 +119,15 @@ class Sync:
         reply = Reply[None]()
         await self._ask(cmd.SyncWithPeer(peer, reply), reply)
 
-    async def status(self) -> dict[str, Any]:
-        """A snapshot: servers, and per peer its address, trees, counts and failures."""
-        reply = Reply[dict[str, Any]]()
+    async def status(self) -> SyncStatus:
+        """A typed snapshot: servers, and each peer with its state, link, trees, counts,
+        failures and breaker; the retry queue; actors left down."""
+        reply = Reply[SyncStatus]()
         return await self._ask(cmd.Status(reply), reply)
 
     async def peers(self) -> list[str]:
         """The proven keys of the peers this node knows."""
-        return sorted((await self.status())["peers"])
+        return sorted((await self.status()).peers)
 
 
 @asynccontextmanager
@@ -134,6 +138,7 @@ async def open_sync(
     name: str | None = None,
     config: SyncConfig | None = None,
     transports: dict[str, Transport] | None = None,
+    accept_trees: AcceptTrees | None = None,
 ) -> AsyncIterator[Sync]:
     """Run the sync engine of ``instance`` for the duration of the block.
 
@@ -143,8 +148,17 @@ async def open_sync(
     ``ws://`` a :class:`WebSocketTransport` whose connections (one per peer) are
     opened before the engine starts and closed after it stops. ``transports`` adds or
     replaces transports by scheme (their owner closes them).
+
+    ``accept_trees`` (over ``config.accept_trees``) says which trees the node takes in
+    from peers it was not told to sync them with: ``"chosen"`` (none: the default),
+    ``"any"`` (a hub's), a collection of peer keys, or a callable ``(peer_key,
+    tree_id) -> bool`` or awaitable of bool. A tree taken in is synced with the peer
+    that brought it from then on, and with every other peer of the tree.
     """
     config = config or SyncConfig()
+    if accept_trees is not None:
+        config = replace(config, accept_trees=accept_trees)
+    TreePolicy.of(config.accept_trees)  # a wrong policy fails here, in the caller
     admission = Admission(config.limits)  # one set of bounds for all the node's servers
     instance.intake.set_quota(config.limits.max_held_per_peer)
     http = HttpTransport(health=instance.healthy, admission=admission)

@@ -3,8 +3,8 @@ peer per link, and bounded memory whatever peers send."""
 
 from __future__ import annotations
 
-from eidetica.actors import linkbook
-from eidetica.actors.linkbook import LinkBook, keep
+from eidetica.actors.engine import linkbook
+from eidetica.actors.engine.linkbook import LinkBook, keep
 
 REPLY = {"ws-in"}
 SMALL, LARGE = "ed25519:A", "ed25519:B"

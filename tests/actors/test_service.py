@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 import eidetica
+from eidetica.actors.engine.view import EngineView
 from eidetica.actors.link import Link
 from eidetica.actors.service import SyncService
 from eidetica.actors.transports.admission import ServerLimits
@@ -46,13 +47,17 @@ class BackLink:
 
 
 async def test_a_peer_is_reported_at_each_handshake_and_at_trees_not_heard_of() -> None:
-    seen: list[tuple[str, str, str | None]] = []
-    heard: set[tuple[str, str]] = set()  # what the listener knows (the supervisor's look)
+    seen: list[tuple[str, str | None, str | None]] = []
+    heard: set[tuple[str, str]] = set()  # what the engine knows (its published view)
 
-    def reachable(peer: str, address: str, tree: str | None) -> None:
+    def reachable(peer: str, address: str | None, tree: str | None) -> None:
         seen.append((peer, address, tree))
         if tree is not None:
             heard.add((peer, tree))
+
+    def view() -> EngineView:
+        peers = frozenset(peer for peer, _ in heard)
+        return EngineView(relations=frozenset(heard), linked=peers, known=peers)
 
     async with eidetica.open_instance(None) as node, eidetica.open_instance(None) as peer:
         tree = await node.create_tree(name="t")
@@ -61,7 +66,7 @@ async def test_a_peer_is_reported_at_each_handshake_and_at_trees_not_heard_of() 
             node,
             MSGPACK,
             on_reachable=reachable,
-            heard=lambda key, tree_id: (key, tree_id) in heard,
+            view=view,
         )
         for address in ("ws-in://1", "ws-in://2"):
             link = Link(BackLink(service.handle, address), "ws://node", MSGPACK)  # type: ignore[arg-type]

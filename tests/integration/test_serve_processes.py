@@ -195,3 +195,24 @@ def test_peer_add_without_a_running_node_says_how_to_keep_dialling(tmp_path: Pat
     assert result.returncode == 1
     assert f"run 'eidetica serve --peer {address}' to keep dialling it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_accept_trees_any_takes_a_tree_a_cli_client_pushes(tmp_path: Path) -> None:
+    hub_data, client_data = tmp_path / "hub", tmp_path / "client"
+    tree = shared_tree(client_data, hub_data, "read")  # the hub never heard of it
+    hub, said = start(hub_data, "--listen", "http://127.0.0.1:0", "--accept-trees", "any")
+    try:
+        synced = cli(client_data, "sync", tree, "--peer", said["listening"])
+        assert synced.startswith(f"synced {tree} with ")
+        wait_until_it_holds(hub_data, tree)
+    finally:
+        err = stop(hub)
+    assert f"took in tree {tree}" in err
+
+
+def test_serve_refuses_an_accept_trees_that_is_no_policy_in_one_line(tmp_path: Path) -> None:
+    result = run("serve", "--accept-trees", "any", "--accept-trees", "x", data=tmp_path / "n")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "eidetica: accept-trees takes 'any', 'chosen', or peer keys, not a mix of them"
+    )

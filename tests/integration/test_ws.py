@@ -400,7 +400,7 @@ async def test_bad_requests_get_error_frames_and_the_server_keeps_serving(
                 await link.call(SendEntries(tree=private.root_id, entries=()), Ack)
             refusals = [r for r in caplog.records if r.getMessage().startswith("refused")]
             assert len(refusals) == len(bad) + 1  # each logged once, with its reason
-            assert (await a_sync.status())["refused_requests"] == len(bad) + 1
+            assert (await a_sync.status()).refused_requests == len(bad) + 1
 
             # Frames the protocol does not speak close that connection, and only it.
             oversized = b"x" * (limits.MAX_MESSAGE_BYTES + 1)
@@ -425,7 +425,7 @@ async def test_a_mistyped_address_is_an_error_and_the_engine_goes_on(tmp_path: P
         async with ws_node(tmp_path / "a") as a:
             with pytest.raises(TransportError, match="not a ws address"):
                 await a.sync.connect("ws://[::1")
-            assert (await a.sync.status())["crashed"] == []
+            assert (await a.sync.status()).crashed == []
 
 
 async def test_a_client_that_resets_during_the_upgrade_harms_nothing(tmp_path: Path) -> None:
@@ -445,5 +445,5 @@ async def test_a_client_that_resets_during_the_upgrade_harms_nothing(tmp_path: P
                 sock.close()
             await trio.testing.wait_all_tasks_blocked(0.05)
             status = await a.sync.status()
-            assert status["servers"] == [at] and status["crashed"] == []
+            assert [server.address for server in status.servers] == [at] and status.crashed == []
             assert await b.sync.connect(at) == a.inst.public_key  # still serving

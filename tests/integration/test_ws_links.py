@@ -48,8 +48,8 @@ async def test_a_commit_reaches_a_peer_that_only_dialled(tmp_path: Path) -> None
                 op.doc("todo").set("eggs", 2)
             await settle(tree, theirs)
 
-            status = (await server.sync.status())["peers"][client.inst.public_key]
-            assert status["address"].startswith("ws-in://") and status["dial"] is None
+            status = (await server.sync.status()).peers[client.inst.public_key]
+            assert str(status.address).startswith("ws-in://") and status.dial is None
             assert (await tree.doc("todo")).to_dict() == {"milk": 1, "eggs": 2}
     assert server.ws.dials == 0 and client.ws.dials == 1
 
@@ -73,12 +73,12 @@ async def test_nodes_that_dial_each_other_keep_one_link(tmp_path: Path) -> None:
 
             # The link both kept is the one the smaller key dialled.
             small, large = sorted([(a.public_key, a_sync), (b.public_key, b_sync)])
-            small_view = (await small[1].status())["peers"][large[0]]
-            large_view = (await large[1].status())["peers"][small[0]]
-            assert small_view["address"].startswith("ws://")
-            assert large_view["address"].startswith("ws-in://")
+            small_view = (await small[1].status()).peers[large[0]]
+            large_view = (await large[1].status()).peers[small[0]]
+            assert str(small_view.address).startswith("ws://")
+            assert str(large_view.address).startswith("ws-in://")
             # Both still know where the other listens, for a redial.
-            assert {small_view["dial"], large_view["dial"]} == {a_at, b_at}
+            assert {small_view.dial, large_view.dial} == {a_at, b_at}
 
             await b_sync.add_tree_sync(a.public_key, tree.root_id)
             await b_sync.sync_with_peer(a.public_key)
@@ -133,7 +133,7 @@ async def test_a_removed_peer_is_not_registered_again_by_its_requests(tmp_path: 
             async with tree.transaction() as op:
                 op.doc("d").set("after_removal", 1)
             # Nothing is pushed to it now; it still pulls what it may read.
-            assert (await server.sync.status())["peers"] == {}
+            assert (await server.sync.status()).peers == {}
             await client.sync.sync_with_peer(server.inst.public_key)
             await stored(client.inst, (await tree.tips())[0])
 
@@ -163,8 +163,8 @@ async def test_after_a_blip_the_larger_key_keeps_its_own_redial(tmp_path: Path) 
             await links_settle(small.ws, large.ws, count=1)  # the larger key's redial
             assert large.ws.links() == [small_at]
             await trio.testing.wait_all_tasks_blocked(0.05)  # both engines are done with it
-            view = (await large.sync.status())["peers"][small_key]
-            assert view["address"] == small_at
+            view = (await large.sync.status()).peers[small_key]
+            assert view.address == small_at
             # And it carries traffic: the small node reaches the large one over it.
             await small.sync.sync_with_peer(large_key)
 
@@ -189,9 +189,9 @@ async def test_a_dial_only_peer_related_by_the_operator_keeps_its_trees_over_a_b
                 await client.ws.link_changed(client.ws.link_version)
             await links_settle(server.ws, client.ws, count=1)
             await trio.testing.wait_all_tasks_blocked(0.05)  # both engines are done with it
-            view = (await server.sync.status())["peers"][client_key]
-            assert view["address"].startswith("ws-in://") and view["dial"] is None
-            assert sorted(view["trees"]) == sorted([tree.root_id, other.root_id])
+            view = (await server.sync.status()).peers[client_key]
+            assert str(view.address).startswith("ws-in://") and view.dial is None
+            assert sorted(view.trees) == sorted([tree.root_id, other.root_id])
 
 
 async def test_a_removed_peer_stays_removed_after_a_restart(tmp_path: Path) -> None:

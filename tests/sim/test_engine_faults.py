@@ -32,25 +32,26 @@ async def test_a_crashing_peer_actor_is_restarted_and_others_never_notice(
             await tree.grant("*", "write")
             peer_b = await link(a, b, tree.root_id)
             peer_c = await link(a, c, tree.root_id)
-            run = peer_module._run
+            run = peer_module.PeerActor._run
             crashes = 0
 
-            async def crash_once_for_b(*args: object) -> None:
+            async def crash_once_for_b(
+                actor: peer_module.PeerActor, link_: object, job: peer_module.Job
+            ) -> None:
                 nonlocal crashes
-                link_ = args[1]
-                if crashes == 0 and getattr(link_, "peer_key", None) == peer_b:
+                if crashes == 0 and actor.key == peer_b:
                     crashes += 1
                     raise RuntimeError("bug in a peer actor")
-                await run(*args)  # type: ignore[arg-type]
+                await run(actor, link_, job)  # type: ignore[arg-type]
 
-            monkeypatch.setattr(peer_module, "_run", crash_once_for_b)
+            monkeypatch.setattr(peer_module.PeerActor, "_run", crash_once_for_b)
             with pytest.raises(eidetica.errors.SyncError, match="crashed"):
                 await a.sync.sync_with_peer(peer_b)
             await a.sync.sync_with_peer(peer_c)  # the other peer never noticed
             await trio.sleep(5)  # past the restart backoff
             await a.sync.sync_with_peer(peer_b)  # restarted, and working again
             assert await (await b.inst.open_tree(tree.root_id)).tips() == await tree.tips()
-            assert (await a.sync.status())["crashed"] == []
+            assert (await a.sync.status()).crashed == []
 
 
 async def cut_off_until_the_breaker_opens(network: SimNetwork, a: Node, peer_b: str) -> None:
@@ -73,14 +74,14 @@ async def test_the_breaker_opens_then_probes_half_open(
             tree = await a.inst.create_tree(name="t")
             peer_b = await share(a, b, tree)
             await cut_off_until_the_breaker_opens(network, a, peer_b)
-            assert (await a.sync.status())["peers"][peer_b]["breaker"] == "open"
+            assert (await a.sync.status()).peers[peer_b].breaker == "open"
             with pytest.raises(eidetica.errors.SyncError, match="breaker open"):
                 await a.sync.sync_with_peer(peer_b)  # fails fast, nothing sent
             network.heal_all()
             await trio.sleep(61)
-            assert (await a.sync.status())["peers"][peer_b]["breaker"] == "half-open"
+            assert (await a.sync.status()).peers[peer_b].breaker == "half-open"
             await a.sync.sync_with_peer(peer_b)  # the probe succeeds
-            assert (await a.sync.status())["peers"][peer_b]["breaker"] == "closed"
+            assert (await a.sync.status()).peers[peer_b].breaker == "closed"
 
 
 async def test_garbage_gets_an_error_answer_and_the_node_goes_on(
@@ -102,7 +103,7 @@ async def test_garbage_gets_an_error_answer_and_the_node_goes_on(
             )
             answer = MSGPACK.decode(await stranger.request(a.address, summary_less)).body
             assert isinstance(answer, ErrorReply) and answer.code == "unauthenticated"
-            assert (await a.sync.status())["refused_requests"] == 4  # 3 junk, 1 unauthenticated
+            assert (await a.sync.status()).refused_requests == 4  # 3 junk, 1 unauthenticated
             tree = await a.inst.create_tree(name="t")
             peer_b = await share(a, b, tree)
             await a.sync.sync_with_peer(peer_b)  # everyone else is still served
@@ -252,4 +253,4 @@ async def test_pushes_to_a_peer_behind_an_open_breaker_wait_for_it(
             written = await sync_tree_entries(a.inst, tree.root_id) - before
             # each attempt writes a push's record once and deletes it once
             assert written <= 2 * pending * (config.max_retries + 1), written
-            assert (await a.sync.status())["retries_dropped"] == pending
+            assert (await a.sync.status()).retries_dropped == pending

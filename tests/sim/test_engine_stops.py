@@ -60,12 +60,12 @@ async def test_a_peer_actor_left_down_fails_jobs_at_once(
             async def always_crash(*args: object) -> None:
                 raise RuntimeError("bug")
 
-            monkeypatch.setattr(peer_module, "_run", always_crash)
+            monkeypatch.setattr(peer_module.PeerActor, "_run", always_crash)
             for _ in range(2):
                 with pytest.raises(SyncError, match="crashed"):
                     await a.sync.sync_with_peer(peer_b)
                 await trio.sleep(10)
-            assert (await a.sync.status())["crashed"] == [f"peer {peer_b}"]
+            assert (await a.sync.status()).crashed == [f"peer {peer_b}"]
             with pytest.raises(SyncError, match="down"):
                 await a.sync.sync_with_peer(peer_b)
 
@@ -91,8 +91,8 @@ async def test_the_breaker_closes_again_under_steady_traffic(
                 async with tree.transaction() as op:
                     op.doc("d").set(f"k{i}", i)
                 await trio.sleep(30)
-            status = (await a.sync.status())["peers"][peer_b]
-            assert status["breaker"] == "closed"
+            status = (await a.sync.status()).peers[peer_b]
+            assert status.breaker == "closed"
             theirs = await b.inst.open_tree(tree.root_id)
             assert len((await theirs.doc("d")).to_dict()) == 40
 
@@ -117,11 +117,11 @@ async def test_a_peer_offline_at_restart_is_dialled_again_later(
                 eidetica.open_instance(directory) as a_inst,
                 open_sync(a_inst, network=network, name="a") as a_sync,
             ):
-                assert await a_sync.peers() == []
-                assert list((await a_sync.status())["down"]) == [peer_b]
+                assert list((await a_sync.status()).down) == [peer_b]
+                assert (await a_sync.status()).peers[peer_b].state == "dialling"
                 async with open_sync(b_inst, network=network, name="b") as b_sync:
                     await b_sync.start_server("sim://b")
-                    await trio.sleep(61)  # the next connection check dials again
+                    await trio.sleep(61)  # redialled with backoff meanwhile
                     status = await a_sync.status()
-                    assert list(status["peers"]) == [peer_b]
-                    assert status["peers"][peer_b]["trees"] == [tree.root_id]
+                    assert list(status.peers) == [peer_b] and status.down == {}
+                    assert status.peers[peer_b].trees == [tree.root_id]

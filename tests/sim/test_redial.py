@@ -169,6 +169,6 @@ async def test_a_link_that_closes_before_it_is_taken_up_is_redialled(
             dialled_again = await client_transport.dials.receive()
             await trio.testing.wait_all_tasks_blocked()
             assert client_transport.is_open(at)
-            peers = (await pair.client_sync.status())["peers"]
-            assert peers[pair.server.public_key]["address"] == at
+            peers = (await pair.client_sync.status()).peers
+            assert peers[pair.server.public_key].address == at
             assert dialled_again < 60  # not at a connection check (10**6 s)

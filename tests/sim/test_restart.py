@@ -38,7 +38,7 @@ async def test_a_restart_resumes_relationships_and_the_persisted_retry_queue(
                     async with tree.transaction() as op:  # its push fails: a retry
                         op.doc("d").set("waiting", True)
                     await trio.testing.wait_all_tasks_blocked()
-                    assert len((await a_sync.status())["retries"]) == 1
+                    assert len((await a_sync.status()).retries) == 1
                 # Stopped with the retry pending; the sync tree kept it.
                 state = await SyncState.open(a_inst)
                 assert len(await state.retries()) == 1
@@ -51,10 +51,10 @@ async def test_a_restart_resumes_relationships_and_the_persisted_retry_queue(
             ):
                 await trio.sleep(10)  # reconnect, then the restored retry is due
                 status = await a_sync.status()
-                assert status["peers"][peer_b]["trees"] == [tree.root_id]
+                assert status.peers[peer_b].trees == [tree.root_id]
                 theirs = await b_inst.open_tree(tree.root_id)
                 assert (await theirs.doc("d")).get("waiting") is True
-                assert status["retries"] == []
+                assert status.retries == []
                 assert trio.current_time() < 300  # before any periodic sync
                 # delivered, so its record is gone too: a crash now would not resend it
                 assert await (await SyncState.open(a_inst)).retries() == {}
@@ -85,5 +85,5 @@ async def test_a_push_that_used_up_its_attempts_leaves_no_record(
             async with tree.transaction() as op:  # its push fails, and fails again
                 op.doc("d").set("never", True)
             await trio.sleep(600)
-            assert (await a_sync.status())["retries_dropped"] == 1
+            assert (await a_sync.status()).retries_dropped == 1
             assert await (await SyncState.open(a_inst)).retries() == {}

@@ -61,5 +61,5 @@ async def test_a_broken_listener_is_restarted_with_backoff_at_its_bound_address(
     starts = [at for _, at in flaky.served]
     waits = [later - earlier - 5 for earlier, later in itertools.pairwise(starts)]
     assert [round(wait) for wait in waits] == [1, 2, 4]
-    assert status["server_restarts"]["flaky://bound:7"]["restarts"] == 3
-    assert "listening socket broke" in status["server_restarts"]["flaky://bound:7"]["last_error"]
+    assert status.server_restarts["flaky://bound:7"].restarts == 3
+    assert "listening socket broke" in str(status.server_restarts["flaky://bound:7"].last_error)

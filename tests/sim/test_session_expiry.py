@@ -33,5 +33,5 @@ async def test_a_session_in_use_lapses_at_its_lifetime_and_the_engine_handshakes
                 await b.sync.sync_with_peer(peer_a)
                 theirs = await b.inst.open_tree(tree.root_id)
                 assert await theirs.tips() == await tree.tips()
-                refused.append((await a.sync.status())["refused_requests"])
+                refused.append((await a.sync.status()).refused_requests)
             assert refused == [0, 0, 1]  # at 120 s: refused once, then proven again

@@ -159,10 +159,10 @@ async def test_failed_pushes_retry_at_2_4_8_up_to_64_seconds_then_stop(
             start = trio.current_time()
             await trio.sleep(1000)
             status = await a.sync.status()
-            attempts = [t - start for t in status["peers"][peer_b]["attempts"]][-10:]
+            attempts = [t - start for t in status.peers[peer_b].attempts][-10:]
             gaps = [round(later - earlier) for earlier, later in itertools.pairwise(attempts)]
             assert gaps == [2, 4, 8, 16, 32, 64, 64, 64, 64]
-            assert status["retries"] == [] and status["retries_dropped"] == 1
+            assert status.retries == [] and status.retries_dropped == 1
 
 
 async def test_a_partition_heals_and_queued_entries_arrive_by_themselves(
@@ -244,16 +244,24 @@ async def test_after_shutdown_commands_fail_instead_of_hanging(
 
 
 async def test_a_peer_added_by_key_is_dialled_in_the_background(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(60):
         async with cluster(2, SimNetwork()) as (a, b):
             await a.sync.add_peer(b.inst.public_key, b.address)
             await trio.testing.wait_all_tasks_blocked()
-            assert await a.sync.peers() == [b.inst.public_key]
+            assert await linked(a) == [b.inst.public_key]
             await a.sync.add_peer(a.inst.public_key, b.address)  # the wrong key: refused
             await trio.testing.wait_all_tasks_blocked()
-            assert await a.sync.peers() == [b.inst.public_key]
+            assert await linked(a) == [b.inst.public_key]
+            wrong = (await a.sync.status()).peers[a.inst.public_key]
+            assert wrong.state == "dialling" and "expected peer" in caplog.text
+
+
+async def linked(node: Node) -> list[str]:
+    """The peers ``node`` has a live link to."""
+    status = await node.sync.status()
+    return sorted(key for key, peer in status.peers.items() if peer.state == "up")
 
 
 async def test_an_idle_sync_writes_nothing_to_the_sync_tree(
@@ -271,7 +279,7 @@ async def test_an_idle_sync_writes_nothing_to_the_sync_tree(
             await trio.testing.wait_all_tasks_blocked()
             assert len(await state.tree.entries()) == before
             status = await a.sync.status()
-            assert status["peers"][peer_b]["trees_last_synced"][tree.root_id] is not None
+            assert status.peers[peer_b].trees_last_synced[tree.root_id] is not None
 
 
 async def test_a_relationship_alone_never_sends_a_tree_to_a_peer_that_may_not_read_it(

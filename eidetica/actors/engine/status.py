@@ -1,0 +1,114 @@
+"""The engine's status, typed: what ``sync.status()`` returns.
+
+Every part is an immutable ``msgspec.Struct``, so ``msgspec.to_builtins(status)``
+gives plain JSON-ready data (``eidetica status --json``) and code reads attributes
+with types instead of digging in dictionaries.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from eidetica.actors.engine.core import Engine
+from eidetica.actors.engine.peers import PeerRecord
+
+
+class PeerStatus(msgspec.Struct, frozen=True):
+    """One known peer."""
+
+    key: str
+    state: str
+    """``dialling``, ``up``, ``lost`` (redialling) or ``down`` (waiting for it)."""
+    address: str | None
+    """Its live link, if up."""
+    dial: str | None
+    """Where we dial it, if we know."""
+    kept: bool
+    """Its records survive a restart (we chose it, or relate trees with it)."""
+    trees: list[str]
+    syncs: int
+    failures: int
+    pushes: int
+    probes: int
+    breaker: str
+    attempts: list[float]
+    last_sync: float | None
+    last_error: str | None
+    trees_last_synced: dict[str, float | None]
+    queued_retries: int
+    dropped_jobs: int = 0
+
+
+class RetryStatus(msgspec.Struct, frozen=True):
+    due: float
+    peer: str
+    tree: str
+    attempts: int
+
+
+class ServerStatus(msgspec.Struct, frozen=True):
+    address: str
+    restarts: int
+    last_error: str | None
+
+
+class SyncStatus(msgspec.Struct, frozen=True):
+    """A snapshot of one node's sync engine."""
+
+    servers: list[ServerStatus]
+    peers: dict[str, PeerStatus]
+    retries: list[RetryStatus]
+    retries_dropped: int
+    refused_requests: int
+    dropped_notices: int
+    crashed: list[str]
+    """Actors that kept crashing and were left down."""
+
+    @property
+    def down(self) -> dict[str, PeerStatus]:
+        """The peers that are not linked now."""
+        return {key: peer for key, peer in self.peers.items() if peer.state != "up"}
+
+    @property
+    def server_restarts(self) -> dict[str, ServerStatus]:
+        """The servers that had to be started again."""
+        return {server.address: server for server in self.servers if server.restarts}
+
+
+def peer_statuses(engine: Engine, now: float, dropped: dict[str, int]) -> dict[str, PeerStatus]:
+    """Every peer the engine knows, at trio time ``now``."""
+    return {
+        key: _peer_status(engine, record, now, dropped.get(key, 0))
+        for key, record in sorted(engine.peers.items())
+    }
+
+
+def retry_statuses(engine: Engine) -> list[RetryStatus]:
+    return [
+        RetryStatus(due, item.peer, item.tree, item.attempts) for due, item in engine.retries.items
+    ]
+
+
+def _peer_status(engine: Engine, record: PeerRecord, now: float, dropped: int) -> PeerStatus:
+    health = record.health
+    return PeerStatus(
+        key=record.key,
+        state=record.state.value,
+        address=record.link,
+        dial=record.dial,
+        kept=record.kept,
+        trees=sorted(record.trees),
+        syncs=health.syncs,
+        failures=health.failures,
+        pushes=health.pushes,
+        probes=health.probes,
+        breaker=health.breaker.state(now).value,
+        attempts=list(health.attempts),
+        last_sync=health.last_sync,
+        last_error=health.last_error,
+        trees_last_synced={
+            tree: engine.last_sync.get((record.key, tree)) for tree in sorted(record.trees)
+        },
+        queued_retries=sum(1 for _, item in engine.retries.items if item.peer == record.key),
+        dropped_jobs=dropped,
+    )
