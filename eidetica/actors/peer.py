@@ -3,7 +3,7 @@
 The engine hands it links (``links``) and jobs (``jobs``), each over its own channel;
 before each job it moves to the newest link it was handed, closing the one it leaves
 if we dialled it, so jobs queued before a link changed go out on the new one. It
-reports only by messages: what each job did, and its :class:`Health` after each.
+reports what each job did by messages, and publishes its :class:`Health` after each.
 
 It keeps the peer's circuit breaker (its rules are plain state in
 ``engine/breaker.py``): after ``failure_threshold`` failures in a row it stops sending
@@ -29,10 +29,10 @@ import trio
 
 from eidetica.actors import commands as cmd
 from eidetica.actors.engine.breaker import Breaker, BreakerConfig
-from eidetica.actors.engine.events import Health
 from eidetica.actors.engine.jobs import Job, ProbeJob, PushJob, SyncJob
 from eidetica.actors.engine.policy import TreePolicy
 from eidetica.actors.engine.retries import RetryItem
+from eidetica.actors.engine.status import Health
 from eidetica.actors.link import Link, RoundResult
 from eidetica.errors import EideticaError, RemoteError, SyncError, TreeNotFound
 from eidetica.protocol.auth import Permission, permission_of
@@ -68,6 +68,8 @@ class PeerActor:
     """Closes a two-way link we dialled, by address."""
     policy: TreePolicy = field(default_factory=TreePolicy)
     """Counts what we pull into trees a peer brought against its quota."""
+    publish: Callable[[str, Health], None] = lambda key, health: None
+    """Takes the actor's health after each job: a snapshot, read for status."""
     link: Link | None = None
     breaker: Breaker = field(default_factory=Breaker)
     health: Health = field(default_factory=Health)
@@ -136,10 +138,7 @@ class PeerActor:
         self.health = replace(
             self.health, breaker=replace(self.breaker), attempts=tuple(self._attempts)
         )
-        with contextlib.suppress(
-            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
-        ):
-            self.report.send_nowait(cmd.HealthReport(self.key, self.health))
+        self.publish(self.key, self.health)
 
     async def _serve_one(self, job: Job) -> None:
         """Do one job, keeping the breaker's count."""

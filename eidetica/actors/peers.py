@@ -4,7 +4,6 @@ redials in one nursery, so stopping a peer stops everything it was doing."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +15,8 @@ from eidetica.actors.dialer import dial
 from eidetica.actors.engine.effects import Dial
 from eidetica.actors.engine.jobs import Job, PushJob, SyncJob
 from eidetica.actors.engine.policy import TreePolicy
+from eidetica.actors.engine.retries import RetryItem
+from eidetica.actors.engine.status import Health
 from eidetica.actors.link import Link
 from eidetica.actors.peer import NewLink, PeerActor
 from eidetica.actors.transports.routes import Routes
@@ -51,7 +52,11 @@ class PeerActors:
     """The supervisor's: reports and dial outcomes go there."""
     keep: Keep
     policy: TreePolicy
+    defer: Callable[[RetryItem], None]
+    """Hands a due push the peer was too busy to take back to the retry actor."""
     handles: dict[str, _Handle] = field(default_factory=dict)
+    health: dict[str, Health] = field(default_factory=dict)
+    """What each actor published last (each entry replaced whole, never changed)."""
 
     async def start(self, nursery: trio.Nursery, peer: str) -> None:
         self.handles[peer] = await nursery.start(self._run, peer)
@@ -63,7 +68,13 @@ class PeerActors:
         links, link_inbox = trio.open_memory_channel[NewLink](16)
         report = self.inbox.clone()
         actor = PeerActor(
-            self.instance, key, report, self.config.breaker, self.routes.close, self.policy
+            self.instance,
+            key,
+            report,
+            self.config.breaker,
+            self.routes.close,
+            self.policy,
+            publish=self.health.__setitem__,
         )
         with trio.CancelScope() as scope, report:
             async with trio.open_nursery() as nursery:
@@ -74,6 +85,7 @@ class PeerActors:
     def stop(self, peer: str, close_link: bool) -> None:
         """Cancel the peer's actor; its callers hear of the jobs it never ran."""
         handle = self.handles.pop(peer, None)
+        self.health.pop(peer, None)
         if handle is None:
             return
         handle.jobs.close()
@@ -102,11 +114,7 @@ class PeerActors:
             if isinstance(job, SyncJob) and job.reply is not None:
                 job.reply.fail(SyncError(f"peer {peer} is {why}"))
             if isinstance(job, PushJob) and job.retry is not None:
-                # Else its record stays on disk: a restart tries it again.
-                with contextlib.suppress(
-                    trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
-                ):
-                    self.inbox.send_nowait(cmd.PushFailed(job.retry))
+                self.defer(job.retry)  # never tried: due again soon, no attempt spent
 
     def dial(self, nursery: trio.Nursery, order: Dial) -> None:
         """Run a dial: a peer's own redial in its actor's nursery (replacing the one

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from eidetica.actors.engine.retries import (
+    Deferred,
     ForgetPeer,
     RetryItem,
     RetryMessage,
@@ -60,6 +61,8 @@ async def run_retry(
             match message:
                 case ForgetPeer(peer):
                     queue.forget_peer(peer)
+                case Deferred(item, until):
+                    queue.defer(item, until)
                 case RetryItem() if queue.failed(message, trio.current_time()) is None:
                     await dropped(message)
             publish(queue.snapshot())

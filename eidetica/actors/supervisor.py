@@ -24,8 +24,21 @@ from eidetica.actors.dialer import codec_for
 from eidetica.actors.engine import effects as fx
 from eidetica.actors.engine.core import Engine, EngineConfig
 from eidetica.actors.engine.policy import TreePolicy
-from eidetica.actors.engine.retries import ForgetPeer, RetryItem, RetryMessage, RetryQueue
-from eidetica.actors.engine.status import ServerStatus, SyncStatus, peer_statuses, retry_statuses
+from eidetica.actors.engine.retries import (
+    Deferred,
+    ForgetPeer,
+    RetryItem,
+    RetryMessage,
+    RetryQueue,
+    RetrySnapshot,
+)
+from eidetica.actors.engine.status import (
+    ActorViews,
+    ServerStatus,
+    SyncStatus,
+    peer_statuses,
+    retry_statuses,
+)
 from eidetica.actors.engine.view import EngineView
 from eidetica.actors.keeper import keep_running
 from eidetica.actors.link import Link
@@ -47,6 +60,9 @@ from eidetica.storage.tree import Tree
 __all__ = ["Supervisor", "SyncConfig"]
 
 log = logging.getLogger(__name__)
+
+DEFER_BUSY = 1.0
+"""Seconds before a due push that found its peer's inbox full is due again."""
 
 
 @dataclass
@@ -82,12 +98,13 @@ class Supervisor:
         self._policy = TreePolicy.of(config.accept_trees, config.tree_quota)
         """One admission policy, and one count of what each peer brought, for all."""
         self._peers = PeerActors(
-            instance, config, self._routes, self.inbox, self._keep, self._policy
+            instance, config, self._routes, self.inbox, self._keep, self._policy, self._defer
         )
         self._back = self._service(MSGPACK)
         """Answers requests on the links we dialled."""
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         """Filled with persisted retries at start, then the retry actor's alone."""
+        self._retry_view = RetrySnapshot()
         self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryMessage](
             config.inbox_size
         )
@@ -146,10 +163,13 @@ class Supervisor:
             self._retry_inbox,
             partial(self._post, cmd.RetryDue),
             dropped=partial(self._post, lambda item: cmd.RetryEnded(item, delivered=False)),
-            publish=lambda snapshot: self.notify(cmd.RetryView(snapshot)),
+            publish=self._retries_published,
             sweep=self._config.retry_sweep,
         )
         nursery.start_soon(self._keep, "retry", retry)
+
+    def _retries_published(self, snapshot: RetrySnapshot) -> None:
+        self._retry_view = snapshot  # replaced whole by the retry actor: for status
 
     async def _post(self, make: Callable[[RetryItem], cmd.Command], item: RetryItem) -> None:
         await self.inbox.send(make(item))
@@ -262,6 +282,9 @@ class Supervisor:
         if result is not None:
             await result
 
+    def _defer(self, item: RetryItem) -> None:
+        self._retry(Deferred(item, trio.current_time() + DEFER_BUSY))
+
     def _retry(self, message: RetryMessage) -> None:
         try:
             self._to_retry.send_nowait(message)
@@ -314,11 +337,12 @@ class Supervisor:
         """A typed snapshot of the engine, its servers and its actors."""
         engine = self._engine
         servers = sorted(self._servers.items())
+        views = ActorViews(dict(self._peers.health), self._peers.dropped(), self._retry_view)
         return SyncStatus(
             servers=[ServerStatus(at, s.health.restarts, s.health.last_error) for at, s in servers],
-            peers=peer_statuses(engine, trio.current_time(), self._peers.dropped()),
-            retries=retry_statuses(engine),
-            retries_dropped=engine.retries.dropped,
+            peers=peer_statuses(engine, trio.current_time(), views),
+            retries=retry_statuses(self._retry_view),
+            retries_dropped=self._retry_view.dropped,
             refused_requests=self._back.refused + sum(s.service.refused for _, s in servers),
             dropped_notices=self.dropped_notices,
             crashed=list(self.crashed),

@@ -36,7 +36,6 @@ from eidetica.actors.engine.effects import (
 )
 from eidetica.actors.engine.jobs import ProbeJob, PushJob, SyncJob
 from eidetica.actors.engine.peers import REDIALLED, PeerRecord, PeerState
-from eidetica.actors.engine.retries import RetrySnapshot
 from eidetica.actors.engine.view import EngineView
 from eidetica.errors import EideticaError, SyncError
 from eidetica.protocol.entry import is_entry_id
@@ -91,7 +90,6 @@ class Engine:
         self.peers: dict[str, PeerRecord] = {}
         self.cursors: dict[tuple[str, str], tuple[str, ...]] = {}
         self.last_sync: dict[tuple[str, str], float] = {}
-        self.retries = RetrySnapshot()
         self.sync_tree = ""
         """The node's own sync tree: never pushed (its commits are bookkeeping)."""
         self._out: list[Effect] = []
@@ -117,11 +115,9 @@ class Engine:
             ev.PushFailed: self._push_failed,
             ev.RetryDue: self._retry_due,
             ev.RetryEnded: self._retry_ended,
-            ev.RetryView: self._retry_view,
             ev.Pushed: self._counted,
             ev.Served: self._counted,
             ev.SyncDone: self._sync_done,
-            ev.HealthReport: self._health,
         }
 
     # The surface the shell uses.
@@ -397,9 +393,6 @@ class Engine:
     def _retry_ended(self, event: ev.RetryEnded, now: float) -> None:
         self._persist("drop_retry", event.item.id)
 
-    def _retry_view(self, event: ev.RetryView, now: float) -> None:
-        self.retries = event.snapshot
-
     # What the peer actors report.
 
     def _counted(self, event: ev.Pushed | ev.Served, now: float) -> None:
@@ -435,10 +428,6 @@ class Engine:
             event.duration * 1000,
             keywords=(("tree", event.tree),),
         )
-
-    def _health(self, event: ev.HealthReport, now: float) -> None:
-        if (record := self.peers.get(event.peer)) is not None:
-            record.health = event.health
 
     # Helpers.
 

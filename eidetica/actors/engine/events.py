@@ -8,13 +8,11 @@ never calls it itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
-from eidetica.actors.engine.breaker import Breaker
-from eidetica.actors.engine.retries import RetryItem, RetrySnapshot
+from eidetica.actors.engine.retries import RetryItem
 from eidetica.protocol.entry import Entry
 
 
@@ -181,12 +179,6 @@ class RetryEnded(_Event, frozen=True):
     delivered: bool
 
 
-class RetryView(_Event, frozen=True):
-    """The retry actor's queue as it stands now (for status)."""
-
-    snapshot: RetrySnapshot
-
-
 class Pushed(_Event, frozen=True):
     """A peer took a push of ``entries`` entries of ``tree``: count it."""
 
@@ -215,27 +207,6 @@ class SyncDone(_Event, frozen=True):
     """When it ended (Unix time, for the records)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What a peer actor has seen of its peer: published whole after every job."""
-
-    syncs: int = 0
-    failures: int = 0
-    pushes: int = 0
-    probes: int = 0
-    last_sync: float | None = None
-    last_error: str | None = None
-    received: int = 0
-    breaker: Breaker = field(default_factory=Breaker)
-    attempts: tuple[float, ...] = ()
-    """When recent requests were tried (trio time), at most 64."""
-
-
-class HealthReport(_Event, frozen=True):
-    peer: str
-    health: Health
-
-
 Event = (
     ConnectToPeer
     | AddPeer
@@ -257,9 +228,7 @@ Event = (
     | PushFailed
     | RetryDue
     | RetryEnded
-    | RetryView
     | Pushed
     | Served
     | SyncDone
-    | HealthReport
 )

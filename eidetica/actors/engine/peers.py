@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from eidetica.actors.engine.events import Health
 from eidetica.errors import SyncError
 
 
@@ -65,7 +64,6 @@ class PeerRecord:
     handed: bool = False
     """Its actor holds a link (maybe a lost one, which a transport that dials on
     demand may bring back for the next request)."""
-    health: Health = field(default_factory=Health)
 
     def move(self, to: PeerState) -> None:
         """Change state, refusing a move the lifecycle does not have."""

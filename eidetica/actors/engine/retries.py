@@ -72,6 +72,10 @@ class RetryQueue:
         """Queue an item read back after a restart: due at once."""
         self._due[item.id] = (now, item)
 
+    def defer(self, item: RetryItem, until: float) -> None:
+        """Queue an item that was due but not tried, for ``until``."""
+        self._due[item.id] = (until, item)
+
     def next_due(self) -> float | None:
         """When the earliest item is due."""
         return min((due for due, _ in self._due.values()), default=None)
@@ -103,7 +107,16 @@ class ForgetPeer:
     peer: str
 
 
-RetryMessage = RetryItem | ForgetPeer
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A due push that found its peer too busy to take it: due again at ``until``,
+    with no attempt spent (it was never tried) and nothing written."""
+
+    item: RetryItem
+    until: float
+
+
+RetryMessage = RetryItem | ForgetPeer | Deferred
 """What the retry actor's inbox carries: a push that failed, or a peer to forget."""
 
 

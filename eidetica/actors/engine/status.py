@@ -7,10 +7,31 @@ with types instead of digging in dictionaries.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 import msgspec
 
+from eidetica.actors.engine.breaker import Breaker
 from eidetica.actors.engine.core import Engine
 from eidetica.actors.engine.peers import PeerRecord
+from eidetica.actors.engine.retries import RetrySnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What a peer actor has seen of its peer: published whole after every job."""
+
+    syncs: int = 0
+    failures: int = 0
+    pushes: int = 0
+    probes: int = 0
+    last_sync: float | None = None
+    last_error: str | None = None
+    received: int = 0
+    breaker: Breaker = field(default_factory=Breaker)
+    attempts: tuple[float, ...] = ()
+    """When recent requests were tried (trio time), at most 64."""
 
 
 class PeerStatus(msgspec.Struct, frozen=True):
@@ -75,22 +96,29 @@ class SyncStatus(msgspec.Struct, frozen=True):
         return {server.address: server for server in self.servers if server.restarts}
 
 
-def peer_statuses(engine: Engine, now: float, dropped: dict[str, int]) -> dict[str, PeerStatus]:
+@dataclass(frozen=True, slots=True)
+class ActorViews:
+    """What the actors published last, for status: never changed, only replaced."""
+
+    health: Mapping[str, Health]
+    dropped: Mapping[str, int]
+    retries: RetrySnapshot
+
+
+def peer_statuses(engine: Engine, now: float, views: ActorViews) -> dict[str, PeerStatus]:
     """Every peer the engine knows, at trio time ``now``."""
     return {
-        key: _peer_status(engine, record, now, dropped.get(key, 0))
+        key: _peer_status(engine, record, now, views)
         for key, record in sorted(engine.peers.items())
     }
 
 
-def retry_statuses(engine: Engine) -> list[RetryStatus]:
-    return [
-        RetryStatus(due, item.peer, item.tree, item.attempts) for due, item in engine.retries.items
-    ]
+def retry_statuses(retries: RetrySnapshot) -> list[RetryStatus]:
+    return [RetryStatus(due, item.peer, item.tree, item.attempts) for due, item in retries.items]
 
 
-def _peer_status(engine: Engine, record: PeerRecord, now: float, dropped: int) -> PeerStatus:
-    health = record.health
+def _peer_status(engine: Engine, record: PeerRecord, now: float, views: ActorViews) -> PeerStatus:
+    health = views.health.get(record.key, Health())
     return PeerStatus(
         key=record.key,
         state=record.state.value,
@@ -109,6 +137,6 @@ def _peer_status(engine: Engine, record: PeerRecord, now: float, dropped: int) -
         trees_last_synced={
             tree: engine.last_sync.get((record.key, tree)) for tree in sorted(record.trees)
         },
-        queued_retries=sum(1 for _, item in engine.retries.items if item.peer == record.key),
-        dropped_jobs=dropped,
+        queued_retries=sum(1 for _, item in views.retries.items if item.peer == record.key),
+        dropped_jobs=views.dropped.get(record.key, 0),
     )
