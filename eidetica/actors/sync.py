@@ -22,7 +22,7 @@ from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import SyncError
-from eidetica.storage.instance import Instance, register_sync
+from eidetica.storage.instance import Instance
 
 T = TypeVar("T")
 
@@ -171,6 +171,3 @@ async def open_sync(
             supervisor.inbox.close()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
                 await http.aclose()  # even when cancelled: no connection outlives the block
-
-
-register_sync(open_sync)

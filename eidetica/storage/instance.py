@@ -53,6 +53,12 @@ CommitHook = Callable[[Tree, Entry], None]
 """Called with the tree and the entry after every local commit. Hooks must be quick and
 must not block: a sync hook only posts a notice. An exception is logged and ignored."""
 
+SyncOpener = Callable[..., AbstractAsyncContextManager[Any]]
+"""Opens the sync engine over an instance, for an ``async with`` block: called with
+the instance and the options given to :meth:`Instance.sync`. The actors layer has one
+(``eidetica.actors.sync.open_sync``); storage never imports it, so whoever builds the
+instance hands it in."""
+
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
@@ -70,7 +76,9 @@ class Receipt:
 class Instance:
     """A node's store of trees. Open one with :func:`open_instance`."""
 
-    def __init__(self, backend: Backend, key: SigningKey) -> None:
+    def __init__(
+        self, backend: Backend, key: SigningKey, *, sync_opener: SyncOpener | None = None
+    ) -> None:
         self.backend = backend
         self.device_key = key
         self.judge = Judge(backend)
@@ -82,6 +90,7 @@ class Instance:
         """Counts the batches this node has stored; see :meth:`changed`."""
         self._hooks: list[CommitHook] = []
         self._locks: dict[str, trio.Lock] = {}
+        self._sync_opener = sync_opener
 
     @property
     def public_key(self) -> str:
@@ -281,10 +290,14 @@ class Instance:
 
     def sync(self, **options: Any) -> AbstractAsyncContextManager[Any]:
         """The sync engine over this node, for an ``async with`` block (see
-        ``eidetica.actors.sync.open_sync`` for the options)."""
-        if _sync_opener is None:
-            raise SyncError("the sync engine is not loaded: import eidetica")
-        return _sync_opener(self, **options)
+        ``eidetica.actors.sync.open_sync`` for the options): the one this instance
+        was built with, as ``eidetica.open_instance`` builds every instance."""
+        if self._sync_opener is None:
+            raise SyncError(
+                "this instance was built without a sync engine: open it with"
+                " eidetica.open_instance, or run eidetica.open_sync(instance)"
+            )
+        return self._sync_opener(self, **options)
 
     def healthy(self) -> bool:
         """Whether this node's storage is open and answers."""
@@ -294,37 +307,30 @@ class Instance:
         self.backend.close()
 
 
-SyncOpener = Callable[..., AbstractAsyncContextManager[Any]]
-_sync_opener: SyncOpener | None = None
-
-
-def register_sync(opener: SyncOpener) -> None:
-    """Let ``Instance.sync`` open the engine. The actors layer calls this on import, so
-    storage never imports upward."""
-    global _sync_opener  # noqa: PLW0603
-    _sync_opener = opener
-
-
 @asynccontextmanager
-async def open_instance(path: str | os.PathLike[str] | None) -> AsyncIterator[Instance]:
+async def open_instance(
+    path: str | os.PathLike[str] | None, *, sync_opener: SyncOpener | None = None
+) -> AsyncIterator[Instance]:
     """Open the node stored in directory ``path`` (SQLite), or an in-memory one for None.
 
     The directory and its device key are created on first open and reused after.
+    ``sync_opener`` is what the instance's :meth:`~Instance.sync` opens (none: it
+    raises); ``eidetica.open_instance`` passes the engine's.
     """
-    instance = _open(path)
+    instance = _open(path, sync_opener)
     try:
         yield instance
     finally:
         instance.close()
 
 
-def _open(path: str | os.PathLike[str] | None) -> Instance:
+def _open(path: str | os.PathLike[str] | None, sync_opener: SyncOpener | None) -> Instance:
     if path is None:
-        return Instance(MemoryBackend(), SigningKey.generate())
+        return Instance(MemoryBackend(), SigningKey.generate(), sync_opener=sync_opener)
     directory = Path(path)
     _private_directory(directory)
     key = load_or_create_device_key(directory)
-    return Instance(SqliteBackend(directory / DATABASE_FILE), key)
+    return Instance(SqliteBackend(directory / DATABASE_FILE), key, sync_opener=sync_opener)
 
 
 def _private_directory(directory: Path) -> None:
