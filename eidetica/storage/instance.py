@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +35,14 @@ from eidetica.protocol.intake import Intake, Rejection
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
 from eidetica.storage.backend import Backend, EntryMeta, Record
-from eidetica.storage.crdt import Document, SetOp, encode_ops
+from eidetica.storage.crdt import Document, Op, SetOp, encode_ops
 from eidetica.storage.device import load_or_create_device_key
 from eidetica.storage.docstate import DocStates
 from eidetica.storage.judge import Judge
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
+from eidetica.storage.transaction import staged_entry
 from eidetica.storage.tree import Tree
 from eidetica.storage.verify import BatchVerifier
 
@@ -250,6 +251,25 @@ class Instance:
         self.backend.put([record])
         self.doc_states.stored(entry)
         self._stored()
+
+    async def commit(self, tree: Tree, staged: Mapping[str, Sequence[Op]]) -> Entry | None:
+        """Sign ``staged`` (operations by store name) as one entry of ``tree`` on its
+        current tips, store it, then run the commit hooks: what a transaction does on a
+        clean exit. Commits on one tree are serialized by its lock; nothing staged,
+        nothing stored."""
+        async with self.lock_for(tree.root_id):
+            if not staged:
+                return None
+            entry = staged_entry(
+                self.backend,
+                tree.root_id,
+                staged,
+                key=self.device_key,
+                settings_tips=self.settings_tips,
+            )
+            self.store_local(tree, entry)
+        self.run_hooks(tree, entry)
+        return entry
 
     async def changed(self, since: int | None = None) -> int:
         """Wait until this node has stored entries (its own commits, or received)
