@@ -3,9 +3,10 @@
 from eidetica import errors
 from eidetica.actors.sync import Sync, open_sync
 from eidetica.errors import EideticaError
+from eidetica.node import open_instance
 from eidetica.protocol.entry import Entry
 from eidetica.storage.docstore import DocStore
-from eidetica.storage.instance import CommitHook, Instance, open_instance
+from eidetica.storage.instance import CommitHook, Instance
 from eidetica.storage.transaction import AtomicOp
 from eidetica.storage.tree import Tree
 

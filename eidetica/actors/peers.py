@@ -4,6 +4,7 @@ redials in one nursery, so stopping a peer stops everything it was doing."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -80,7 +81,9 @@ class PeerActors:
             async with trio.open_nursery() as nursery:
                 task_status.started(_Handle(scope, nursery, jobs, links))
                 await self.keep(f"peer {key}", lambda: actor.run(job_inbox, link_inbox))
-                jobs.close()  # left down: jobs fail at once from now on
+                jobs.close()  # left down: jobs fail at once from now on, and links
+                links.close()  # go nowhere; its nursery stays for dials until stopped
+                await trio.sleep_forever()
 
     def stop(self, peer: str, close_link: bool) -> None:
         """Cancel the peer's actor; its callers hear of the jobs it never ran."""
@@ -100,7 +103,8 @@ class PeerActors:
     def use_link(self, peer: str, link: Link, close_previous: bool) -> None:
         handle = self.handles[peer]
         handle.address = link.address
-        handle.links.send_nowait(NewLink(link, close_previous))
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            handle.links.send_nowait(NewLink(link, close_previous))  # else: left down
 
     def queue(self, peer: str, job: Job) -> None:
         """Hand a job on; one that finds the inbox full or closed fails its caller,

@@ -25,7 +25,7 @@ from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import SyncError
-from eidetica.storage.instance import Instance, register_sync
+from eidetica.storage.instance import Instance
 
 T = TypeVar("T")
 
@@ -145,8 +145,9 @@ async def open_sync(
     ``sim://`` addresses use ``network`` (or the default in-process one); ``name`` is
     this node's name on it, so a test's partitions apply to it both ways. ``http://``
     uses an :class:`HttpTransport` whose connection pool closes with the block, and
-    ``ws://`` a :class:`WebSocketTransport` whose connections (one per peer) are
-    opened before the engine starts and closed after it stops. ``transports`` adds or
+    ``ws://`` a :class:`WebSocketTransport` and ``sim://`` a :class:`SimTransport`,
+    whose links (one per peer) are opened before the engine starts and closed after
+    it stops. ``transports`` adds or
     replaces transports by scheme (their owner closes them).
 
     ``accept_trees`` (over ``config.accept_trees``) says which trees the node takes in
@@ -162,9 +163,12 @@ async def open_sync(
     admission = Admission(config.limits)  # one set of bounds for all the node's servers
     instance.intake.set_quota(config.limits.max_held_per_peer)
     http = HttpTransport(health=instance.healthy, admission=admission)
-    async with WebSocketTransport(admission=admission) as websocket:
+    async with (
+        WebSocketTransport(admission=admission) as websocket,
+        SimTransport(network, name=name) as sim,
+    ):
         chosen: dict[str, Transport] = {
-            "sim": SimTransport(network, name=name),
+            "sim": sim,
             "http": http,
             "ws": websocket,
             **(transports or {}),
@@ -181,6 +185,3 @@ async def open_sync(
             supervisor.inbox.close()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
                 await http.aclose()  # even when cancelled: no connection outlives the block
-
-
-register_sync(open_sync)

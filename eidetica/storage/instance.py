@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +35,14 @@ from eidetica.protocol.intake import Intake, Rejection
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
 from eidetica.storage.backend import Backend, EntryMeta, Record
-from eidetica.storage.crdt import Document, SetOp, encode_ops
+from eidetica.storage.crdt import Document, Op, SetOp, encode_ops
 from eidetica.storage.device import load_or_create_device_key
 from eidetica.storage.docstate import DocStates
 from eidetica.storage.judge import Judge
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
+from eidetica.storage.transaction import staged_entry
 from eidetica.storage.tree import Tree
 from eidetica.storage.verify import BatchVerifier
 
@@ -52,6 +53,12 @@ DATABASE_FILE = "eidetica.db"
 CommitHook = Callable[[Tree, Entry], None]
 """Called with the tree and the entry after every local commit. Hooks must be quick and
 must not block: a sync hook only posts a notice. An exception is logged and ignored."""
+
+SyncOpener = Callable[..., AbstractAsyncContextManager[Any]]
+"""Opens the sync engine over an instance, for an ``async with`` block: called with
+the instance and the options given to :meth:`Instance.sync`. The actors layer has one
+(``eidetica.actors.sync.open_sync``); storage never imports it, so whoever builds the
+instance hands it in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +77,9 @@ class Receipt:
 class Instance:
     """A node's store of trees. Open one with :func:`open_instance`."""
 
-    def __init__(self, backend: Backend, key: SigningKey) -> None:
+    def __init__(
+        self, backend: Backend, key: SigningKey, *, sync_opener: SyncOpener | None = None
+    ) -> None:
         self.backend = backend
         self.device_key = key
         self.judge = Judge(backend)
@@ -82,6 +91,7 @@ class Instance:
         """Counts the batches this node has stored; see :meth:`changed`."""
         self._hooks: list[CommitHook] = []
         self._locks: dict[str, trio.Lock] = {}
+        self._sync_opener = sync_opener
 
     @property
     def public_key(self) -> str:
@@ -242,6 +252,25 @@ class Instance:
         self.doc_states.stored(entry)
         self._stored()
 
+    async def commit(self, tree: Tree, staged: Mapping[str, Sequence[Op]]) -> Entry | None:
+        """Sign ``staged`` (operations by store name) as one entry of ``tree`` on its
+        current tips, store it, then run the commit hooks: what a transaction does on a
+        clean exit. Commits on one tree are serialized by its lock; nothing staged,
+        nothing stored."""
+        async with self.lock_for(tree.root_id):
+            if not staged:
+                return None
+            entry = staged_entry(
+                self.backend,
+                tree.root_id,
+                staged,
+                key=self.device_key,
+                settings_tips=self.settings_tips,
+            )
+            self.store_local(tree, entry)
+        self.run_hooks(tree, entry)
+        return entry
+
     async def changed(self, since: int | None = None) -> int:
         """Wait until this node has stored entries (its own commits, or received)
         after :attr:`version` was ``since`` (default: now); return the new version.
@@ -281,10 +310,14 @@ class Instance:
 
     def sync(self, **options: Any) -> AbstractAsyncContextManager[Any]:
         """The sync engine over this node, for an ``async with`` block (see
-        ``eidetica.actors.sync.open_sync`` for the options)."""
-        if _sync_opener is None:
-            raise SyncError("the sync engine is not loaded: import eidetica")
-        return _sync_opener(self, **options)
+        ``eidetica.actors.sync.open_sync`` for the options): the one this instance
+        was built with, as ``eidetica.open_instance`` builds every instance."""
+        if self._sync_opener is None:
+            raise SyncError(
+                "this instance was built without a sync engine: open it with"
+                " eidetica.open_instance, or run eidetica.open_sync(instance)"
+            )
+        return self._sync_opener(self, **options)
 
     def healthy(self) -> bool:
         """Whether this node's storage is open and answers."""
@@ -294,37 +327,30 @@ class Instance:
         self.backend.close()
 
 
-SyncOpener = Callable[..., AbstractAsyncContextManager[Any]]
-_sync_opener: SyncOpener | None = None
-
-
-def register_sync(opener: SyncOpener) -> None:
-    """Let ``Instance.sync`` open the engine. The actors layer calls this on import, so
-    storage never imports upward."""
-    global _sync_opener  # noqa: PLW0603
-    _sync_opener = opener
-
-
 @asynccontextmanager
-async def open_instance(path: str | os.PathLike[str] | None) -> AsyncIterator[Instance]:
+async def open_instance(
+    path: str | os.PathLike[str] | None, *, sync_opener: SyncOpener | None = None
+) -> AsyncIterator[Instance]:
     """Open the node stored in directory ``path`` (SQLite), or an in-memory one for None.
 
     The directory and its device key are created on first open and reused after.
+    ``sync_opener`` is what the instance's :meth:`~Instance.sync` opens (none: it
+    raises); ``eidetica.open_instance`` passes the engine's.
     """
-    instance = _open(path)
+    instance = _open(path, sync_opener)
     try:
         yield instance
     finally:
         instance.close()
 
 
-def _open(path: str | os.PathLike[str] | None) -> Instance:
+def _open(path: str | os.PathLike[str] | None, sync_opener: SyncOpener | None) -> Instance:
     if path is None:
-        return Instance(MemoryBackend(), SigningKey.generate())
+        return Instance(MemoryBackend(), SigningKey.generate(), sync_opener=sync_opener)
     directory = Path(path)
     _private_directory(directory)
     key = load_or_create_device_key(directory)
-    return Instance(SqliteBackend(directory / DATABASE_FILE), key)
+    return Instance(SqliteBackend(directory / DATABASE_FILE), key, sync_opener=sync_opener)
 
 
 def _private_directory(directory: Path) -> None:

@@ -1,10 +1,17 @@
-"""AtomicOp: the transaction that turns staged document writes into one signed entry."""
+"""AtomicOp: the transaction that turns staged document writes into one signed entry.
+
+A transaction stages operations. Committing them is the node's part, handed in as
+a :data:`Commit` (:meth:`~eidetica.storage.instance.Instance.commit`): under the
+tree's lock it has :func:`staged_entry` build and sign their entry, stores it and
+runs the commit hooks. So this module knows neither the tree nor the node, and
+imports neither: the tree that makes transactions imports this module, and no
+import runs back.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from eidetica.errors import TransactionClosed, TreeNotFound
 from eidetica.protocol import limits
@@ -15,12 +22,17 @@ from eidetica.protocol.entry import (
     check_store_name,
     create_entry,
 )
-from eidetica.storage.backend import EntryMeta
-from eidetica.storage.crdt import encode_ops
+from eidetica.protocol.keys import SigningKey
+from eidetica.storage.backend import Backend, EntryMeta
+from eidetica.storage.crdt import Document, Op, encode_ops
 from eidetica.storage.docstore import DocStore, StagedDoc
 
-if TYPE_CHECKING:
-    from eidetica.storage.tree import Tree
+Commit = Callable[[Mapping[str, Sequence[Op]]], Awaitable[Entry | None]]
+"""Commits a transaction's staged operations (by store name) as one entry of its
+tree, and returns it; ``None`` when nothing was staged."""
+
+SettingsTips = Callable[[Iterable[EntryMeta]], tuple[str, ...]]
+"""The settings tips of an entry with these (stored) parents."""
 
 
 class _Phase(enum.Enum):
@@ -30,12 +42,17 @@ class _Phase(enum.Enum):
 
 
 class AtomicOp:
-    """Writes staged against one tree. Use through ``async with tree.transaction()``."""
+    """Writes staged against one tree. Use through ``async with tree.transaction()``.
 
-    def __init__(self, tree: Tree) -> None:
-        self.tree = tree
+    ``load(name)`` is the committed state of document store ``name``, read when the
+    transaction first reads that store; ``commit`` stores what was staged.
+    """
+
+    def __init__(self, load: Callable[[str], Document], commit: Commit) -> None:
         self.entry: Entry | None = None
         """The committed entry, once committed (``None`` if nothing was written)."""
+        self._load = load
+        self._commit = commit
         self._docs: dict[str, StagedDoc] = {}
         self._phase = _Phase.OPEN
 
@@ -52,10 +69,9 @@ class AtomicOp:
             raise TransactionClosed(f"this transaction has {self._phase.value}")
         doc = self._docs.get(name)
         if doc is None:
-            states = self.tree.instance.doc_states
-            root = self.tree.root_id
+            load = self._load
             doc = self._docs[name] = StagedDoc(
-                name, lambda: states.state(root, name), lambda: self._phase is _Phase.OPEN
+                name, lambda: load(name), lambda: self._phase is _Phase.OPEN
             )
         return doc
 
@@ -74,52 +90,51 @@ class AtomicOp:
         tips, then run the commit hooks. A transaction that wrote nothing stores nothing."""
         if self._phase is not _Phase.OPEN:
             raise TransactionClosed(f"this transaction has {self._phase.value}")
+        staged = {name: tuple(doc.ops) for name, doc in self._docs.items() if doc.ops}
         try:
-            entry = await self._commit_locked()
+            entry = await self._commit(staged)
         except BaseException:
             self._phase = _Phase.DISCARDED  # refused or cancelled: nothing was stored
             raise
         self._phase = _Phase.COMMITTED
-        if entry is None:
-            return None
         self.entry = entry
-        self.tree.instance.run_hooks(self.tree, entry)
         return entry
 
-    async def _commit_locked(self) -> Entry | None:
-        instance = self.tree.instance
-        root = self.tree.root_id
-        async with instance.lock_for(root):
-            if not any(doc.ops for doc in self._docs.values()):
-                return None
-            backend = instance.backend
-            metas = backend.meta(backend.tips(root))
-            if not metas:
-                raise TreeNotFound(f"no tree with root {root!r} on this node")
-            parents = _newest(metas.values())
-            height = max(meta.height for meta in parents) + 1
-            writes = []
-            for name, doc in self._docs.items():
-                if not doc.ops:
-                    continue
-                if name == SETTINGS_STORE:
-                    store_parents = instance.settings_tips(parents)
-                else:  # the store's tips, as far as they fit below the new entry
-                    store_parents = tuple(
-                        meta.id
-                        for meta in _newest(backend.meta(backend.store_tips(root, name)).values())
-                        if meta.height < height
-                    )
-                writes.append(StoreWrite(name, store_parents, encode_ops(doc.ops)))
-            entry = create_entry(
-                instance.device_key,
-                tree=root,
-                parents=[meta.id for meta in parents],
-                height=height,
-                stores=writes,
+
+def staged_entry(
+    backend: Backend,
+    root: str,
+    staged: Mapping[str, Sequence[Op]],
+    *,
+    key: SigningKey,
+    settings_tips: SettingsTips,
+) -> Entry:
+    """The entry, signed with ``key``, that commits ``staged`` (operations by store
+    name) to tree ``root`` on its current tips; call it under the tree's lock.
+
+    Its parents are the tree's tips; each store's parents are that store's tips, as
+    far as they fit below the new entry, and the settings' parents are the settings
+    tips as of its parents.
+    """
+    metas = backend.meta(backend.tips(root))
+    if not metas:
+        raise TreeNotFound(f"no tree with root {root!r} on this node")
+    parents = _newest(metas.values())
+    height = max(meta.height for meta in parents) + 1
+    writes = []
+    for name, ops in staged.items():
+        if name == SETTINGS_STORE:
+            store_parents = settings_tips(parents)
+        else:  # the store's tips, as far as they fit below the new entry
+            store_parents = tuple(
+                meta.id
+                for meta in _newest(backend.meta(backend.store_tips(root, name)).values())
+                if meta.height < height
             )
-            instance.store_local(self.tree, entry)
-            return entry
+        writes.append(StoreWrite(name, store_parents, encode_ops(ops)))
+    return create_entry(
+        key, tree=root, parents=[meta.id for meta in parents], height=height, stores=writes
+    )
 
 
 def _newest(metas: Iterable[EntryMeta]) -> list[EntryMeta]:

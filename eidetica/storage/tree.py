@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from eidetica.errors import EntryNotFound
@@ -12,10 +13,10 @@ from eidetica.protocol.entry import SETTINGS_STORE, Entry, check_store_name
 from eidetica.protocol.keys import check_public_key
 from eidetica.storage.crdt import copy_value
 from eidetica.storage.docstore import DocStore
+from eidetica.storage.transaction import AtomicOp
 
 if TYPE_CHECKING:
     from eidetica.storage.instance import Instance
-    from eidetica.storage.transaction import AtomicOp
 
 
 class Tree:
@@ -65,9 +66,8 @@ class Tree:
     async def transaction(self) -> AsyncIterator[AtomicOp]:
         """Stage writes; a clean exit commits them as one signed entry, an error discards
         them. The entry's parents are the tips at commit time."""
-        from eidetica.storage.transaction import AtomicOp  # noqa: PLC0415 (import cycle)
-
-        op = AtomicOp(self)
+        states = self.instance.doc_states
+        op = AtomicOp(partial(states.state, self.root_id), partial(self.instance.commit, self))
         try:
             yield op
         except BaseException:

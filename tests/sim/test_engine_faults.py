@@ -56,8 +56,12 @@ async def test_a_crashing_peer_actor_is_restarted_and_others_never_notice(
 
 
 async def cut_off_until_the_breaker_opens(network: SimNetwork, a: Node, peer_b: str) -> None:
-    """Partition n0 from n1 and fail two syncs: enough for a threshold of two."""
-    network.partition("n0", "n1")
+    """Lose every request and fail two syncs: enough for a threshold of two.
+
+    The peer stops answering but its link stays open, so the peer (and its breaker)
+    stays as it is; a partition would close the link, and a redial that succeeds
+    makes a fresh peer with a closed breaker."""
+    network.drop(1.0)
     for _ in range(2):
         with pytest.raises(eidetica.errors.TransportError):
             await a.sync.sync_with_peer(peer_b)
@@ -78,7 +82,7 @@ async def test_the_breaker_opens_then_probes_half_open(
             assert (await a.sync.status()).peers[peer_b].breaker == "open"
             with pytest.raises(eidetica.errors.SyncError, match="breaker open"):
                 await a.sync.sync_with_peer(peer_b)  # fails fast, nothing sent
-            network.heal_all()
+            network.drop(0)
             await trio.sleep(61)
             assert (await a.sync.status()).peers[peer_b].breaker == "half-open"
             await a.sync.sync_with_peer(peer_b)  # the probe succeeds

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,11 @@ from eidetica.errors import (
     MalformedEntry,
     MissingParents,
     StorageError,
+    SyncError,
     TreeNotFound,
 )
 from eidetica.protocol.entry import Entry
+from eidetica.storage import instance as storage
 
 
 async def test_create_write_read(inst: eidetica.Instance) -> None:
@@ -223,3 +227,25 @@ async def test_a_node_directory_is_owned_by_one_opener(tmp_path: Path) -> None:
         assert len(await inst.trees()) == 1  # the owner is unaffected
     async with eidetica.open_instance(directory) as inst:  # free again once closed
         assert len(await inst.trees()) == 1
+
+
+async def test_sync_opens_the_engine_the_instance_was_built_with() -> None:
+    opened: list[tuple[eidetica.Instance, dict[str, object]]] = []
+
+    @asynccontextmanager
+    async def opener(instance: eidetica.Instance, **options: object) -> AsyncIterator[str]:
+        opened.append((instance, options))
+        yield "the engine"
+
+    async with (
+        storage.open_instance(None, sync_opener=opener) as inst,
+        inst.sync(name="n") as engine,
+    ):
+        assert engine == "the engine"
+    assert opened == [(inst, {"name": "n"})]
+
+
+async def test_an_instance_built_without_an_engine_says_where_to_get_one() -> None:
+    async with storage.open_instance(None) as inst:
+        with pytest.raises(SyncError, match=r"eidetica\.open_instance"):
+            inst.sync()

@@ -1,13 +1,13 @@
 """The supervisor's book of two-way links: which to keep, and what it knows of links
 that are not (or not yet) a peer's.
 
-Over a two-way transport (WebSocket) a peer that dials us can be sent requests back
-over its own link, at a reply address (``ws-in://N``). The supervisor links back
-over such an offer, learns which trees the peer syncs from its requests, keeps one
-link per peer when two nodes dial each other, and redials links it loses. This
-module holds the rules and the bookkeeping, with no I/O, so that they can be read
-(and tested) apart from the actors; every set in it is bounded by the links open
-now or by :data:`MAX_OFFERS`.
+Over a two-way transport (WebSocket, sim) a peer that dials us can be sent requests
+back over its own link, at a reply address (``ws-in://N``, ``sim-in://N``). The
+supervisor links back over such an offer, learns which trees the peer syncs from its
+requests, keeps one link per peer when two nodes dial each other, and redials links
+it loses. This module holds the rules and the bookkeeping, with no I/O, so that they
+can be read (and tested) apart from the actors; every set in it is bounded by the
+links open now or by :data:`MAX_OFFERS`.
 """
 
 from __future__ import annotations

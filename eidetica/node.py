@@ -1,0 +1,27 @@
+"""Opening a node: its storage, with its sync engine handed in.
+
+Storage never imports the actors layer, yet ``inst.sync()`` must open the engine.
+So the instance is given the engine's opener when it is built, here, above both
+layers: every instance :func:`open_instance` opens syncs with ``inst.sync()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from eidetica.actors.sync import open_sync
+from eidetica.storage import instance as storage
+
+
+@asynccontextmanager
+async def open_instance(path: str | os.PathLike[str] | None) -> AsyncIterator[storage.Instance]:
+    """Open the node stored in directory ``path`` (SQLite), or an in-memory one for None.
+
+    The directory and its device key are created on first open and reused after.
+    ``async with inst.sync(...) as sync:`` runs its sync engine
+    (:func:`~eidetica.actors.sync.open_sync`, whose options it takes).
+    """
+    async with storage.open_instance(path, sync_opener=open_sync) as instance:
+        yield instance
