@@ -10,6 +10,7 @@ import trio
 
 import eidetica
 from eidetica.actors.transports.ws import WebSocketTransport
+from eidetica.actors.watching import Watching
 
 
 async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
@@ -50,3 +51,12 @@ async def links_settle(*transports: WebSocketTransport, count: int = 1) -> None:
         if all(len(transport.links()) == count for transport in transports):
             return
         await first_of(*map(lambda t, v: partial(t.link_changed, v), transports, seen))
+
+
+async def watches_held(watching: Watching, count: int) -> None:
+    """Wait until ``watching`` holds exactly ``count`` watches."""
+    while True:
+        since = watching.version
+        if watching.held == count:
+            return
+        await watching.changed(since)
