@@ -138,6 +138,15 @@ class SyncDone(_Command, frozen=True):
     duration: float
 
 
+class TreesChanged(_Command, frozen=True):
+    """A watch on a peer's server says it holds news of these trees: sync them with
+    it now. ``reply`` hears when the sync is done (or failed)."""
+
+    peer: str
+    trees: tuple[str, ...]
+    reply: Reply[None]
+
+
 class PeerReachable(_Command, frozen=True):
     """A proven peer reached us over a link we can send requests back on (``address``),
     and, with ``tree``, asked for or pushed a tree it may read."""
@@ -185,6 +194,7 @@ Command = (
     | Pushed
     | Served
     | CheckConnections
+    | TreesChanged
     | PeerReachable
     | LinkClosed
     | SyncAll

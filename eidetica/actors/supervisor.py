@@ -46,6 +46,8 @@ from eidetica.actors.state import RetryRecord, SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.base import Transport, TwoWay
+from eidetica.actors.watch import run_watch, watched
+from eidetica.actors.watching import Watching
 from eidetica.errors import EideticaError, SyncError, TreeNotFound, first_leaf
 from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.codec import JSON, MSGPACK, Codec
@@ -137,6 +139,8 @@ class Supervisor:
         self._server_health: dict[str, ServerHealth] = {}
         self._handshake_gate = HandshakeGate(config.limits.handshake_rate)
         """One handshake rate for all the node's listeners."""
+        self._watching = Watching(instance, config.limits, pushes=self._pushes)
+        """The watches held for clients, one set of caps for all the node's listeners."""
         self._services: dict[str, SyncService] = {}
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         """Filled with persisted retries at start, then the retry actor's alone."""
@@ -324,6 +328,8 @@ class Supervisor:
                 command.reply.set(None)
             case cmd.SyncWithPeer():
                 await self._queue_sync(self._known(command.peer), command.reply)
+            case cmd.TreesChanged():
+                await self._queue_sync(self._known(command.peer), command.reply, command.trees)
             case cmd.SyncAll():
                 for known in self._peers.values():
                     if known.trees:
@@ -410,8 +416,11 @@ class Supervisor:
         level = permission_of(settings, known.key)
         return level is not None and level >= Permission.READ
 
-    async def _queue_sync(self, known: _Peer, reply: Reply[None] | None) -> None:
-        trees = tuple(sorted([t for t in known.trees if await self._shares(known, t)]))
+    async def _queue_sync(
+        self, known: _Peer, reply: Reply[None] | None, only: tuple[str, ...] | None = None
+    ) -> None:
+        wanted = known.trees if only is None else known.trees.intersection(only)
+        trees = tuple(sorted([t for t in wanted if await self._shares(known, t)]))
         common = tuple((tree, self._cursors.get((known.key, tree), ())) for tree in trees)
         self._queue(known, SyncJob(trees, reply, common))
 
@@ -557,6 +566,7 @@ class Supervisor:
             ),
             limits=self._config.limits,
             gate=self._handshake_gate,
+            watching=self._watching,
         )
 
     async def _start_server(self, address: str) -> str:
@@ -775,6 +785,13 @@ class Supervisor:
         """Whether a peer's link can still carry requests."""
         return not known.lost and self._is_open(known.address)
 
+    def _pushes(self, peer: str, tree: str) -> bool:
+        """Read by the watches: whether this node pushes ``tree`` to ``peer`` itself
+        (it relates the tree to the peer, over a live link), so that a watch of the
+        peer's need not report it."""
+        known = self._peers.get(peer)
+        return known is not None and tree in known.trees and self._usable(known)
+
     def _heard(self, peer: str, tree: str) -> bool:
         """Read by the services: whether a peer's request for ``tree`` tells nothing
         new (the peer was removed, or syncs the tree over a live link already), so
@@ -785,16 +802,24 @@ class Supervisor:
         return known is not None and tree in known.trees and self._usable(known)
 
     async def _run_peer(self, known: _Peer) -> None:
-        """A peer's actor; once its inbox closes (the peer was removed, or moved to
-        another link) and it has finished, its link is dropped unless still in use."""
-        await run_peer(
-            self._instance,
-            known.link,
-            known.queued,
-            report=self.inbox.clone(),
-            health=known.health,
-            breaker=self._config.breaker,
-        )
+        """A peer's actor, and beside it the link's watch loop if its transport needs
+        one (HTTP); once its inbox closes (the peer was removed, or moved to another
+        link) and it has finished, the watch ends and its link is dropped unless still
+        in use."""
+        async with trio.open_nursery() as beside:
+            if watched(known.link.transport):
+                beside.start_soon(
+                    run_watch, self._instance, known.link, lambda: known.trees, self.inbox.clone()
+                )
+            await run_peer(
+                self._instance,
+                known.link,
+                known.queued,
+                report=self.inbox.clone(),
+                health=known.health,
+                breaker=self._config.breaker,
+            )
+            beside.cancel_scope.cancel()
         if all(other.address != known.address for other in self._peers.values()):
             self._drop_link(known.address)
 
@@ -807,6 +832,7 @@ class Supervisor:
                 if health.restarts
             },
             "refused_requests": sum(service.refused for service in self._services.values()),
+            "watches": {"held": self._watching.held, "refused": self._watching.refused},
             "dropped_notices": self.dropped_notices,
             "crashed": list(self.crashed),
             "down": {

@@ -411,6 +411,9 @@ class HttpTransport:
     """
 
     scheme = SCHEME
+    long_poll = True
+    """A server cannot send requests back to whoever dialled it over HTTP, so a node
+    that dials over it keeps a watch open instead (:mod:`eidetica.actors.watch`)."""
 
     def __init__(
         self,
