@@ -14,6 +14,7 @@ from bench import (
     handshake,
     hash_choice,
     hostile,
+    latency,
     reconcile,
     revocation,
     sync_tree,
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "hostile": hostile.main,
     "revocation": revocation.main,
     "sync_tree": sync_tree.main,
+    "latency": latency.main,
 }
 
 

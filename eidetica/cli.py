@@ -186,6 +186,9 @@ _LIMITS: dict[str, tuple[type[int] | type[float], str]] = {
     "session_idle": (float, "seconds an unused session lives (default 3600)"),
     "session_lifetime": (float, "seconds any session lives, used or not (default 86400)"),
     "max_held_per_peer": (int, "entries one peer may have waiting for parents (default 1000)"),
+    "watch_hold": (float, "seconds a client's watch for new entries is held (default 20)"),
+    "max_watches": (int, "watches the node holds at once (default 256)"),
+    "max_watches_per_session": (int, "watches held at once for one session (default 4)"),
 }
 """What ``serve`` lets its clients hold (:class:`ServerLimits`): flag, ``EIDETICA_*``
 variable or TOML key, each a whole number (``int``) or any positive number."""

@@ -151,6 +151,14 @@ class HandshakeBusy(HandshakeFailed):
     wire's codes are a fixed list, and the message starts with "busy"."""
 
 
+class WatchBusy(ProtocolError):
+    """The node holds as many watches as it takes (from this session, or in all) and
+    answers this one at once; the watcher tries again later. Its wire code is
+    ``busy`` (HTTP 503)."""
+
+    code = "busy"
+
+
 class TreeUnavailable(ProtocolError):
     """No tree with that id for this peer: absent, or the peer may not read it (the two
     answers are the same on purpose)."""

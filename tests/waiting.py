@@ -10,6 +10,7 @@ import trio
 
 import eidetica
 from eidetica.actors.transports.ws import WebSocketTransport
+from eidetica.actors.watching import Watching
 
 
 async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
@@ -59,3 +60,12 @@ async def until(check: Callable[[], Awaitable[bool]], every: float = 0.01) -> No
         if await check():
             return
         await trio.sleep(every)
+
+
+async def watches_held(watching: Watching, count: int) -> None:
+    """Wait until ``watching`` holds exactly ``count`` watches."""
+    while True:
+        since = watching.version
+        if watching.held == count:
+            return
+        await watching.changed(since)

@@ -13,7 +13,7 @@ again, which the peer actor does once, transparently.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,6 +24,7 @@ from eidetica.protocol.handshake import Initiator, Proven
 from eidetica.protocol.mac import answer_mac, matches, request_mac
 from eidetica.protocol.messages import (
     Ack,
+    Changed,
     Envelope,
     ErrorReply,
     HandshakeDone,
@@ -32,6 +33,8 @@ from eidetica.protocol.messages import (
     SendEntries,
     SyncRequest,
     SyncResponse,
+    Watch,
+    WatchedTree,
 )
 from eidetica.protocol.reconcile import SyncRound
 from eidetica.storage.instance import Instance
@@ -137,6 +140,14 @@ class Link:
         return RoundResult(
             tree, round_.round_trips, len(stored), round_.complete, tuple(stored), tips
         )
+
+    async def watch(self, trees: Iterable[tuple[str, Iterable[str]]], *, wait: int) -> Changed:
+        """Ask the peer to answer once it holds, of one of ``trees``, a tip not among
+        the given ones (the tips this side holds or has heard of), or after ``wait``
+        seconds at most; see :mod:`eidetica.actors.watching`. The transport must let
+        a request take that long."""
+        named = tuple(WatchedTree(tree, tuple(sorted(tips))) for tree, tips in trees)
+        return await self.call(Watch(trees=named, wait=wait), Changed)
 
 
 def _check_answer(proven: Proven, request: bytes, answer: Envelope) -> None:

@@ -22,8 +22,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import trio
 
@@ -34,6 +35,7 @@ from eidetica.actors.engine.policy import TreePolicy
 from eidetica.actors.engine.retries import RetryItem
 from eidetica.actors.engine.status import Health
 from eidetica.actors.link import Link, RoundResult
+from eidetica.actors.watch import run_watch, watched
 from eidetica.errors import EideticaError, RemoteError, SyncError, TreeNotFound
 from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.messages import Ack, SendEntries
@@ -70,6 +72,8 @@ class PeerActor:
     """Counts what we pull into trees a peer brought against its quota."""
     publish: Callable[[str, Health], None] = lambda key, health: None
     """Takes the actor's health after each job: a snapshot, read for status."""
+    trees: Callable[[str], Collection[str]] = lambda key: ()
+    """The trees this node syncs with the peer now (for the watch of an HTTP link)."""
     link: Link | None = None
     breaker: Breaker = field(default_factory=Breaker)
     health: Health = field(default_factory=Health)
@@ -78,6 +82,9 @@ class PeerActor:
     _busy: bool = False
     _handed_one: trio.Event = field(default_factory=trio.Event)
     """Set once a link was handed over: the engine queues jobs only behind one."""
+    _nursery: trio.Nursery | None = None
+    _watch: trio.CancelScope | None = None
+    """The watch kept open over the link in use, if its transport needs one."""
 
     async def run(
         self, jobs: trio.MemoryReceiveChannel[Job], links: trio.MemoryReceiveChannel[NewLink]
@@ -86,6 +93,8 @@ class PeerActor:
         link handed over as soon as no job is running on the old one. Jobs left when it
         stops get their callers an error, never silence."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._rewatch()  # after a crash, the link kept its watch
             nursery.start_soon(self._take_links, links)
             try:
                 async for job in jobs:
@@ -133,6 +142,24 @@ class PeerActor:
         if self.link is not None and new.close_previous and self.link is not new.link:
             self.close(self.link.address)
         self.link = new.link
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Keep one watch open over the link in use when its transport cannot carry
+        the peer's pushes back (HTTP): the peer's news then comes as its answers."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        link = self.link
+        if link is None or self._nursery is None or not watched(link.transport):
+            return
+        self._watch = scope = trio.CancelScope()
+        self._nursery.start_soon(self._watching, link, scope)
+
+    async def _watching(self, link: Link, scope: trio.CancelScope) -> None:
+        with scope:
+            trees = partial(self.trees, self.key)
+            await run_watch(self.instance, link, trees, self.report.clone())
 
     def _publish(self) -> None:
         self.health = replace(

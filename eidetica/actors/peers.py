@@ -5,7 +5,7 @@ redials in one nursery, so stopping a peer stops everything it was doing."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import trio
@@ -55,6 +55,8 @@ class PeerActors:
     policy: TreePolicy
     defer: Callable[[RetryItem], None]
     """Hands a due push the peer was too busy to take back to the retry actor."""
+    trees: Callable[[str], Collection[str]]
+    """The trees the engine syncs with a peer now (its published view)."""
     handles: dict[str, _Handle] = field(default_factory=dict)
     health: dict[str, Health] = field(default_factory=dict)
     """What each actor published last (each entry replaced whole, never changed)."""
@@ -76,6 +78,7 @@ class PeerActors:
             self.routes.close,
             self.policy,
             publish=self.health.__setitem__,
+            trees=self.trees,
         )
         with trio.CancelScope() as scope, report:
             async with trio.open_nursery() as nursery:

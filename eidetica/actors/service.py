@@ -7,7 +7,8 @@ session's holder, and only for trees the peer may read. A peer learns nothing ab
 tree it may not read: the answer is the same ``not-found`` as for a tree that does not
 exist. Likewise a request whose MAC is missing or wrong gets the very answer a request
 under an unknown session gets, so a relay that saw the handshake learns nothing from
-trying. Every answer to an authenticated request carries a MAC of its own.
+trying. Every answer to an authenticated request carries a MAC of its own. A ``watch``
+is authenticated the same way and held by :mod:`eidetica.actors.watching`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -25,6 +27,7 @@ from eidetica.actors.engine.view import EngineView
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.actors.transports.framing import LOCAL, Origin, peek
 from eidetica.actors.transports.refusals import RefusalLog
+from eidetica.actors.watching import Watching
 from eidetica.errors import (
     BadMac,
     EideticaError,
@@ -46,6 +49,7 @@ from eidetica.protocol.messages import (
     Message,
     SendEntries,
     SyncRequest,
+    Watch,
 )
 from eidetica.protocol.ratelimit import TokenBuckets
 from eidetica.protocol.reconcile import Responder, acknowledge
@@ -123,6 +127,7 @@ class SyncService:
         on_taken: Served | None = None,
         limits: ServerLimits | None = None,
         gate: HandshakeGate | None = None,
+        watching: Watching | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -150,6 +155,8 @@ class SyncService:
             max_per_source=limits.max_sessions_per_source,
         )
         self._gate = gate if gate is not None else HandshakeGate(limits.handshake_rate)
+        self._watching = watching if watching is not None else Watching(instance, limits)
+        """The node's held watches (one for all its services, like the gate)."""
         self._planner = Responder()
         self.refused = 0
         """Requests answered with an error."""
@@ -162,7 +169,7 @@ class SyncService:
         try:
             envelope = self._codec.decode(data)
             request_id = envelope.id
-            if isinstance(envelope.body, SyncRequest | SendEntries):
+            if isinstance(envelope.body, SyncRequest | SendEntries | Watch):
                 caller = self._authenticate(envelope)
             answer = await self._answer(envelope.body, caller, origin)
         except BadMac as exc:
@@ -236,6 +243,8 @@ class SyncService:
                 receipt = await self._instance.receive(body.tree, body.entries, source=peer)
                 if receipt.stored and taken:
                     self._took(peer, body.tree)
+                if receipt.stored:
+                    self._watching.received(peer, body.tree, receipt.stored, body.entries)
                 if receipt.stored and self._on_received is not None:
                     self._on_received(body.tree, tuple(receipt.stored), peer)
                 return acknowledge(
@@ -245,6 +254,15 @@ class SyncService:
                     rejected=len(receipt.rejected),
                     held=receipt.held,
                     missing=receipt.missing,
+                )
+            case Watch():
+                peer = _proven(caller)
+                return await self._watching.hold(
+                    body,
+                    peer=peer,
+                    session=_session(caller),
+                    may_read=partial(self._may_read, peer=peer),
+                    stopping=origin.stopping,
                 )
             case _:
                 return self._refuse(
@@ -259,6 +277,16 @@ class SyncService:
         if self._view().heard(peer, tree, two_way=address is not None):
             return
         self._on_reachable(peer, address, tree)
+
+    async def _may_read(self, tree: str, *, peer: str) -> bool:
+        """Whether ``peer`` may read ``tree``, which this node holds (a watch of a tree
+        it does not hold, or may not read, is never answered for that tree)."""
+        try:
+            settings = await (await self._instance.open_tree(tree)).settings()
+        except TreeNotFound:
+            return False
+        level = permission_of(settings, peer)
+        return level is not None and level >= Permission.READ
 
     async def _readable(self, tree: str, peer: str) -> tuple[TreeView, bool]:
         """The tree, if ``peer`` may read it; otherwise the same answer as no tree.
@@ -306,3 +334,9 @@ def _proven(caller: _Caller | None) -> str:
     """The proven key of a request's sender."""
     assert caller is not None, "handle authenticates every request that needs a session"
     return caller.peer
+
+
+def _session(caller: _Caller | None) -> bytes:
+    """The session of a request's sender."""
+    assert caller is not None, "handle authenticates every request that needs a session"
+    return caller.session

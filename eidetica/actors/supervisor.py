@@ -36,6 +36,7 @@ from eidetica.actors.engine.status import (
     ActorViews,
     ServerStatus,
     SyncStatus,
+    WatchStatus,
     peer_statuses,
     retry_statuses,
 )
@@ -51,6 +52,7 @@ from eidetica.actors.state import SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
 from eidetica.actors.transports.routes import Routes
+from eidetica.actors.watching import Watching
 from eidetica.errors import EideticaError, SyncError
 from eidetica.protocol.codec import MSGPACK, Codec
 from eidetica.protocol.entry import Entry
@@ -97,8 +99,17 @@ class Supervisor:
         """One handshake rate for all the node's listeners."""
         self._policy = TreePolicy.of(config.accept_trees, config.tree_quota)
         """One admission policy, and one count of what each peer brought, for all."""
+        self._watching = Watching(instance, config.limits, pushes=self._pushes)
+        """The watches held for HTTP clients: one set of caps for all the listeners."""
         self._peers = PeerActors(
-            instance, config, self._routes, self.inbox, self._keep, self._policy, self._defer
+            instance,
+            config,
+            self._routes,
+            self.inbox,
+            self._keep,
+            self._policy,
+            self._defer,
+            self._trees_of,
         )
         self._back = self._service(MSGPACK)
         """Answers requests on the links we dialled."""
@@ -310,7 +321,17 @@ class Supervisor:
             gate=self._gate,
             policy=self._policy,
             on_taken=lambda peer, tree: self.notify(cmd.TreeTaken(peer, tree)),
+            watching=self._watching,
         )
+
+    def _trees_of(self, peer: str) -> frozenset[str]:
+        """Read by a peer actor's watch: the trees synced with ``peer`` now."""
+        return self._view.trees(peer)
+
+    def _pushes(self, peer: str, tree: str) -> bool:
+        """Read by the watches: whether this node pushes ``tree`` to ``peer`` over a
+        live link itself, so that the peer's watch need not report it."""
+        return self._view.relates(peer, tree) and peer in self._view.linked
 
     async def _start_server(self, address: str) -> str:
         service = self._service(codec_for(address))
@@ -346,4 +367,5 @@ class Supervisor:
             refused_requests=self._back.refused + sum(s.service.refused for _, s in servers),
             dropped_notices=self.dropped_notices,
             crashed=list(self.crashed),
+            watches=WatchStatus(self._watching.held, self._watching.refused),
         )

@@ -45,6 +45,7 @@ def walk(
     heads: Iterable[str],
     stop: Iterable[str] = (),
     held: Callable[[str, Node], bool] | None = None,
+    limit: int | None = None,
 ) -> list[str]:
     """Entries reachable from ``heads`` (inclusive) and not from ``stop`` (inclusive).
 
@@ -56,6 +57,9 @@ def walk(
     the time an entry is visited every path to it has been seen and its mark is final;
     the walk ends once only stopped entries are left. Ids this side does not hold are
     skipped. The result is in (height, id) order, parents first.
+
+    With ``limit``, the walk gives up once it has found more than ``limit`` entries:
+    a result longer than ``limit`` says only that there are more.
     """
     marks: dict[str, bool] = {}  # id -> stopped
     parents: dict[str, tuple[str, ...]] = {}
@@ -86,6 +90,8 @@ def walk(
         if not stopped:
             live -= 1
             found.append((-negative_height, entry_id))
+            if limit is not None and len(found) > limit:
+                break
         push(parents.pop(entry_id), stopped)
     found.sort()
     return [entry_id for _, entry_id in found]

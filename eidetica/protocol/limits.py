@@ -53,3 +53,9 @@ MAX_FILTER_BYTES = 1024 * 1024
 
 MAX_FILTER_HASHES = 32
 """Hash functions of one Bloom filter."""
+
+MAX_WATCH_TREES = 1024
+"""Trees one watch may name (and one answer to it report)."""
+
+MAX_WATCH_SECONDS = 3600
+"""The longest wait a watch may ask for; a server holds it less (``ServerLimits``)."""

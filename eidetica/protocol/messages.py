@@ -139,6 +139,43 @@ class Ack(_Message, frozen=True, tag="ack"):
     """Entries the sender asked for with ``need``."""
 
 
+# Watching (see actors/watching.py): a long poll for a client whose link carries no
+# requests back to it (HTTP), so that it hears of new entries as soon as a push would.
+
+
+class WatchedTree(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One tree of a watch, and the tips the watcher holds or has heard of."""
+
+    tree: EntryId
+    tips: Ids
+
+
+class TreeNews(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One tree of a :class:`Changed`: the server's tips, and the entries the watcher
+    lacks (parents first) when the server could tell them exactly and they are few;
+    otherwise none, and the watcher syncs the tree."""
+
+    tree: EntryId
+    tips: Ids
+    entries: RawEntries = ()
+
+
+class Watch(_Message, frozen=True, tag="watch"):
+    """Client -> server: answer once you hold, of one of these trees, a tip I do not
+    name; or after ``wait`` seconds at most (sooner if your own bound is shorter)."""
+
+    trees: Annotated[tuple[WatchedTree, ...], msgspec.Meta(max_length=limits.MAX_WATCH_TREES)]
+    wait: Annotated[int, msgspec.Meta(ge=0, le=limits.MAX_WATCH_SECONDS)]
+    """Seconds the client waits for the answer."""
+
+
+class Changed(_Message, frozen=True, tag="changed"):
+    """Answer to Watch: the watched trees the client may read for which the server
+    holds a tip the client did not name; none if the wait ended first."""
+
+    trees: Annotated[tuple[TreeNews, ...], msgspec.Meta(max_length=limits.MAX_WATCH_TREES)]
+
+
 class ErrorReply(_Message, frozen=True, tag="error"):
     """A typed failure: ``code`` is one of :data:`ERROR_CODES`."""
 
@@ -156,6 +193,7 @@ ERROR_CODES = (
     "not-found",
     "rejected",
     "internal",
+    "busy",
 )
 
 Message = (
@@ -167,12 +205,14 @@ Message = (
     | SyncResponse
     | SendEntries
     | Ack
+    | Watch
+    | Changed
     | ErrorReply
 )
 
 ANSWERS: frozenset[str] = frozenset(
     kind.__struct_config__.tag  # type: ignore[misc]
-    for kind in (HandshakeReply, HandshakeDone, SyncResponse, Ack, ErrorReply)
+    for kind in (HandshakeReply, HandshakeDone, SyncResponse, Ack, Changed, ErrorReply)
 )
 """The ``type`` tags of answers; every other message is a request. A link that
 carries requests both ways (WebSocket) tells an answer from a request by this."""

@@ -85,11 +85,14 @@ async def holds(node: WsNode, tree_id: str) -> bool:
 async def test_a_hub_takes_in_a_clients_tree_and_relays_writes_between_clients(
     tmp_path: Path,
 ) -> None:
-    with trio.fail_after(30):
+    """Two clients over WebSocket and one over HTTP: none listens, none calls a sync
+    after joining, and every write reaches the other two through the hub."""
+    with trio.fail_after(30):  # the periodic sync is an hour away
         async with (
-            hub(tmp_path / "hub", "any") as (the_hub, ws_at, _),
+            hub(tmp_path / "hub", "any") as (the_hub, ws_at, http_at),
             ws_node(tmp_path / "c1", QUIET) as one,
             ws_node(tmp_path / "c2", QUIET) as two,
+            ws_node(tmp_path / "c3", QUIET) as three,
         ):
             tree, _ = await backed_up(one, ws_at)
             kept = await the_hub.inst.open_tree(tree.root_id)
@@ -98,18 +101,17 @@ async def test_a_hub_takes_in_a_clients_tree_and_relays_writes_between_clients(
             assert tree.root_id in status.peers[one.inst.public_key].trees
             assert status.peers[one.inst.public_key].kept  # related for good
 
-            theirs = await joined(two.sync, two.inst, ws_at, tree.root_id)
-            async with tree.transaction() as op:  # client 1 writes...
-                op.doc("d").set("from_one", 1)
-            await settle(tree, theirs)  # ...client 2 has it, through the hub
-            async with theirs.transaction() as op:
-                op.doc("d").set("from_two", 2)
-            await settle(theirs, tree)
-            assert (await tree.doc("d")).to_dict() == {
-                "first": "notes",
-                "from_one": 1,
-                "from_two": 2,
-            }
+            on_two = await joined(two.sync, two.inst, ws_at, tree.root_id)
+            on_three = await joined(three.sync, three.inst, http_at, tree.root_id)
+            copies = [tree, on_two, on_three]
+            for n, writer in enumerate(copies):
+                async with writer.transaction() as op:
+                    op.doc("d").set(f"from_{n}", n)
+                for other in copies:
+                    await settle(writer, other)  # through the hub, with no sync call
+            expected = {"first": "notes", "from_0": 0, "from_1": 1, "from_2": 2}
+            for copy in copies:
+                assert (await copy.doc("d")).to_dict() == expected
 
 
 async def test_by_default_a_node_refuses_a_tree_it_was_not_told_to_sync(tmp_path: Path) -> None:

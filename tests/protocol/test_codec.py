@@ -20,6 +20,7 @@ from eidetica.protocol import limits
 from eidetica.protocol.codec import JSON, MSGPACK, Codec
 from eidetica.protocol.messages import (
     Ack,
+    Changed,
     ErrorReply,
     HandshakeDone,
     HandshakeFinish,
@@ -30,6 +31,9 @@ from eidetica.protocol.messages import (
     Summary,
     SyncRequest,
     SyncResponse,
+    TreeNews,
+    Watch,
+    WatchedTree,
 )
 
 CODECS = [JSON, MSGPACK]
@@ -46,6 +50,8 @@ EXAMPLES: list[Message] = [
     SyncResponse(tree=ID, tips=(ID,), entries=(b"\x93\x01",), more=True, summary=SUMMARY),
     SendEntries(tree=ID, entries=(b"e" * 10,), need=(ID,)),
     Ack(stored=1, rejected=2, held=3, need=(ID,), entries=(b"e",)),
+    Watch(trees=(WatchedTree(tree=ID, tips=(ID,)),), wait=20),
+    Changed(trees=(TreeNews(tree=ID, tips=(ID,), entries=(b"e",)),)),
     ErrorReply(code="malformed", message="why"),
 ]
 
@@ -114,6 +120,11 @@ def test_limits_hold_in_decoding() -> None:
     long_text = ErrorReply(code="x", message="y" * (limits.MAX_TEXT_CHARS + 1))
     with pytest.raises(MalformedMessage):
         JSON.decode(JSON.encode(long_text))
+    watched = (WatchedTree(tree=ID, tips=()),) * (limits.MAX_WATCH_TREES + 1)
+    with pytest.raises(MalformedMessage, match="length"):
+        JSON.decode(JSON.encode(Watch(trees=watched, wait=20)))
+    with pytest.raises(MalformedMessage):
+        JSON.decode(JSON.encode(Watch(trees=(), wait=limits.MAX_WATCH_SECONDS + 1)))
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)

@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eidetica.protocol.dagview import walk
 from eidetica.protocol.entry import Entry, StoreWrite, create_entry
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.crdt import SetOp, encode_ops
@@ -97,3 +98,17 @@ def test_large_transfers_go_in_bounded_pages() -> None:
     assert stats.messages.count("SyncResponse") == 3  # 1024 + 1024 + 453 entries
     assert empty.redundant == 0
     assert set(empty.held_after) == {0}  # every page came parents first
+
+
+def test_a_walk_with_a_limit_gives_up_past_it() -> None:
+    root = root_entry(KEY)
+    entries = [root, *grow([root], [[n] for n in range(10)], "a")]
+    side = Side(root.id, entries)
+    everything = walk(side.view, side.view.tips())
+    assert len(everything) == 11
+    assert walk(side.view, side.view.tips(), limit=11) == everything
+    assert len(walk(side.view, side.view.tips(), limit=4)) == 5  # more than 4: there are more
+    assert walk(side.view, side.view.tips(), stop=[entries[8].id], limit=2) == [
+        entries[9].id,
+        entries[10].id,
+    ]

@@ -235,9 +235,8 @@ class Engine:
             self._keep_tree(record, event.tree)
 
     def _changed(self, event: ev.TreesChanged, now: float) -> None:
-        record = self.peers.get(event.peer)
-        if record is not None and record.reachable:
-            self._queue_sync(record, None, only=set(event.trees))
+        record = self._linked(event.peer)
+        self._queue_sync(record, event.reply, only=set(event.trees))
 
     def _sync_all(self, event: ev.SyncAll, now: float) -> None:
         for record in self.peers.values():

@@ -112,10 +112,12 @@ class TreeTaken(_Event, frozen=True):
 
 
 class TreesChanged(_Event, frozen=True):
-    """A peer we dialled over a one-shot transport says these trees changed there."""
+    """A watch on a peer we dialled over HTTP says it holds news of these trees: sync
+    them with it now. ``reply``, if given, hears when that sync is done (or failed)."""
 
     peer: str
     trees: tuple[str, ...]
+    reply: Replier | None = None
 
 
 class SyncAll(_Event, frozen=True):

@@ -73,6 +73,14 @@ class ServerStatus(msgspec.Struct, frozen=True):
     last_error: str | None
 
 
+class WatchStatus(msgspec.Struct, frozen=True):
+    """The watches (long polls) this node holds for HTTP clients."""
+
+    held: int = 0
+    refused: int = 0
+    """Refused as busy: past the caps per session or per node."""
+
+
 class SyncStatus(msgspec.Struct, frozen=True):
     """A snapshot of one node's sync engine."""
 
@@ -84,6 +92,7 @@ class SyncStatus(msgspec.Struct, frozen=True):
     dropped_notices: int
     crashed: list[str]
     """Actors that kept crashing and were left down."""
+    watches: WatchStatus = WatchStatus()
 
     @property
     def down(self) -> dict[str, PeerStatus]:

@@ -38,6 +38,10 @@ class EngineView:
             counts={r.key: len(r.trees) for r in records},
         )
 
+    def trees(self, peer: str) -> frozenset[str]:
+        """The trees this node syncs with ``peer``."""
+        return frozenset(tree for key, tree in self.relations if key == peer)
+
     def trees_of(self, peer: str) -> int:
         """How many trees ``peer`` syncs with us."""
         return self.counts.get(peer, 0)

@@ -45,6 +45,13 @@ class ServerLimits:
     after its handshake, however much it is used (the peer then proves its key again,
     with a fresh session key). ``max_held_per_peer`` is how many received
     entries one peer may have waiting for their parents.
+
+    A watch (an HTTP client's long poll for new entries) is held at most
+    ``watch_hold`` seconds, and never more than three quarters of
+    ``message_timeout``: the HTTP server closes a connection that sends nothing for
+    that long, and the answer must be out before. ``max_watches_per_session`` and
+    ``max_watches`` cap the watches held at once for one session and for the node;
+    one past either is answered ``busy`` at once.
     """
 
     max_connections: int = 1024
@@ -59,6 +66,15 @@ class ServerLimits:
     session_idle: float = 3600.0
     session_lifetime: float = 86400.0
     max_held_per_peer: int = 1000
+    watch_hold: float = 20.0
+    max_watches: int = 256
+    max_watches_per_session: int = 4
+
+    @property
+    def longest_hold(self) -> float:
+        """How long a watch is held at most: ``watch_hold``, within three quarters of
+        ``message_timeout``."""
+        return min(self.watch_hold, 0.75 * self.message_timeout)
 
     def __post_init__(self) -> None:
         counts = (
@@ -69,6 +85,8 @@ class ServerLimits:
             "max_sessions",
             "max_sessions_per_source",
             "max_held_per_peer",
+            "max_watches",
+            "max_watches_per_session",
         )
         for name in counts:
             if getattr(self, name) < 1:
@@ -79,6 +97,7 @@ class ServerLimits:
             "handshake_rate",
             "session_idle",
             "session_lifetime",
+            "watch_hold",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
+import trio
 
 from eidetica.protocol import limits
 from eidetica.protocol.codec import Codec
@@ -47,6 +48,10 @@ class Origin:
     reply: str | None = None
     """An address at which this node can send the sender requests back over the same
     link (``ws-in://7``), or ``None`` if the link carries requests one way only."""
+    stopping: trio.Event | None = None
+    """Set when the server that took the request begins to stop, if the transport
+    lets requests in flight run on meanwhile (HTTP's grace period): a handler that
+    holds a request (a watch) answers it at once then, rather than hold the stop."""
 
 
 LOCAL = Origin(source="local", link="local")

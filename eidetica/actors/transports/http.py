@@ -83,6 +83,7 @@ STATUS_OF_CODE = {
     "too-large": 413,
     "rejected": 422,
     "internal": 500,
+    "busy": 503,
 }
 """The HTTP status of an error answer, by its code; any other answer is 200."""
 
@@ -268,12 +269,13 @@ async def _read_body(charge: _Charge) -> bytes:
     return bytes(body)
 
 
-def _origin() -> Origin:
-    """Who sent the request being handled: its IP, and its IP and port as the link."""
+def _origin(stopping: trio.Event | None) -> Origin:
+    """Who sent the request being handled: its IP, and its IP and port as the link;
+    ``stopping`` is set when the server begins to stop."""
     source = request.remote_addr or "unknown"
     client = request.scope.get("client")
     link = f"{source}:{client[1]}" if isinstance(client, list | tuple) else source
-    return Origin(source=source, link=f"http://{link}")
+    return Origin(source=source, link=f"http://{link}", stopping=stopping)
 
 
 def _application(
@@ -282,6 +284,7 @@ def _application(
     admission: Admission,
     *,
     compress: bool,
+    stopping: trio.Event | None = None,
 ) -> QuartTrio:
     """The quart-trio application that puts ``handler`` at ``POST /api/v0``, and
     ``GET /health`` answering 200 while ``health()`` is true, 503 otherwise.
@@ -289,7 +292,8 @@ def _application(
     A body is charged to the node's byte budget as it arrives (not by the length it
     declares: four requests declaring 16 MiB and sending nothing must not hold the
     budget), must arrive whole within ``message_timeout``, and holds its charge until
-    it is answered; the handler is guarded, so nothing it raises escapes.
+    it is answered; the handler is guarded, so nothing it raises escapes. Each
+    request's origin carries ``stopping``, set once the server begins to stop.
     """
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = limits.MAX_MESSAGE_BYTES
@@ -307,7 +311,7 @@ def _application(
             return _refusal(
                 413, "too-large", f"body is {declared} bytes, over {limits.MAX_MESSAGE_BYTES}"
             )
-        origin = _origin()
+        origin = _origin(stopping)
         charge = _Charge(admission.budget, origin.source)
         cast(dict[str, Any], request.scope)[_CHARGE] = charge  # released once answered
         try:
@@ -407,6 +411,9 @@ class HttpTransport:
     """
 
     scheme = SCHEME
+    long_poll = True
+    """A server cannot send requests back to whoever dialled it over HTTP, so a node
+    that dials over it keeps a watch open instead (:mod:`eidetica.actors.watch`)."""
 
     def __init__(
         self,
@@ -476,12 +483,14 @@ class HttpTransport:
         it alone. Only a failure of the listening socket itself ends this call.
         """
         limits = self.admission.limits
+        stop = trio.Event()
         app = _HoldDisconnectAfterAnswer(
-            _application(handler, self._health, self.admission, compress=self._compress)
+            _application(
+                handler, self._health, self.admission, compress=self._compress, stopping=stop
+            )
         )
         listener = await _bind(address)
         bound = _shown_address(listener)
-        stop = trio.Event()
         shutdown = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
             try:
