@@ -26,3 +26,18 @@ async def test_readme_sync_example(autojump_clock: trio.testing.MockClock) -> No
                     op.doc("todo").set("milk.done", True)
                 await trio.testing.wait_all_tasks_blocked()
                 assert (await tree.doc("todo")).get("milk") == {"done": True}  # pushed
+
+
+async def test_readme_hub_example(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with eidetica.open_instance(None) as inst, eidetica.open_instance(None) as other:
+            tree_of_the_client = await other.create_tree(name="mine")
+            async with inst.sync(accept_trees="any") as hub:
+                addr = await hub.start_server("sim://hub")
+                async with other.sync() as client:
+                    hub_key = await client.connect(addr)
+                    await tree_of_the_client.grant(hub_key, "read")
+                    await client.add_tree_sync(hub_key, tree_of_the_client.root_id)
+                    await client.sync_with_peer(hub_key)
+                    kept = await inst.open_tree(tree_of_the_client.root_id)
+                    assert await kept.tips() == await tree_of_the_client.tips()
