@@ -27,6 +27,9 @@ class SyncConfig:
     """Seconds before the first redial of a peer whose link closed; each failed redial
     doubles the wait, up to ``redial_max``, stretched by up to ``retry_jitter``."""
     redial_max: float = 60.0
+    shutdown_grace: float = 5.0
+    """Seconds that jobs running when the engine is asked to stop (leaving ``async with
+    inst.sync()``) have to finish, before they are cancelled."""
     limits: ServerLimits = field(default_factory=ServerLimits)
     """What the node's servers let clients hold (connections, time, bytes)."""
     accept_trees: AcceptTrees = "chosen"

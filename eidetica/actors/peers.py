@@ -42,6 +42,8 @@ class _Handle:
     """Its pending redial."""
     dropped: int = 0
     """Jobs it could not take (inbox full, or the actor left down)."""
+    finished: trio.Event = field(default_factory=trio.Event)
+    """Its job loop has ended: its inbox closed and the job at hand was done."""
 
 
 @dataclass
@@ -82,8 +84,10 @@ class PeerActors:
         )
         with trio.CancelScope() as scope, report:
             async with trio.open_nursery() as nursery:
-                task_status.started(_Handle(scope, nursery, jobs, links))
+                handle = _Handle(scope, nursery, jobs, links)
+                task_status.started(handle)
                 await self.keep(f"peer {key}", lambda: actor.run(job_inbox, link_inbox))
+                handle.finished.set()
                 jobs.close()  # left down: jobs fail at once from now on, and links
                 links.close()  # go nowhere; its nursery stays for dials until stopped
                 await trio.sleep_forever()
@@ -100,8 +104,15 @@ class PeerActors:
             self.routes.close(handle.address)
 
     def stop_all(self) -> None:
+        """Take no more jobs: each actor finishes the one at hand, and its callers
+        hear that the rest will not run."""
         for handle in self.handles.values():
             handle.jobs.close()
+
+    async def finished(self) -> None:
+        """Wait until every actor's job loop has ended (after :meth:`stop_all`)."""
+        for handle in list(self.handles.values()):
+            await handle.finished.wait()
 
     def use_link(self, peer: str, link: Link, close_previous: bool) -> None:
         handle = self.handles[peer]

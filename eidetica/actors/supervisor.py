@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -20,10 +19,8 @@ import trio
 
 from eidetica.actors import commands as cmd
 from eidetica.actors.config import SyncConfig
-from eidetica.actors.dialer import codec_for
 from eidetica.actors.engine import effects as fx
 from eidetica.actors.engine.core import Engine, EngineConfig
-from eidetica.actors.engine.policy import TreePolicy
 from eidetica.actors.engine.retries import (
     Deferred,
     ForgetPeer,
@@ -34,9 +31,7 @@ from eidetica.actors.engine.retries import (
 )
 from eidetica.actors.engine.status import (
     ActorViews,
-    ServerStatus,
     SyncStatus,
-    WatchStatus,
     peer_statuses,
     retry_statuses,
 )
@@ -46,15 +41,12 @@ from eidetica.actors.link import Link
 from eidetica.actors.peers import PeerActors
 from eidetica.actors.reply import Reply
 from eidetica.actors.retry import run_retry
-from eidetica.actors.server import ServerHealth, serve
-from eidetica.actors.service import HandshakeGate, SyncService
+from eidetica.actors.servers import Servers
 from eidetica.actors.state import SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
 from eidetica.actors.transports.routes import Routes
-from eidetica.actors.watching import Watching
 from eidetica.errors import EideticaError, SyncError
-from eidetica.protocol.codec import MSGPACK, Codec
 from eidetica.protocol.entry import Entry
 from eidetica.storage.instance import Instance
 from eidetica.storage.tree import Tree
@@ -65,13 +57,6 @@ log = logging.getLogger(__name__)
 
 DEFER_BUSY = 1.0
 """Seconds before a due push that found its peer's inbox full is due again."""
-
-
-@dataclass
-class _Server:
-    scope: trio.CancelScope
-    service: SyncService
-    health: ServerHealth
 
 
 class Supervisor:
@@ -94,25 +79,17 @@ class Supervisor:
         """What the services read: the engine's view as last published."""
         self._fresh: dict[str, Link] = {}
         """Links that came up and are not handed on yet (this loop's alone)."""
-        self._servers: dict[str, _Server] = {}
-        self._gate = HandshakeGate(config.limits.handshake_rate)
-        """One handshake rate for all the node's listeners."""
-        self._policy = TreePolicy.of(config.accept_trees, config.tree_quota)
-        """One admission policy, and one count of what each peer brought, for all."""
-        self._watching = Watching(instance, config.limits, pushes=self._pushes)
-        """The watches held for HTTP clients: one set of caps for all the listeners."""
+        self._servers = Servers(instance, config, self._routes, self.notify, self._published)
         self._peers = PeerActors(
             instance,
             config,
             self._routes,
             self.inbox,
             self._keep,
-            self._policy,
+            self._servers.policy,
             self._defer,
             self._trees_of,
         )
-        self._back = self._service(MSGPACK)
-        """Answers requests on the links we dialled."""
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         """Filled with persisted retries at start, then the retry actor's alone."""
         self._retry_view = RetrySnapshot()
@@ -125,6 +102,15 @@ class Supervisor:
         self.crashed: list[str] = []
         self.dropped_notices = 0
         self._nursery: trio.Nursery | None = None
+        self._draining = False
+        """Stopping: commands fail at once, and no job is started."""
+
+    async def drain(self) -> None:
+        """Stop taking work and let the jobs at hand finish: the first half of a
+        shutdown, which the caller bounds with a deadline before cancelling."""
+        self._draining = True
+        self._peers.stop_all()
+        await self._peers.finished()
 
     def notify(self, command: cmd.Command) -> None:
         """Fire-and-forget: a full inbox drops the notice (counted, logged), never blocks.
@@ -146,7 +132,9 @@ class Supervisor:
         sync state kept from the last run."""
         self._state = state = await SyncState.open(self._instance)
         for two_way in self._routes.two_way:
-            two_way.attach(self._back.handle, lambda at, why: self.notify(cmd.LinkClosed(at, why)))
+            two_way.attach(
+                self._servers.back.handle, lambda at, why: self.notify(cmd.LinkClosed(at, why))
+            )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -208,11 +196,17 @@ class Supervisor:
                 reply.fail(SyncError("the sync engine stopped"))
 
     async def _take(self, command: cmd.Command) -> None:
+        reply = getattr(command, "reply", None)
+        if self._draining and reply is not None:  # reports still land: records are kept
+            reply.fail(SyncError("the sync engine is stopping"))
+            return
         match command:
             case cmd.StartServer():
-                await self._answer(command.reply, self._start_server(command.address))
+                await self._answer(
+                    command.reply, self._servers.start(self._spawn(), command.address)
+                )
             case cmd.StopServer():
-                await self._answer(command.reply, self._stop_server(command.address))
+                await self._answer(command.reply, self._servers.stop(command.address))
             case cmd.Status():
                 command.reply.set(self.status())
             case cmd.Shutdown():
@@ -307,47 +301,13 @@ class Supervisor:
             name, actor, max_restarts=self._config.max_restarts, crashed=self.crashed.append
         )
 
-    # Servers.
-
-    def _service(self, codec: Codec) -> SyncService:
-        return SyncService(
-            self._instance,
-            codec,
-            on_received=lambda tree, ids, peer: self.notify(cmd.EntriesReceived(tree, ids, peer)),
-            on_served=lambda tree, peer: self.notify(cmd.Served(peer, tree)),
-            view=lambda: self._view,
-            on_reachable=lambda peer, at, tree: self.notify(cmd.PeerReachable(peer, at, tree)),
-            limits=self._config.limits,
-            gate=self._gate,
-            policy=self._policy,
-            on_taken=lambda peer, tree: self.notify(cmd.TreeTaken(peer, tree)),
-            watching=self._watching,
-        )
+    def _published(self) -> EngineView:
+        """Read by the services: the engine's view as last published."""
+        return self._view
 
     def _trees_of(self, peer: str) -> frozenset[str]:
         """Read by a peer actor's watch: the trees synced with ``peer`` now."""
         return self._view.trees(peer)
-
-    def _pushes(self, peer: str, tree: str) -> bool:
-        """Read by the watches: whether this node pushes ``tree`` to ``peer`` over a
-        live link itself, so that the peer's watch need not report it."""
-        return self._view.relates(peer, tree) and peer in self._view.linked
-
-    async def _start_server(self, address: str) -> str:
-        service = self._service(codec_for(address))
-        health = ServerHealth()
-        bound: str
-        scope: trio.CancelScope
-        transport = self._routes.transport(address)
-        bound, scope = await self._spawn().start(serve, transport, address, service, health)
-        self._servers[bound] = _Server(scope, service, health)
-        return bound
-
-    async def _stop_server(self, address: str) -> None:
-        server = self._servers.pop(address, None)
-        if server is None:
-            raise SyncError(f"no server at {address}")
-        server.scope.cancel()
 
     def _spawn(self) -> trio.Nursery:
         if self._nursery is None:
@@ -357,15 +317,14 @@ class Supervisor:
     def status(self) -> SyncStatus:
         """A typed snapshot of the engine, its servers and its actors."""
         engine = self._engine
-        servers = sorted(self._servers.items())
         views = ActorViews(dict(self._peers.health), self._peers.dropped(), self._retry_view)
         return SyncStatus(
-            servers=[ServerStatus(at, s.health.restarts, s.health.last_error) for at, s in servers],
+            servers=self._servers.statuses(),
             peers=peer_statuses(engine, trio.current_time(), views),
             retries=retry_statuses(self._retry_view),
             retries_dropped=self._retry_view.dropped,
-            refused_requests=self._back.refused + sum(s.service.refused for _, s in servers),
+            refused_requests=self._servers.refused,
             dropped_notices=self.dropped_notices,
             crashed=list(self.crashed),
-            watches=WatchStatus(self._watching.held, self._watching.refused),
+            watches=self._servers.watches,
         )

@@ -179,6 +179,8 @@ async def open_sync(
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
                 yield Sync(supervisor)
+                with trio.move_on_after(config.shutdown_grace):
+                    await supervisor.drain()  # the jobs at hand finish, within the grace
                 nursery.cancel_scope.cancel()
         finally:
             instance.remove_commit_hook(supervisor.on_commit)

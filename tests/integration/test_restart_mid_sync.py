@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import eidetica
+from eidetica.actors.config import SyncConfig
 from eidetica.actors.sync import open_sync
 from tests.builders import build_entries
 from tests.waiting import settle, stored
@@ -34,7 +35,11 @@ async def test_a_node_restarted_mid_sync_finishes_after_it_returns(
                 await tree.grant(b.public_key, "read")
             at = await a_sync.start_server(f"{scheme}://127.0.0.1:0")
 
-            async with eidetica.open_instance(tmp_path / "b") as b, open_sync(b) as b_sync:
+            abrupt = SyncConfig(shutdown_grace=0)  # no grace: the sync at hand is cut off
+            async with (
+                eidetica.open_instance(tmp_path / "b") as b,
+                open_sync(b, config=abrupt) as b_sync,
+            ):
                 peer = await b_sync.connect(at)
                 await b_sync.add_tree_sync(peer, tree.root_id)
                 async with trio.open_nursery() as nursery:

@@ -125,3 +125,48 @@ async def test_a_peer_offline_at_restart_is_dialled_again_later(
                     status = await a_sync.status()
                     assert list(status.peers) == [peer_b] and status.down == {}
                     assert status.peers[peer_b].trees == [tree.root_id]
+
+
+async def push_at_hand_when_leaving(delay: float, grace: float) -> tuple[float, object]:
+    """Leave a's block while a push to b takes ``delay`` seconds; how long leaving took
+    and what b holds afterwards."""
+    network = SimNetwork()
+    async with (
+        eidetica.open_instance(None) as b_inst,
+        eidetica.open_instance(None) as a_inst,
+        open_sync(b_inst, network=network, name="b", accept_trees="any") as b_sync,
+    ):
+        b_at = await b_sync.start_server("sim://b")
+        tree = await a_inst.create_tree(name="t")
+        await tree.grant(b_inst.public_key, "write")
+        config = SyncConfig(shutdown_grace=grace, periodic_sync=10_000)
+        async with open_sync(a_inst, network=network, name="a", config=config) as a_sync:
+            peer_b = await a_sync.connect(b_at)
+            await a_sync.add_tree_sync(peer_b, tree.root_id)
+            await a_sync.sync_with_peer(peer_b)  # b takes the tree in
+            network.delay(delay)
+            async with tree.transaction() as op:
+                op.doc("d").set("k", 1)
+            await trio.sleep(0.1)  # the push is on its way when a stops
+            left = trio.current_time()
+        took = trio.current_time() - left
+        theirs = await b_inst.open_tree(tree.root_id)
+        return took, (await theirs.doc("d")).get("k")
+
+
+async def test_leaving_the_block_lets_the_job_at_hand_finish_within_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(600):
+        took, held = await push_at_hand_when_leaving(delay=2.0, grace=5.0)
+    assert held == 1  # the push finished before the engine stopped
+    assert took < 5.0
+
+
+async def test_a_job_longer_than_the_grace_is_cancelled_at_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(600):
+        took, held = await push_at_hand_when_leaving(delay=30.0, grace=5.0)
+    assert held is None  # cancelled: never arrived
+    assert took == pytest.approx(5.0, abs=0.2)

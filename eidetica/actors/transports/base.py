@@ -7,14 +7,24 @@ It knows nothing of messages, sessions or trees; the handler it serves does.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 import trio
 
 from eidetica.actors.transports.framing import Handler, Origin
 from eidetica.errors import TransportError
 
-__all__ = ["Handler", "LinkClosedCallback", "Origin", "PendingAnswer", "Transport", "TwoWay"]
+__all__ = [
+    "Handler",
+    "LinkClosedCallback",
+    "Origin",
+    "PendingAnswer",
+    "RunsInBlock",
+    "Transport",
+    "TwoWay",
+]
 
 
 class Transport(Protocol):
@@ -94,3 +104,30 @@ class PendingAnswer:
             raise self._error
         assert self._answer is not None
         return self._answer
+
+
+class RunsInBlock:
+    """A transport whose links live in an ``async with`` block of its own (its nursery
+    answers requests on dialled links): ``__aenter__`` runs :meth:`_running`, once at a
+    time."""
+
+    _context: AbstractAsyncContextManager[Self] | None = None
+
+    def _running(self) -> AbstractAsyncContextManager[Self]:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        if self._context is not None:
+            raise RuntimeError(f"this {type(self).__name__} is already running")
+        self._context = self._running()
+        return await self._context.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._context is not None
+        context, self._context = self._context, None
+        return await context.__aexit__(exc_type, exc, traceback)

@@ -34,14 +34,19 @@ import itertools
 import logging
 import random
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self
 
 import trio
 
-from eidetica.actors.transports.base import Handler, LinkClosedCallback, Origin, PendingAnswer
+from eidetica.actors.transports.base import (
+    Handler,
+    LinkClosedCallback,
+    Origin,
+    PendingAnswer,
+    RunsInBlock,
+)
 from eidetica.errors import TransportError, Unreachable
 
 log = logging.getLogger(__name__)
@@ -395,7 +400,7 @@ DEFAULT_NETWORK = SimNetwork()
 """Where ``sim://NAME`` resolves when a transport is given no network of its own."""
 
 
-class SimTransport:
+class SimTransport(RunsInBlock):
     """The :class:`~eidetica.actors.transports.base.Transport` for ``sim://``, and a
     :class:`~eidetica.actors.transports.base.TwoWay` one.
 
@@ -420,28 +425,11 @@ class SimTransport:
         self._handler: Handler | None = None
         self._on_closed: LinkClosedCallback | None = None
         self._nursery: trio.Nursery | None = None
-        self._context: AbstractAsyncContextManager[Self] | None = None
         self._changes = trio.lowlevel.ParkingLot()
         self.link_version = 0
         """Counts links opened and closed, for :meth:`link_changed`."""
 
     # -- the block that answers on dialled links ------------------------------------
-
-    async def __aenter__(self) -> Self:
-        if self._context is not None:
-            raise RuntimeError("this SimTransport is already running")
-        self._context = self._running()
-        return await self._context.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        assert self._context is not None
-        context, self._context = self._context, None
-        return await context.__aexit__(exc_type, exc, traceback)
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:

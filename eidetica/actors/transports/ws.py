@@ -34,9 +34,8 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from functools import partial
-from types import TracebackType
 from typing import Self
 from urllib.parse import SplitResult, urlsplit
 
@@ -45,7 +44,13 @@ from trio_websocket import CloseReason, ConnectionClosed, HandshakeError
 
 from eidetica.actors.transports.accept import serve_listeners
 from eidetica.actors.transports.admission import Admission, ServerLimits
-from eidetica.actors.transports.base import Handler, LinkClosedCallback, Origin, PendingAnswer
+from eidetica.actors.transports.base import (
+    Handler,
+    LinkClosedCallback,
+    Origin,
+    PendingAnswer,
+    RunsInBlock,
+)
 from eidetica.actors.transports.framing import guard, peek, refusal
 from eidetica.actors.transports.refusals import RefusalLog
 from eidetica.actors.transports.wssocket import BoundedSocket
@@ -125,7 +130,7 @@ class _Connection:
         """Cancelling it ends the connection's reading and starts a graceful close."""
 
 
-class WebSocketTransport:
+class WebSocketTransport(RunsInBlock):
     """The :class:`~eidetica.actors.transports.base.Transport` for ``ws://``, and a
     :class:`~eidetica.actors.transports.base.TwoWay` one.
 
@@ -183,7 +188,6 @@ class WebSocketTransport:
         self.dials = 0
         self.accepted = 0
         self._nursery: trio.Nursery | None = None
-        self._context: AbstractAsyncContextManager[Self] | None = None
         self._connections: dict[str, _Connection] = {}
         self._dialling: dict[str, trio.Lock] = {}
         self._ids = itertools.count(1)
@@ -195,22 +199,6 @@ class WebSocketTransport:
         """Counts links opened and closed, for :meth:`link_changed`."""
 
     # -- the block that owns the connections ----------------------------------------
-
-    async def __aenter__(self) -> Self:
-        if self._context is not None:
-            raise RuntimeError("this WebSocketTransport is already running")
-        self._context = self._running()
-        return await self._context.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        assert self._context is not None
-        context, self._context = self._context, None
-        return await context.__aexit__(exc_type, exc, traceback)
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:
