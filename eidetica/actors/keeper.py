@@ -31,6 +31,7 @@ async def keep_running(
             return
         except Exception:
             log.exception("actor %s crashed (%d times)", name, crashes + 1)
-        await trio.sleep(min(2.0**crashes, BACKOFF_MAX))
+        if crashes < max_restarts:
+            await trio.sleep(min(2.0**crashes, BACKOFF_MAX))
     log.error("actor %s keeps crashing; left down", name)
     crashed(name)

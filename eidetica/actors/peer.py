@@ -1,8 +1,8 @@
 """The peer actor: one per peer, doing that peer's jobs in order over its link.
 
-The engine hands it links (``links``) and jobs (``jobs``), each over its own channel;
-before each job it moves to the newest link it was handed, closing the one it leaves
-if we dialled it, so jobs queued before a link changed go out on the new one. It
+The shell hands it links (:meth:`PeerActor.hand`) and jobs (its inbox); it moves to
+the newest link between jobs, closing the one it leaves if we dialled it, so jobs
+queued before a link changed go out on the new one. It
 reports what each job did by messages, and publishes its :class:`Health` after each.
 
 It keeps the peer's circuit breaker (its rules are plain state in
@@ -43,7 +43,7 @@ from eidetica.storage.instance import Instance
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Job", "NewLink", "PeerActor", "ProbeJob", "PushJob", "SyncJob"]
+__all__ = ["Job", "NewLink", "PeerActor", "ProbeJob", "PushJob", "SyncJob", "fail_remaining"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,61 +86,55 @@ class PeerActor:
     _watch: trio.CancelScope | None = None
     """The watch kept open over the link in use, if its transport needs one."""
 
-    async def run(
-        self, jobs: trio.MemoryReceiveChannel[Job], links: trio.MemoryReceiveChannel[NewLink]
-    ) -> None:
-        """Do the jobs one at a time, in order, until the inbox closes, moving to each
-        link handed over as soon as no job is running on the old one. Jobs left when it
-        stops get their callers an error, never silence."""
+    draining: bool = False
+    """Stopping: the job at hand finishes, the rest are failed at once."""
+
+    async def run(self, jobs: trio.MemoryReceiveChannel[Job]) -> None:
+        """Do the jobs one at a time, in order, until the inbox closes (or the actor
+        drains), each on the link handed over last. Jobs left when it stops get their
+        callers an error, never silence."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._rewatch()  # after a crash, the link kept its watch
-            nursery.start_soon(self._take_links, links)
             try:
                 async for job in jobs:
                     self._busy = True
-                    self._drain(links)  # a link handed over just before this job...
                     if self.link is None and self._next is None:
-                        await self._handed_one.wait()  # ...or still on its way
+                        await self._handed_one.wait()  # the engine queues jobs behind one
                     self._move()
                     await self._serve_one(job)
                     self._busy = False
                     self._move()
                     self._publish()
+                    if self.draining:
+                        break
             finally:
-                _fail_remaining(jobs)
+                fail_remaining(jobs)
                 nursery.cancel_scope.cancel()
 
-    async def _take_links(self, links: trio.MemoryReceiveChannel[NewLink]) -> None:
-        async for handed in links:
-            self._handed(handed)
-            if not self._busy:
-                self._move()
-
-    def _drain(self, links: trio.MemoryReceiveChannel[NewLink]) -> None:
-        while True:
-            try:
-                self._handed(links.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
-
-    def _handed(self, handed: NewLink) -> None:
-        """Note the newest link; one handed over before and never used is closed if
-        the newest says so (the link in use is closed as the skipped one said)."""
-        skipped, self._next = self._next, handed
+    def hand(self, link: Link, close_previous: bool) -> None:
+        """Use ``link`` from the next job on (now, if none is running). Called by the
+        shell with no checkpoint between this and the jobs it queues after, so those
+        go on this link. A link handed over before and never used is closed if this
+        one says so; the link in use is closed as the skipped one said."""
+        skipped, self._next = self._next, NewLink(link, close_previous)
         self._handed_one.set()
         if skipped is not None:
-            if handed.close_previous and skipped.link is not handed.link:
+            if close_previous and skipped.link.address != link.address:
                 self.close(skipped.link.address)
-            self._next = replace(handed, close_previous=skipped.close_previous)
+            self._next = NewLink(link, skipped.close_previous)
+        if not self._busy:
+            self._move()
 
     def _move(self) -> None:
-        """Move to the link handed over last, closing the one left if we dialled it."""
+        """Move to the link handed over last, closing the one left if we dialled it
+        (and it is not the same connection: links are named by address)."""
         new, self._next = self._next, None
         if new is None:
             return
-        if self.link is not None and new.close_previous and self.link is not new.link:
-            self.close(self.link.address)
+        old = self.link
+        if old is not None and new.close_previous and old.address != new.link.address:
+            self.close(old.address)
         self.link = new.link
         self._rewatch()
 
@@ -184,10 +178,15 @@ class PeerActor:
             await self._do(link, job)
         except EideticaError as exc:
             self._failed(job, exc)
-        except Exception as exc:
+        except BaseException as exc:  # a bug (the actor restarts) or a cancellation
             if isinstance(job, SyncJob) and job.reply is not None:
-                job.reply.fail(SyncError(f"peer actor crashed: {exc!r}"))
-            raise  # the supervisor restarts this actor
+                crashed = isinstance(exc, Exception)
+                job.reply.fail(
+                    SyncError(
+                        f"peer actor crashed: {exc!r}" if crashed else "the peer actor stopped"
+                    )
+                )
+            raise
         else:
             self.breaker.succeeded()
 
@@ -313,7 +312,7 @@ def _refuse(
             pass
 
 
-def _fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
+def fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
     """Answer the callers of jobs this actor will never do (it stopped)."""
     while True:
         try:

@@ -4,7 +4,6 @@ redials in one nursery, so stopping a peer stops everything it was doing."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from eidetica.actors.engine.policy import TreePolicy
 from eidetica.actors.engine.retries import RetryItem
 from eidetica.actors.engine.status import Health
 from eidetica.actors.link import Link
-from eidetica.actors.peer import NewLink, PeerActor
+from eidetica.actors.peer import PeerActor, fail_remaining
 from eidetica.actors.transports.routes import Routes
 from eidetica.errors import SyncError
 from eidetica.storage.instance import Instance
@@ -30,12 +29,12 @@ Keep = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 @dataclass
 class _Handle:
-    """One peer actor: its scope, its nursery and its inboxes."""
+    """One peer actor: its scope, its nursery, its inbox and the actor."""
 
     scope: trio.CancelScope
     nursery: trio.Nursery
     jobs: trio.MemorySendChannel[Job]
-    links: trio.MemorySendChannel[NewLink]
+    actor: PeerActor
     address: str | None = None
     """The link it was handed last."""
     dial: trio.CancelScope | None = None
@@ -70,7 +69,6 @@ class PeerActors:
         self, key: str, *, task_status: trio.TaskStatus[_Handle] = trio.TASK_STATUS_IGNORED
     ) -> None:
         jobs, job_inbox = trio.open_memory_channel[Job](self.config.peer_inbox_size)
-        links, link_inbox = trio.open_memory_channel[NewLink](16)
         report = self.inbox.clone()
         actor = PeerActor(
             self.instance,
@@ -84,13 +82,15 @@ class PeerActors:
         )
         with trio.CancelScope() as scope, report:
             async with trio.open_nursery() as nursery:
-                handle = _Handle(scope, nursery, jobs, links)
+                handle = _Handle(scope, nursery, jobs, actor)
                 task_status.started(handle)
-                await self.keep(f"peer {key}", lambda: actor.run(job_inbox, link_inbox))
-                handle.finished.set()
-                jobs.close()  # left down: jobs fail at once from now on, and links
-                links.close()  # go nowhere; its nursery stays for dials until stopped
-                await trio.sleep_forever()
+                try:
+                    await self.keep(f"peer {key}", lambda: actor.run(job_inbox))
+                finally:  # ended, left down, or stopped: no job is left unanswered
+                    handle.finished.set()
+                    jobs.close()
+                    fail_remaining(job_inbox)
+                await trio.sleep_forever()  # left down: its nursery stays for dials
 
     def stop(self, peer: str, close_link: bool) -> None:
         """Cancel the peer's actor; its callers hear of the jobs it never ran."""
@@ -104,21 +104,23 @@ class PeerActors:
             self.routes.close(handle.address)
 
     def stop_all(self) -> None:
-        """Take no more jobs: each actor finishes the one at hand, and its callers
-        hear that the rest will not run."""
+        """Take no more jobs: each actor finishes the one at hand, and the callers of
+        the others hear that they will not run."""
         for handle in self.handles.values():
+            handle.actor.draining = True
             handle.jobs.close()
 
     async def finished(self) -> None:
         """Wait until every actor's job loop has ended (after :meth:`stop_all`)."""
         for handle in list(self.handles.values()):
+            if handle.scope.cancel_called:
+                continue  # stopped meanwhile: its job loop is being cancelled
             await handle.finished.wait()
 
     def use_link(self, peer: str, link: Link, close_previous: bool) -> None:
         handle = self.handles[peer]
         handle.address = link.address
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            handle.links.send_nowait(NewLink(link, close_previous))  # else: left down
+        handle.actor.hand(link, close_previous)
 
     def queue(self, peer: str, job: Job) -> None:
         """Hand a job on; one that finds the inbox full or closed fails its caller,

@@ -230,15 +230,17 @@ class SyncService:
                 return proven.done
             case SyncRequest():
                 peer = _proven(caller)
-                view, _ = await self._readable(body.tree, peer)
-                self._reachable(peer, origin, body.tree)
+                view, taken = await self._readable(body.tree, peer)
+                self._reachable(peer, origin, None if taken else body.tree)
                 if self._on_served is not None:
                     self._on_served(body.tree, peer)
                 return self._planner.answer(view, body, peer=peer)
             case SendEntries():
                 peer = _proven(caller)
                 view, taken = await self._readable(body.tree, peer)
-                self._reachable(peer, origin, body.tree)
+                self._reachable(peer, origin, None if taken else body.tree)
+                if taken:  # what it stores there counts to its bytes, this batch too
+                    self._policy.brought(peer, body.tree)
                 self._policy.charge(peer, body.tree, sum(len(raw) for raw in body.entries))
                 receipt = await self._instance.receive(body.tree, body.entries, source=peer)
                 if receipt.stored and taken:
@@ -300,10 +302,10 @@ class SyncService:
         try:
             settings = await (await self._instance.open_tree(tree)).settings()
         except TreeNotFound:
+            if self._view().relates(peer, tree):  # the operator's choice, or learned
+                return view, False
             if await self._admits(peer, tree):
                 return view, True
-            if self._view().relates(peer, tree):
-                return view, False
             settings = {}
         level = permission_of(settings, peer)
         if level is None or level < Permission.READ:
@@ -322,9 +324,8 @@ class SyncService:
         return bool(decision)
 
     def _took(self, peer: str, tree: str) -> None:
-        """A tree came in under the policy: its bytes count to ``peer`` from now on,
-        and the engine relates the two, so the tree flows through this node."""
-        self._policy.brought(peer, tree)
+        """A tree came in under the policy: the engine relates it with ``peer``, so
+        the tree flows through this node from now on."""
         log.info("took in tree %s from %s", tree, peer)
         if self._on_taken is not None:
             self._on_taken(peer, tree)

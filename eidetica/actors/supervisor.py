@@ -184,7 +184,6 @@ class Supervisor:
     def _stop_taking_commands(self) -> None:
         """Close the inbox and fail the replies of commands still in it, so no caller
         waits for an engine that has stopped."""
-        self._commands.close()
         self._peers.stop_all()
         while True:
             try:
@@ -194,6 +193,7 @@ class Supervisor:
             reply = getattr(pending, "reply", None)
             if reply is not None:
                 reply.fail(SyncError("the sync engine stopped"))
+        self._commands.close()
 
     async def _take(self, command: cmd.Command) -> None:
         reply = getattr(command, "reply", None)

@@ -237,3 +237,11 @@ def test_a_record_refuses_moves_its_lifecycle_does_not_have() -> None:
     record.move(PeerState.LOST)
     with pytest.raises(SyncError):
         record.move(PeerState.DOWN)
+
+
+def test_a_second_link_at_the_live_links_address_leaves_that_connection_open() -> None:
+    made, _ = engine()
+    up(made, A, "ws://a")
+    effects = made.handle(ev.LinkUp("ws://a", A, FakeReply(), chosen=True), 1.0)
+    assert of(fx.DropLink, effects) == [fx.DropLink("ws://a", close=False)]
+    assert made.peers[A].link == "ws://a"

@@ -55,3 +55,14 @@ def test_the_book_stays_bounded_under_a_flood_of_offers() -> None:
         book.failed(f"ws-in://{index}", still_open=True)
     assert len(book.refused) == linkbook.MAX_OFFERS
     assert len(book.linking) == 0 and len(book.learned) == 0
+
+
+def test_a_link_that_refused_us_learns_no_trees_and_one_link_learns_a_bounded_number() -> None:
+    book = LinkBook({"ws-in"})
+    book.failed("ws-in://1", still_open=True)
+    assert not book.offer("ed25519:A", "ws-in://1", "t")
+    assert "ws-in://1" not in book.learned
+    assert book.offer("ed25519:A", "ws-in://2", None)
+    for n in range(linkbook.MAX_LEARNED + 100):
+        book.offer("ed25519:A", "ws-in://2", f"t{n}")
+    assert len(book.learned["ws-in://2"]) == linkbook.MAX_LEARNED

@@ -170,3 +170,27 @@ async def test_a_job_longer_than_the_grace_is_cancelled_at_its_end(
         took, held = await push_at_hand_when_leaving(delay=30.0, grace=5.0)
     assert held is None  # cancelled: never arrived
     assert took == pytest.approx(5.0, abs=0.2)
+
+
+async def test_removing_a_peer_during_its_sync_answers_the_caller(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    with trio.fail_after(600):
+        async with cluster(2, network) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            network.delay(30.0)
+            outcome: list[BaseException] = []
+
+            async def sync() -> None:
+                try:
+                    await a.sync.sync_with_peer(peer_b)
+                except SyncError as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sync)
+                await trio.sleep(1)  # the sync is at hand
+                await a.sync.remove_peer(peer_b)
+            assert "stopped" in str(outcome[0])

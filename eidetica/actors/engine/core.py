@@ -303,8 +303,10 @@ class Engine:
             self._answer(event.reply, key)
 
     def _keep_old_link(self, record: PeerRecord, address: str, learned: set[str]) -> None:
-        """A second link to a linked peer lost the choice: drop it, keep what it taught."""
-        self._do(DropLink(address, close=not self._book.is_reply(address)))
+        """A second link to a linked peer lost the choice: drop it, keep what it taught.
+        One at the live link's very address is that connection: it stays open."""
+        ours = not self._book.is_reply(address)
+        self._do(DropLink(address, close=ours and address != record.link))
         record.trees |= learned
         if not self._book.is_reply(address) and (record.dial != address or not record.kept):
             record.dial, record.kept = address, True  # remember where it listens

@@ -20,6 +20,8 @@ V = TypeVar("V")
 
 MAX_OFFERS = 4096
 """Reply addresses remembered at once (being linked over, refused, learned on)."""
+MAX_LEARNED = 1024
+"""Trees remembered for one link before we have linked back over it."""
 
 
 def keep(current: str, offered: str, *, mine: str, peer: str, reply: set[str]) -> str:
@@ -71,12 +73,13 @@ class LinkBook:
         if peer in self.removed:
             return False
         owner = self.linking.get(address)
-        if owner is not None and owner != peer:
-            return False
-        if tree is not None:
-            _remember(self.learned, address, set()).add(tree)
-        if owner is not None or address in self.refused:
-            return False
+        if (owner is not None and owner != peer) or address in self.refused:
+            return False  # not this peer's link, or it takes no requests from us
+        learned = _remember(self.learned, address, set())
+        if tree is not None and len(learned) < MAX_LEARNED:
+            learned.add(tree)
+        if owner is not None:
+            return False  # being linked back already
         _remember(self.linking, address, peer)
         return True
 
