@@ -4,6 +4,7 @@ redials in one nursery, so stopping a peer stops everything it was doing."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
@@ -134,7 +135,11 @@ class PeerActors:
             if isinstance(job, SyncJob) and job.reply is not None:
                 job.reply.fail(SyncError(f"peer {peer} is {why}"))
             if isinstance(job, PushJob) and job.retry is not None:
-                self.defer(job.retry)  # never tried: due again soon, no attempt spent
+                if isinstance(exc, trio.WouldBlock):  # busy: due again soon, no attempt spent
+                    self.defer(job.retry)
+                else:  # left down: an attempt spent, so it is dropped in the end
+                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                        self.inbox.send_nowait(cmd.PushFailed(job.retry))
 
     def dial(self, nursery: trio.Nursery, order: Dial) -> None:
         """Run a dial: a peer's own redial in its actor's nursery (replacing the one

@@ -194,3 +194,33 @@ async def test_removing_a_peer_during_its_sync_answers_the_caller(
                 await trio.sleep(1)  # the sync is at hand
                 await a.sync.remove_peer(peer_b)
             assert "stopped" in str(outcome[0])
+
+
+async def test_a_push_to_a_peer_whose_actor_was_left_down_is_dropped_in_the_end(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its retries spend their attempts (no endless deferral to a closed inbox)."""
+    config = SyncConfig(max_restarts=0, periodic_sync=100_000, connection_check=100_000)
+    network = SimNetwork()
+    with trio.fail_after(6000):
+        async with cluster(2, network, config) as (a, b):
+            tree = await a.inst.create_tree(name="t")
+            peer_b = await share(a, b, tree)
+            await a.sync.sync_with_peer(peer_b)
+            network.drop(1.0)  # the next push is lost: it goes to the retry queue
+            async with tree.transaction() as op:
+                op.doc("d").set("k", 1)
+            await trio.sleep(11)  # past the sim network's timeout
+            assert len((await a.sync.status()).retries) == 1
+            network.drop(0.0)
+
+            async def always_crash(*args: object) -> None:
+                raise RuntimeError("bug")
+
+            monkeypatch.setattr(peer_module.PeerActor, "_run", always_crash)
+            with pytest.raises(SyncError):
+                await a.sync.sync_with_peer(peer_b)  # its one crash: left down
+            await trio.sleep(600)
+            status = await a.sync.status()
+            assert status.crashed == [f"peer {peer_b}"]
+            assert (status.retries, status.retries_dropped) == ([], 1)
