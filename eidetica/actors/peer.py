@@ -109,7 +109,7 @@ class PeerActor:
                     if self.draining:
                         break
             finally:
-                fail_remaining(jobs)
+                fail_remaining(jobs, self.report)
                 nursery.cancel_scope.cancel()
 
     def hand(self, link: Link, close_previous: bool) -> None:
@@ -312,8 +312,10 @@ def _refuse(
             pass
 
 
-def fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
-    """Answer the callers of jobs this actor will never do (it stopped)."""
+def fail_remaining(jobs: trio.MemoryReceiveChannel[Job], report: Report) -> None:
+    """Answer the callers of jobs this actor will never do (it stopped), and hand
+    retried pushes back to the retry queue (an attempt spent), so none is lost from
+    it until a restart."""
     while True:
         try:
             job = jobs.receive_nowait()
@@ -321,3 +323,8 @@ def fail_remaining(jobs: trio.MemoryReceiveChannel[Job]) -> None:
             return
         if isinstance(job, SyncJob) and job.reply is not None:
             job.reply.fail(SyncError("the peer actor stopped"))
+        if isinstance(job, PushJob) and job.retry is not None:
+            with contextlib.suppress(
+                trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+            ):
+                report.send_nowait(cmd.PushFailed(job.retry))

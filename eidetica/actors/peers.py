@@ -90,7 +90,7 @@ class PeerActors:
                 finally:  # ended, left down, or stopped: no job is left unanswered
                     handle.finished.set()
                     jobs.close()
-                    fail_remaining(job_inbox)
+                    fail_remaining(job_inbox, self.inbox)
                 await trio.sleep_forever()  # left down: its nursery stays for dials
 
     def stop(self, peer: str, close_link: bool) -> None:
