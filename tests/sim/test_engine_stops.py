@@ -224,3 +224,32 @@ async def test_a_push_to_a_peer_whose_actor_was_left_down_is_dropped_in_the_end(
             status = await a.sync.status()
             assert status.crashed == [f"peer {peer_b}"]
             assert (status.retries, status.retries_dropped) == ([], 1)
+
+
+async def test_draining_runs_the_job_at_hand_only_and_fails_the_queued_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Ten pushes are queued behind a slow one when a stops: only the one at hand
+    runs (2 s), not all of them (20 s), well within the 60 s grace."""
+    network = SimNetwork()
+    config = SyncConfig(shutdown_grace=60, periodic_sync=10_000)
+    with trio.fail_after(600):
+        async with (
+            eidetica.open_instance(None) as b_inst,
+            eidetica.open_instance(None) as a_inst,
+            open_sync(b_inst, network=network, name="b", accept_trees="any") as b_sync,
+        ):
+            b_at = await b_sync.start_server("sim://b")
+            tree = await a_inst.create_tree(name="t")
+            await tree.grant(b_inst.public_key, "write")
+            async with open_sync(a_inst, network=network, name="a", config=config) as a_sync:
+                peer_b = await a_sync.connect(b_at)
+                await a_sync.add_tree_sync(peer_b, tree.root_id)
+                await a_sync.sync_with_peer(peer_b)
+                network.delay(2.0)
+                for n in range(10):
+                    async with tree.transaction() as op:
+                        op.doc("d").set(f"k{n}", n)
+                await trio.sleep(0.1)  # the first push is at hand, nine wait
+                left = trio.current_time()
+            assert trio.current_time() - left < 5
