@@ -10,6 +10,7 @@ happens in those actors, never in this loop, so a slow peer never delays a comma
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -114,14 +115,22 @@ class Supervisor:
 
     def notify(self, command: cmd.Command) -> None:
         """Fire-and-forget: a full inbox drops the notice (counted, logged), never blocks.
-        The next periodic sync finds whatever a dropped notice was about."""
+        The next periodic sync finds whatever a dropped notice was about. A tree taken
+        in is no such notice (nothing would relate it later): it waits for room."""
         try:
             self.inbox.send_nowait(command)
         except trio.WouldBlock:
+            if isinstance(command, cmd.TreeTaken) and self._nursery is not None:
+                self._nursery.start_soon(self._post_later, command)
+                return
             self.dropped_notices += 1
             log.warning("sync inbox full: dropped %s", type(command).__name__)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the engine has stopped
+
+    async def _post_later(self, command: cmd.Command) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self.inbox.send(command)
 
     def on_commit(self, tree: Tree, entry: Entry) -> None:
         """The commit hook: post the new entry for pushing."""
