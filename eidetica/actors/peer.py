@@ -109,6 +109,7 @@ class PeerActor:
                     if self.draining:
                         break
             finally:
+                self._nursery = None  # a link handed over from now on waits for a run
                 fail_remaining(jobs, self.report)
                 nursery.cancel_scope.cancel()
 

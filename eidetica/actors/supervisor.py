@@ -263,7 +263,10 @@ class Supervisor:
                 case fx.Publish():
                     self._view = self._engine.view()
                 case _:
-                    await self._act(effect)
+                    try:
+                        await self._act(effect)
+                    except Exception:  # a bug in one effect must not stop the node
+                        log.exception("carrying out %s failed", type(effect).__name__)
 
     async def _act(self, effect: fx.Effect) -> None:
         """Effects on actors and links."""
