@@ -28,12 +28,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
 import trio
 
 import eidetica
 from eidetica.actors import control
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.engine.policy import AcceptTrees, TreePolicy
+from eidetica.actors.engine.status import SyncStatus
 from eidetica.actors.sync import Sync
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.errors import EideticaError, SyncError, first_leaf
@@ -124,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     peer_add = peer_commands.add_parser("add", help="handshake with a node and remember it")
     peer_add.add_argument("address")
     peer_add.add_argument("--sync", action="append", help="a tree id to sync with it")
+    status = commands.add_parser(
+        "status", help="show a running node's key, servers, peers and retry queue"
+    )
+    status.add_argument("--json", action="store_true", help="print it as one JSON object")
     sync = commands.add_parser("sync", help="sync a tree with a peer once, then exit")
     sync.add_argument("tree")
     sync.add_argument("--peer", required=True, help="the peer's address")
@@ -269,6 +275,12 @@ async def _run(args: argparse.Namespace, settings: dict[str, Any]) -> int:
             sys.stdout.write(answer.out)
             sys.stderr.write(answer.err)
             return answer.code
+        if args.command == "status":
+            print(
+                f"eidetica: no node runs on {data}: start one with 'eidetica serve'",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
     async with eidetica.open_instance(data) as inst:
         if args.command == "serve":
             await _serve(inst, settings)
@@ -319,6 +331,9 @@ async def _command(
                 for tree_id in args.sync or []:
                     await sync.add_tree_sync(peer, tree_id)
                 print(peer, file=out)
+        case "status":
+            async with engine() as sync:
+                print(_status(inst.public_key, await sync.status(), as_json=args.json), file=out)
         case "sync":
             async with engine() as sync:
                 peer = await sync.connect(args.peer)
@@ -437,6 +452,23 @@ async def _serve(inst: eidetica.Instance, settings: dict[str, Any]) -> None:
                 log.info("got %s: shutting down", signal.Signals(signum).name)
                 break
             nursery.cancel_scope.cancel()
+
+
+def _status(key: str, status: SyncStatus, *, as_json: bool) -> str:
+    """A running node's status: one JSON object, or lines for a person."""
+    if as_json:
+        return msgspec.json.encode({"key": key, **msgspec.to_builtins(status)}).decode()
+    lines = [f"key {key}"]
+    lines += [f"server {s.address} (restarts {s.restarts})" for s in status.servers]
+    for peer in status.peers.values():
+        link = peer.address or peer.dial or "-"
+        lines.append(
+            f"peer {peer.key} {peer.state} {link} trees {len(peer.trees)} syncs {peer.syncs}"
+            f" failures {peer.failures} breaker {peer.breaker}"
+        )
+    lines.append(f"retries {len(status.retries)} queued, {status.retries_dropped} dropped")
+    lines += [f"crashed {name}" for name in status.crashed]
+    return "\n".join(lines)
 
 
 def _accept_trees(values: Sequence[str]) -> AcceptTrees:

@@ -245,3 +245,19 @@ def test_a_second_link_at_the_live_links_address_leaves_that_connection_open() -
     effects = made.handle(ev.LinkUp("ws://a", A, FakeReply(), chosen=True), 1.0)
     assert of(fx.DropLink, effects) == [fx.DropLink("ws://a", close=False)]
     assert made.peers[A].link == "ws://a"
+
+
+def test_links_up_and_lost_and_up_again_are_each_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    made, _ = engine((Restored(A, "ws://a", frozenset()),))
+    with caplog.at_level("INFO"):
+        up(made, A, "ws://a")
+        made.handle(ev.LinkClosed("ws://a", "gone"), 1.0)
+        up(made, A, "ws://a", now=2.0)
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [
+        f"linked to peer {A} at ws://a",
+        f"link to peer {A} lost (gone); redialling ws://a",
+        f"linked to peer {A} again, at ws://a",
+    ]

@@ -216,3 +216,33 @@ def test_serve_refuses_an_accept_trees_that_is_no_policy_in_one_line(tmp_path: P
     assert result.stderr.strip() == (
         "eidetica: accept-trees takes 'any', 'chosen', or peer keys, not a mix of them"
     )
+
+
+def test_status_shows_a_running_nodes_servers_and_peers_and_says_when_none_runs(
+    tmp_path: Path,
+) -> None:
+    a_data, b_data = tmp_path / "a", tmp_path / "b"
+    tree = shared_tree(a_data, b_data, "read")
+    a, a_said = start(a_data, "--listen", "ws://127.0.0.1:0")
+    try:
+        b, _ = start(b_data, "--peer", a_said["listening"], "--sync", tree)
+        try:
+            wait_until_it_holds(b_data, tree)
+            shown = json.loads(cli(b_data, "status", "--json"))
+            a_key = cli(a_data, "id")
+            assert shown["key"] == cli(b_data, "id") and shown["servers"] == []
+            assert shown["peers"][a_key]["state"] == "up"
+            assert shown["peers"][a_key]["trees"] == [tree]
+            lines = cli(b_data, "status").splitlines()
+            assert lines[0] == f"key {shown['key']}"
+            assert any(line.startswith(f"peer {a_key} up ") for line in lines)
+        finally:
+            stop(b)
+    finally:
+        err = stop(a)
+    assert "synced" in err or "linked to peer" in err  # the serving node says what it does
+    result = run("status", data=a_data)  # no node runs there now
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"eidetica: no node runs on {a_data}: start one with 'eidetica serve'"
+    )

@@ -318,6 +318,10 @@ class Engine:
         caught up at once: it may have been away, or we were, and a commit made while
         the link came up went nowhere."""
         catch_up = not record.up
+        if record.state is PeerState.LOST:
+            log.info("linked to peer %s again, at %s", record.key, address)
+        elif catch_up:
+            log.info("linked to peer %s at %s", record.key, address)
         previous = record.link
         if record.state in REDIALLED:
             self._do(StopDial(record.key))  # linked by whichever way came first
@@ -412,6 +416,14 @@ class Engine:
         if record is None:
             return  # from the actor of a peer removed since
         key = (event.peer, event.tree)
+        log.info(
+            "synced %s with %s: %s, %d entries in %.2f s",
+            event.tree,
+            event.peer,
+            "done" if event.ok else "failed",
+            event.received,
+            event.duration,
+        )
         if event.ok:
             self.last_sync[key] = event.at
             if not event.received and self.cursors.get(key) == event.tips:
