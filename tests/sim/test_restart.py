@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -11,7 +13,7 @@ import eidetica
 from eidetica.actors.engine.breaker import BreakerConfig
 from eidetica.actors.state import SYNC_TREE_KEY, SYNC_TREE_NAME, HistoryRecord, SyncState
 from eidetica.actors.supervisor import SyncConfig
-from eidetica.actors.sync import open_sync
+from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.sim import SimNetwork
 from tests.waiting import stored
 
@@ -62,6 +64,30 @@ async def test_a_restart_resumes_relationships_and_the_persisted_retry_queue(
                 assert await (await SyncState.open(a_inst)).retries() == {}
 
 
+@asynccontextmanager
+async def cut_off_pair(
+    network: SimNetwork, config: SyncConfig
+) -> AsyncIterator[tuple[eidetica.Instance, Sync, eidetica.Instance, eidetica.Tree, str]]:
+    """In-memory nodes a (with ``config``) and b, relating a tree of a's both ways and
+    synced once, then partitioned: a's instance and engine, b's instance, the tree,
+    and b's key."""
+    async with (
+        eidetica.open_instance(None) as b_inst,
+        open_sync(b_inst, network=network, name="b") as b_sync,
+        eidetica.open_instance(None) as a_inst,
+        open_sync(a_inst, network=network, name="a", config=config) as a_sync,
+    ):
+        tree = await a_inst.create_tree(name="t")
+        await tree.grant(b_inst.public_key, "write")
+        peer_b = await a_sync.connect(await b_sync.start_server("sim://b"))
+        await a_sync.add_tree_sync(peer_b, tree.root_id)
+        back = await b_sync.connect(await a_sync.start_server("sim://a"))
+        await b_sync.add_tree_sync(back, tree.root_id)
+        await a_sync.sync_with_peer(peer_b)
+        network.partition("a", "b")
+        yield a_inst, a_sync, b_inst, tree, peer_b
+
+
 async def test_a_push_that_used_up_its_attempts_leaves_no_record(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -70,20 +96,7 @@ async def test_a_push_that_used_up_its_attempts_leaves_no_record(
     network = SimNetwork()
     config = SyncConfig(max_retries=2, periodic_sync=10_000, connection_check=10_000)
     with trio.fail_after(3600):
-        async with (
-            eidetica.open_instance(None) as b_inst,
-            open_sync(b_inst, network=network, name="b") as b_sync,
-            eidetica.open_instance(None) as a_inst,
-            open_sync(a_inst, network=network, name="a", config=config) as a_sync,
-        ):
-            tree = await a_inst.create_tree(name="t")
-            await tree.grant(b_inst.public_key, "write")
-            peer_b = await a_sync.connect(await b_sync.start_server("sim://b"))
-            await a_sync.add_tree_sync(peer_b, tree.root_id)
-            back = await b_sync.connect(await a_sync.start_server("sim://a"))
-            await b_sync.add_tree_sync(back, tree.root_id)
-            await a_sync.sync_with_peer(peer_b)
-            network.partition("a", "b")
+        async with cut_off_pair(network, config) as (a_inst, a_sync, _, tree, _peer):
             async with tree.transaction() as op:  # its push fails, and fails again
                 op.doc("d").set("never", True)
             await trio.sleep(600)
@@ -253,20 +266,7 @@ async def test_retries_due_together_beyond_the_peer_inbox_are_all_delivered(
     )
     pending = 12
     with trio.fail_after(3600):
-        async with (
-            eidetica.open_instance(None) as b_inst,
-            open_sync(b_inst, network=network, name="b") as b_sync,
-            eidetica.open_instance(None) as a_inst,
-            open_sync(a_inst, network=network, name="a", config=config) as a_sync,
-        ):
-            tree = await a_inst.create_tree(name="t")
-            await tree.grant(b_inst.public_key, "write")
-            peer_b = await a_sync.connect(await b_sync.start_server("sim://b"))
-            await a_sync.add_tree_sync(peer_b, tree.root_id)
-            back = await b_sync.connect(await a_sync.start_server("sim://a"))
-            await b_sync.add_tree_sync(back, tree.root_id)
-            await a_sync.sync_with_peer(peer_b)
-            network.partition("a", "b")
+        async with cut_off_pair(network, config) as (a_inst, a_sync, b_inst, tree, peer_b):
             for n in range(pending):  # one at a time: no commit's push finds the inbox full
                 async with tree.transaction() as op:
                     op.doc("d").set("n", n)
