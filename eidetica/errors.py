@@ -192,6 +192,18 @@ class SyncError(EideticaError):
     """The sync engine could not do what was asked (not running, unknown peer...)."""
 
 
+class UnknownPeer(SyncError):
+    """The engine does not know that peer: connect to it or add it first."""
+
+
+class NotShared(SyncError):
+    """The tree is not synced with that peer: ``add_tree_sync`` first."""
+
+
+class PeerNotLinked(SyncError):
+    """The peer is known but has no link now (being dialled, or gone): try later."""
+
+
 def first_leaf(error: BaseException) -> BaseException:
     """The first exception inside (nested) exception groups, or ``error`` itself.
 

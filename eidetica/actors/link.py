@@ -55,6 +55,16 @@ class RoundResult:
     """Ids of the entries this side stored from the peer, parents first."""
     tips: tuple[str, ...]
     """This side's tips when the round ended: with ``complete``, the peer's too."""
+    bytes_received: int = 0
+    """Bytes of the entries this side stored (their encoded form)."""
+    sent: int = 0
+    """Entries this side sent the peer."""
+    bytes_sent: int = 0
+
+
+Progress = Callable[[int, int, "int | None"], None]
+"""Told after each page a sync stores: entries and bytes received so far, and the
+entries expected in all (None when the peer gives no hint)."""
 
 
 class Link:
@@ -122,23 +132,44 @@ class Link:
         return self._proven.peer_key
 
     async def sync_tree(
-        self, instance: Instance, tree: str, *, common: tuple[str, ...] = ()
+        self,
+        instance: Instance,
+        tree: str,
+        *,
+        common: tuple[str, ...] = (),
+        progress: Progress | None = None,
     ) -> RoundResult:
-        """One full two-way sync of ``tree`` with the peer."""
+        """One full two-way sync of ``tree`` with the peer, telling ``progress`` of
+        each page that arrives."""
         round_ = SyncRound(TreeView(instance.backend, tree), tree, common=common)
         message: SyncRequest | SendEntries | None = round_.first()
         stored: list[str] = []
+        got = sent = sent_bytes = 0
         while message is not None:
             expect: type[SyncResponse] | type[Ack] = (
                 SyncResponse if isinstance(message, SyncRequest) else Ack
             )
+            if isinstance(message, SendEntries):
+                sent += len(message.entries)
+                sent_bytes += sum(map(len, message.entries))
             answer = await self.call(message, expect)
             receipt = await instance.receive(tree, answer.entries, source=self.peer_key)
             stored += receipt.stored
+            got += receipt.stored_bytes
+            if progress is not None and answer.entries:
+                progress(len(stored), got, _expected(len(stored), answer))
             message = round_.next(answer, receipt.missing)
         tips = tuple(instance.backend.tips(tree))
         return RoundResult(
-            tree, round_.round_trips, len(stored), round_.complete, tuple(stored), tips
+            tree,
+            round_.round_trips,
+            len(stored),
+            round_.complete,
+            tuple(stored),
+            tips,
+            bytes_received=got,
+            sent=sent,
+            bytes_sent=sent_bytes,
         )
 
     async def watch(self, trees: Iterable[tuple[str, Iterable[str]]], *, wait: int) -> Changed:
@@ -148,6 +179,15 @@ class Link:
         a request take that long."""
         named = tuple(WatchedTree(tree, tuple(sorted(tips))) for tree, tips in trees)
         return await self.call(Watch(trees=named, wait=wait), Changed)
+
+
+def _expected(received: int, answer: SyncResponse | Ack) -> int | None:
+    """Entries a sync expects in all after this answer: the peer's hint, if it gave one."""
+    if not isinstance(answer, SyncResponse):
+        return None
+    if answer.more and not answer.remaining:
+        return None  # an older peer, or one that will not say
+    return received + answer.remaining
 
 
 def _check_answer(proven: Proven, request: bytes, answer: Envelope) -> None:

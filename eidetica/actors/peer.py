@@ -28,6 +28,7 @@ from functools import partial
 
 import trio
 
+import eidetica.events as news
 from eidetica.actors import commands as cmd
 from eidetica.actors.engine.breaker import Breaker, BreakerConfig
 from eidetica.actors.engine.jobs import Job, ProbeJob, PushJob, SyncJob
@@ -74,6 +75,8 @@ class PeerActor:
     """Takes the actor's health after each job: a snapshot, read for status."""
     trees: Callable[[str], Collection[str]] = lambda key: ()
     """The trees this node syncs with the peer now (for the watch of an HTTP link)."""
+    announce: Callable[[news.Event], None] = lambda event: None
+    """Publishes what the actor does for the node's users (the event bus)."""
     link: Link | None = None
     breaker: Breaker = field(default_factory=Breaker)
     health: Health = field(default_factory=Health)
@@ -223,11 +226,17 @@ class PeerActor:
             if not await self._readable(tree) or self.policy.over(self.key, tree):
                 continue
             started = trio.current_time()
+            self.announce(news.SyncStarted(self.key, tree))
+            progress = partial(self._progress, tree)
             try:
-                result = await link.sync_tree(self.instance, tree, common=common.get(tree, ()))
-            except EideticaError:
+                result = await link.sync_tree(
+                    self.instance, tree, common=common.get(tree, ()), progress=progress
+                )
+            except EideticaError as exc:
                 self._tell(tree, ok=False, started=started)
+                self.announce(news.SyncFailed(self.key, tree, str(exc)))
                 raise
+            self._announce_done(result, started)
             self.health = replace(self.health, received=self.health.received + result.received)
             self._count_pulled(tree, result.stored)
             self._tell(tree, ok=result.complete, started=started, result=result)
@@ -238,6 +247,26 @@ class PeerActor:
         )
         if job.reply is not None:
             job.reply.set(None)
+
+    def _progress(self, tree: str, entries: int, size: int, expected: int | None) -> None:
+        self.announce(news.SyncProgress(self.key, tree, entries, size, expected))
+
+    def _announce_done(self, result: RoundResult, started: float) -> None:
+        if result.sent:
+            self.announce(news.EntriesSent(self.key, result.tree, result.sent, result.bytes_sent))
+        finished = news.SyncFinished(
+            peer=self.key,
+            tree=result.tree,
+            received=result.received,
+            bytes=result.bytes_received,
+            sent=result.sent,
+            round_trips=result.round_trips,
+            seconds=trio.current_time() - started,
+            complete=result.complete,
+            tips=result.tips,
+            at=time.time(),
+        )
+        self.announce(finished)
 
     def _count_pulled(self, tree: str, stored: tuple[str, ...]) -> None:
         if stored and not self.policy.chosen_only:
@@ -253,6 +282,7 @@ class PeerActor:
         raw = tuple(entry.raw for entry in stored if entry is not None)
         ack = await link.call(SendEntries(tree=job.tree, entries=raw), Ack)
         self.health = replace(self.health, pushes=self.health.pushes + 1)
+        self.announce(news.EntriesSent(self.key, job.tree, len(raw), sum(map(len, raw))))
         if ack.need or ack.held:  # the peer lacks more than we pushed: sync the tree
             await link.sync_tree(self.instance, job.tree)
         self._send(cmd.Pushed(self.key, job.tree, len(raw)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+import eidetica.events as news
 from eidetica.actors import commands as cmd
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.dialer import dial
@@ -59,6 +60,8 @@ class PeerActors:
     """Hands a due push the peer was too busy to take back to the retry actor."""
     trees: Callable[[str], Collection[str]]
     """The trees the engine syncs with a peer now (its published view)."""
+    announce: Callable[[news.Event], None] = lambda event: None
+    """Publishes the actors' events (the event bus)."""
     handles: dict[str, _Handle] = field(default_factory=dict)
     health: dict[str, Health] = field(default_factory=dict)
     """What each actor published last (each entry replaced whole, never changed)."""
@@ -80,6 +83,7 @@ class PeerActors:
             self.policy,
             publish=self.health.__setitem__,
             trees=self.trees,
+            announce=self.announce,
         )
         with trio.CancelScope() as scope, report:
             async with trio.open_nursery() as nursery:

@@ -18,7 +18,9 @@ from typing import Any
 
 import trio
 
+import eidetica.events as news
 from eidetica.actors import commands as cmd
+from eidetica.actors.bus import Bus
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.engine import effects as fx
 from eidetica.actors.engine.core import Engine, EngineConfig
@@ -66,7 +68,8 @@ class Supervisor:
     def __init__(
         self, instance: Instance, transports: dict[str, Transport], config: SyncConfig
     ) -> None:
-        self._instance = instance
+        self.instance = instance
+        """The node this engine syncs (read by the frontend)."""
         self._routes = Routes(transports)
         self._config = config
         self.inbox, self._commands = trio.open_memory_channel[cmd.Command](config.inbox_size)
@@ -78,6 +81,8 @@ class Supervisor:
         )
         self._view = EngineView()
         """What the services read: the engine's view as last published."""
+        self.bus = Bus()
+        """The node's events, for its users (``sync.events()``) and its metrics."""
         self._fresh: dict[str, Link] = {}
         """Links that came up and are not handed on yet (this loop's alone)."""
         self._servers = Servers(instance, config, self._routes, self.notify, self._published)
@@ -90,6 +95,7 @@ class Supervisor:
             self._servers.policy,
             self._defer,
             self._trees_of,
+            announce=self.bus.publish,
         )
         self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
         """Filled with persisted retries at start, then the retry actor's alone."""
@@ -132,6 +138,11 @@ class Supervisor:
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self.inbox.send(command)
 
+    def on_receive(self, tree: str, source: str | None, count: int, size: int) -> None:
+        """The receive hook: tell the node's users what a peer's entries added."""
+        if source is not None:
+            self.bus.publish(news.EntriesReceived(source, tree, count, size))
+
     def on_commit(self, tree: Tree, entry: Entry) -> None:
         """The commit hook: post the new entry for pushing."""
         self.notify(cmd.QueueEntry(tree.root_id, entry))
@@ -139,7 +150,7 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled, resuming the peers, relationships and retries that the
         sync state kept from the last run."""
-        self._state = state = await SyncState.open(self._instance)
+        self._state = state = await SyncState.open(self.instance)
         for two_way in self._routes.two_way:
             two_way.attach(
                 self._servers.back.handle, lambda at, why: self.notify(cmd.LinkClosed(at, why))
@@ -156,6 +167,7 @@ class Supervisor:
                 task_status.started()
                 await self._loop()
         finally:
+            self.bus.close()
             for two_way in self._routes.two_way:
                 two_way.detach()
 
@@ -262,6 +274,8 @@ class Supervisor:
                         failed = exc
                 case fx.Publish():
                     self._view = self._engine.view()
+                case fx.Announce(event):
+                    self.bus.publish(event)
                 case _:
                     try:
                         await self._act(effect)

@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 import trio
 
 from eidetica.actors import commands as cmd
+from eidetica.actors.bus import DEFAULT_BUFFER, Subscription
 from eidetica.actors.engine.policy import AcceptTrees, TreePolicy
 from eidetica.actors.engine.status import SyncStatus
 from eidetica.actors.reply import Reply
 from eidetica.actors.supervisor import Supervisor, SyncConfig
+from eidetica.actors.synced import wait_synced
 from eidetica.actors.transports.admission import Admission
 from eidetica.actors.transports.base import Transport
 from eidetica.actors.transports.http import HttpTransport
@@ -114,10 +116,27 @@ class Sync:
         reply = Reply[None]()
         await self._ask(cmd.SendEntries(peer, tree_id, tuple(entry_ids), reply), reply)
 
-    async def sync_with_peer(self, peer: str) -> None:
-        """One full two-way round of every tree shared with ``peer``, awaited."""
+    async def sync_with_peer(self, peer: str, tree: str | None = None) -> None:
+        """One full two-way round of every tree shared with ``peer`` (or of ``tree``
+        only), awaited."""
         reply = Reply[None]()
-        await self._ask(cmd.SyncWithPeer(peer, reply), reply)
+        await self._ask(cmd.SyncWithPeer(peer, reply, tree), reply)
+
+    def events(self, buffer: int = DEFAULT_BUFFER) -> Subscription:
+        """The node's events from now on (:mod:`eidetica.events`), for ``async for``;
+        the iteration ends when the engine stops. Use ``async with sync.events() as
+        events:`` to stop listening on leaving the block. A consumer that falls more
+        than ``buffer`` events behind reads one ``Missed`` in place of those it lost."""
+        return self._supervisor.bus.subscribe(buffer)
+
+    async def wait_synced(self, peer: str, tree_id: str, *, retry: float = 5.0) -> None:
+        """Return once this node and ``peer`` hold the same tips of ``tree_id``,
+        syncing that tree with the peer as needed (see :mod:`eidetica.actors.synced`).
+        It waits for a peer that is not linked; bound it with ``trio.fail_after``."""
+        supervisor = self._supervisor
+        await wait_synced(
+            supervisor.instance, supervisor.bus, self.sync_with_peer, peer, tree_id, retry=retry
+        )
 
     async def status(self) -> SyncStatus:
         """A typed snapshot: servers, and each peer with its state, link, trees, counts,
@@ -175,6 +194,7 @@ async def open_sync(
         }
         supervisor = Supervisor(instance, chosen, config)
         instance.add_commit_hook(supervisor.on_commit)
+        instance.add_receive_hook(supervisor.on_receive)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
@@ -184,6 +204,7 @@ async def open_sync(
                 nursery.cancel_scope.cancel()
         finally:
             instance.remove_commit_hook(supervisor.on_commit)
+            instance.remove_receive_hook(supervisor.on_receive)
             supervisor.inbox.close()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
                 await http.aclose()  # even when cancelled: no connection outlives the block

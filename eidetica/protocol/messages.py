@@ -115,6 +115,9 @@ class SyncResponse(_Message, frozen=True, tag="sync_response"):
     """Entries the responder holds below its summary."""
     resume: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     """With ``more``: send this back to get the next page of the same plan."""
+    remaining: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = 0
+    """Entries the responder plans to send after this page: a hint for showing
+    progress, never trusted for anything else (older nodes leave it 0)."""
 
 
 class SendEntries(_Message, frozen=True, tag="send_entries"):

@@ -168,6 +168,7 @@ class Responder:
             summary=summary,
             haves=haves,
             resume=resume,
+            remaining=len(remaining),
         )
 
     def _plan(self, view: DagView, request: SyncRequest) -> list[str]:

@@ -72,6 +72,14 @@ class Receipt:
     """Entries of the tree now waiting in the holding area for their parents."""
     missing: list[str]
     """Parents those held entries wait for."""
+    stored_bytes: int = 0
+    """Bytes of the entries newly stored."""
+
+
+ReceiveHook = Callable[[str, "str | None", int, int], None]
+"""Called with the tree, the sender's key (None: unknown), and the count and bytes of
+the entries newly stored, after every batch received from elsewhere that stored some.
+Like a commit hook, quick and never blocking; an exception is logged and ignored."""
 
 
 class Instance:
@@ -90,6 +98,11 @@ class Instance:
         self.version = 0
         """Counts the batches this node has stored; see :meth:`changed`."""
         self._hooks: list[CommitHook] = []
+        self._receive_hooks: list[ReceiveHook] = []
+        self._tree_versions: dict[str, int] = {}
+        self._tree_waiters: dict[str, trio.Event] = {}
+        """One event per tree someone waits on (see :meth:`tree_changed`), set and
+        dropped when that tree stores something: no entry for trees nobody watches."""
         self._locks: dict[str, trio.Lock] = {}
         self._sync_opener = sync_opener
 
@@ -142,7 +155,7 @@ class Instance:
         for record in records:
             self.doc_states.stored(record.entry)
         if added:
-            self._stored()
+            self._stored({record.entry.tree_id for record in records})
         return added
 
     async def receive(
@@ -180,8 +193,11 @@ class Instance:
         stored = self.backend.put(records)
         for record in records:
             self.doc_states.stored(record.entry)
+        new = set(stored)
+        stored_bytes = sum(len(r.entry.raw) for r in records if r.entry.id in new)
         if stored:
-            self._stored()
+            self._stored((tree,))
+            self._run_receive_hooks(tree, source, len(stored), stored_bytes)
         for rejection in rejected:
             log.warning("refused entry %s for tree %s: %s", rejection.id, tree, rejection.reason)
         return Receipt(
@@ -189,6 +205,7 @@ class Instance:
             rejected=rejected,
             held=self.intake.held(tree),
             missing=sorted(self.intake.missing(tree, self.backend.has)),
+            stored_bytes=stored_bytes,
         )
 
     def _without_spam(
@@ -250,7 +267,7 @@ class Instance:
         record = self._verifier().check(entry, tree.root_id)
         self.backend.put([record])
         self.doc_states.stored(entry)
-        self._stored()
+        self._stored((tree.root_id,))
 
     async def commit(self, tree: Tree, staged: Mapping[str, Sequence[Op]]) -> Entry | None:
         """Sign ``staged`` (operations by store name) as one entry of ``tree`` on its
@@ -280,10 +297,30 @@ class Instance:
             await self._changed.wait()
         return self.version
 
-    def _stored(self) -> None:
+    def tree_version(self, root_id: str) -> int:
+        """Counts the batches this node has stored in one tree since it opened."""
+        return self._tree_versions.get(root_id, 0)
+
+    async def tree_changed(self, root_id: str, since: int) -> int:
+        """Wait until tree ``root_id`` has stored entries after its
+        :meth:`tree_version` was ``since``; return its new version. Wakes for that
+        tree only."""
+        while self.tree_version(root_id) <= since:
+            waiter = self._tree_waiters.get(root_id)
+            if waiter is None:
+                waiter = self._tree_waiters[root_id] = trio.Event()
+            await waiter.wait()
+        return self.tree_version(root_id)
+
+    def _stored(self, trees: Iterable[str]) -> None:
         self.version += 1
         self._changed.set()
         self._changed = trio.Event()
+        for tree in trees:
+            self._tree_versions[tree] = self._tree_versions.get(tree, 0) + 1
+            waiter = self._tree_waiters.pop(tree, None)
+            if waiter is not None:
+                waiter.set()
 
     def lock_for(self, root_id: str) -> trio.Lock:
         """The lock that serializes commits on one tree."""
@@ -299,6 +336,21 @@ class Instance:
     def remove_commit_hook(self, hook: CommitHook) -> None:
         """Stop running ``hook``."""
         self._hooks.remove(hook)
+
+    def add_receive_hook(self, hook: ReceiveHook) -> None:
+        """Run ``hook`` after every received batch that stored entries, from now on."""
+        self._receive_hooks.append(hook)
+
+    def remove_receive_hook(self, hook: ReceiveHook) -> None:
+        """Stop running ``hook``."""
+        self._receive_hooks.remove(hook)
+
+    def _run_receive_hooks(self, tree: str, source: str | None, count: int, size: int) -> None:
+        for hook in list(self._receive_hooks):
+            try:
+                hook(tree, source, count, size)
+            except Exception:
+                log.exception("receive hook %r failed for tree %s", hook, tree)
 
     def run_hooks(self, tree: Tree, entry: Entry) -> None:
         """Run every commit hook; a failure is logged, never raised."""

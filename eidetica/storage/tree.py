@@ -11,6 +11,7 @@ from eidetica.errors import EntryNotFound
 from eidetica.protocol.auth import parse_permission
 from eidetica.protocol.entry import SETTINGS_STORE, Entry, check_store_name
 from eidetica.protocol.keys import check_public_key
+from eidetica.storage.changes import TreeChanges
 from eidetica.storage.crdt import copy_value
 from eidetica.storage.docstore import DocStore
 from eidetica.storage.transaction import AtomicOp
@@ -57,6 +58,13 @@ class Tree:
         lacks under the settings that count. Such entries stay stored (others may build
         on them) but are left out of every document, settings included."""
         return self.instance.voided(self.root_id)
+
+    def changes(self) -> TreeChanges:
+        """An async iterator of this tree's changes from now on, waking for this tree
+        only: ``async for change in tree.changes():`` (each a
+        :class:`~eidetica.storage.changes.TreeChange` with the tips). Changes that come
+        while the loop body runs are folded into the next one."""
+        return TreeChanges(self)
 
     async def entries(self) -> list[Entry]:
         """Every entry of the tree, parents before children."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import eidetica.events as news
 from eidetica.actors.engine import effects as fx
 from eidetica.actors.engine import events as ev
 from eidetica.actors.engine.core import Restored
@@ -200,9 +201,16 @@ def test_a_retry_falls_due_for_a_gone_a_linked_and_a_lost_peer() -> None:
         fx.Queue(A, PushJob(TREE, ("e",), item))
     ]
     gone = RetryItem("r2", Z, TREE, ("e",))
-    assert made.handle(ev.RetryDue(gone), 0.0) == [fx.Persist("drop_retry", ("r2",))]
+    assert made.handle(ev.RetryDue(gone), 0.0) == [
+        fx.Persist("drop_retry", ("r2",)),
+        fx.Announce(news.RetryDropped(Z, TREE, 1, 0)),
+    ]
     effects = made.handle(ev.PushFailed(item), 0.0)
-    assert effects == [fx.Persist("keep_retry", (item,)), fx.ToRetry(item)]
+    assert effects == [
+        fx.Persist("keep_retry", (item,)),
+        fx.ToRetry(item),
+        fx.Announce(news.PushFailed(A, TREE, 1, 1)),
+    ]
 
 
 def test_an_idle_sync_writes_nothing_and_one_that_moved_entries_writes_its_records() -> None:
@@ -247,14 +255,19 @@ def test_a_second_link_at_the_live_links_address_leaves_that_connection_open() -
     assert made.peers[A].link == "ws://a"
 
 
-def test_links_up_and_lost_and_up_again_are_each_logged_once(
+def test_links_up_and_lost_and_up_again_are_each_logged_and_announced_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     made, _ = engine((Restored(A, "ws://a", frozenset()),))
     with caplog.at_level("INFO"):
-        up(made, A, "ws://a")
-        made.handle(ev.LinkClosed("ws://a", "gone"), 1.0)
-        up(made, A, "ws://a", now=2.0)
+        effects = up(made, A, "ws://a")
+        effects += made.handle(ev.LinkClosed("ws://a", "gone"), 1.0)
+        effects += up(made, A, "ws://a", now=2.0)
+    assert [effect.event for effect in of(fx.Announce, effects)] == [
+        news.PeerLinked(A, "ws://a"),
+        news.PeerLost(A, "gone", redialling=True),
+        news.PeerLinked(A, "ws://a", again=True),
+    ]
     said = [record.getMessage() for record in caplog.records]
     assert said == [
         f"linked to peer {A} at ws://a",

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import eidetica.events as news
 from eidetica.actors.engine import events as ev
 from eidetica.actors.engine import linkbook
 from eidetica.actors.engine.effects import (
+    Announce,
     Answer,
     Dial,
     DropLink,
@@ -36,8 +38,9 @@ from eidetica.actors.engine.effects import (
 )
 from eidetica.actors.engine.jobs import ProbeJob, PushJob, SyncJob
 from eidetica.actors.engine.peers import REDIALLED, PeerRecord, PeerState
+from eidetica.actors.engine.retries import RetryItem
 from eidetica.actors.engine.view import EngineView
-from eidetica.errors import EideticaError, SyncError
+from eidetica.errors import EideticaError, NotShared, PeerNotLinked, SyncError, UnknownPeer
 from eidetica.protocol.entry import is_entry_id
 
 log = logging.getLogger("eidetica.actors.supervisor")
@@ -189,6 +192,7 @@ class Engine:
         self._book.removed.add(event.peer)
         self._forget(record)
         self._do(ForgetRetries(event.peer))
+        self._do(Announce(news.PeerRemoved(event.peer)))
         self._answer(event.reply, None)
 
     def _relate(self, event: ev.CreateRelationship, now: float) -> None:
@@ -205,12 +209,17 @@ class Engine:
         self._answer(event.reply, None)
 
     def _sync_with(self, event: ev.SyncWithPeer, now: float) -> None:
-        self._queue_sync(self._linked(event.peer), event.reply)
+        if event.tree is None:
+            self._queue_sync(self._linked(event.peer), event.reply)
+            return
+        if event.tree not in self._known(event.peer).trees:
+            raise NotShared(f"{event.peer} does not sync {event.tree}: add_tree_sync first")
+        self._queue_sync(self._linked(event.peer), event.reply, only={event.tree})
 
     def _send_entries(self, event: ev.SendEntries, now: float) -> None:
         record = self._known(event.peer)
         if event.tree not in record.trees:
-            raise SyncError(f"{event.peer} does not sync {event.tree}: add_tree_sync first")
+            raise NotShared(f"{event.peer} does not sync {event.tree}: add_tree_sync first")
         self._do(Queue(self._linked(event.peer).key, PushJob(event.tree, event.ids)))
         self._answer(event.reply, None)
 
@@ -318,10 +327,13 @@ class Engine:
         caught up at once: it may have been away, or we were, and a commit made while
         the link came up went nowhere."""
         catch_up = not record.up
-        if record.state is PeerState.LOST:
+        again = record.state is PeerState.LOST
+        if again:
             log.info("linked to peer %s again, at %s", record.key, address)
         elif catch_up:
             log.info("linked to peer %s at %s", record.key, address)
+        if catch_up:
+            self._do(Announce(news.PeerLinked(record.key, address, again=again)))
         previous = record.link
         if record.state in REDIALLED:
             self._do(StopDial(record.key))  # linked by whichever way came first
@@ -364,6 +376,7 @@ class Engine:
     def _lose(self, record: PeerRecord, reason: str, now: float) -> None:
         """The peer's link is gone: it is redialled if we know where, kept as down if
         the operator related it, or else forgotten (it only ever dialled us)."""
+        self._do(Announce(news.PeerLost(record.key, reason, redialling=record.dial is not None)))
         if record.dial is not None:
             log.info("link to peer %s lost (%s); redialling %s", record.key, reason, record.dial)
             flapped = now - record.since < self._config.redial_max
@@ -379,9 +392,12 @@ class Engine:
     # Pushes that failed, and their retries.
 
     def _push_failed(self, event: ev.PushFailed, now: float) -> None:
-        if event.item.peer in self.peers:
-            self._persist("keep_retry", event.item)
-            self._do(ToRetry(event.item))
+        item = event.item
+        if item.peer in self.peers:
+            self._persist("keep_retry", item)
+            self._do(ToRetry(item))
+            failed = news.PushFailed(item.peer, item.tree, len(item.entry_ids), item.attempts + 1)
+            self._do(Announce(failed))
 
     def _retry_due(self, event: ev.RetryDue, now: float) -> None:
         """Try a queued push again; its record stays on disk until the push goes
@@ -390,6 +406,7 @@ class Engine:
         record = self.peers.get(item.peer)
         if record is None or item.tree not in record.trees:
             self._persist("drop_retry", item.id)  # the peer or the tree is gone
+            self._do(Announce(_dropped(item)))
         elif record.reachable:
             self._do(Queue(record.key, PushJob(item.tree, item.entry_ids, item)))
         else:
@@ -397,6 +414,8 @@ class Engine:
 
     def _retry_ended(self, event: ev.RetryEnded, now: float) -> None:
         self._persist("drop_retry", event.item.id)
+        if not event.delivered:
+            self._do(Announce(_dropped(event.item)))
 
     # What the peer actors report.
 
@@ -447,7 +466,7 @@ class Engine:
     def _known(self, peer: str) -> PeerRecord:
         record = self.peers.get(peer)
         if record is None:
-            raise SyncError(f"unknown peer {peer}: connect to it first")
+            raise UnknownPeer(f"unknown peer {peer}: connect to it first")
         return record
 
     def _linked(self, peer: str) -> PeerRecord:
@@ -455,8 +474,8 @@ class Engine:
         if record.reachable:
             return record
         if record.state in REDIALLED:
-            raise SyncError(f"peer {peer} is not linked yet: it is being dialled; try again")
-        raise SyncError(f"peer {peer} is not linked: it has not dialled in since it left")
+            raise PeerNotLinked(f"peer {peer} is not linked yet: it is being dialled; try again")
+        raise PeerNotLinked(f"peer {peer} is not linked: it has not dialled in since it left")
 
     def _add(self, key: str, state: PeerState) -> PeerRecord:
         record = PeerRecord(key, state)
@@ -553,3 +572,7 @@ class Engine:
     def _flush(self) -> list[Effect]:
         out, self._out = self._out, []
         return out
+
+
+def _dropped(item: RetryItem) -> news.RetryDropped:
+    return news.RetryDropped(item.peer, item.tree, len(item.entry_ids), item.attempts)

@@ -14,6 +14,7 @@ from eidetica.actors.engine.events import Replier
 from eidetica.actors.engine.jobs import Job
 from eidetica.actors.engine.retries import RetryItem
 from eidetica.errors import EideticaError
+from eidetica.events import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,13 @@ class Publish:
     """The view the services read changed: publish ``engine.view()`` again."""
 
 
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Tell the node's users: publish ``event`` on the event bus."""
+
+    event: Event
+
+
 Effect = (
     Answer
     | Fail
@@ -151,4 +159,5 @@ Effect = (
     | ForgetRetries
     | Persist
     | Publish
+    | Announce
 )

@@ -60,10 +60,11 @@ class RemoveRelationship(_Event, frozen=True):
 
 
 class SyncWithPeer(_Event, frozen=True):
-    """One full two-way round of every tree shared with the peer."""
+    """One full two-way round of every tree shared with the peer (or of ``tree`` only)."""
 
     peer: str
     reply: Replier | None = None
+    tree: str | None = None
 
 
 class SendEntries(_Event, frozen=True):
