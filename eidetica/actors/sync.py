@@ -25,6 +25,7 @@ from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import SyncError
+from eidetica.storage.guard import require_trio
 from eidetica.storage.instance import Instance
 
 T = TypeVar("T")
@@ -40,6 +41,7 @@ class Sync:
         self._supervisor = supervisor
 
     async def _ask(self, command: cmd.Command, reply: Reply[T]) -> T:
+        require_trio()
         try:
             await self._supervisor.inbox.send(command)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
@@ -90,6 +92,7 @@ class Sync:
 
     async def shutdown(self) -> None:
         """Stop the engine now; leaving the ``async with`` block does the same."""
+        require_trio()
         with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self._supervisor.inbox.send(cmd.Shutdown())
 
@@ -156,6 +159,7 @@ async def open_sync(
     tree_id) -> bool`` or awaitable of bool. A tree taken in is synced with the peer
     that brought it from then on, and with every other peer of the tree.
     """
+    require_trio()
     config = config or SyncConfig()
     if accept_trees is not None:
         config = replace(config, accept_trees=accept_trees)
