@@ -32,7 +32,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 from eidetica import node
 from eidetica.actors import sync as trio_sync
 from eidetica.errors import first_leaf
-from eidetica.node_thread import NodeThread
+from eidetica.node_thread import Face, NodeThread
 from eidetica.protocol.entry import Entry
 from eidetica.storage import instance as trio_instance
 from eidetica.storage import transaction as trio_transaction
@@ -53,23 +53,13 @@ NOT_MIRRORED = {
 """Async methods of the trio API that have no counterpart here, with the reason."""
 
 
-class _Face:
-    """A blocking face of one trio object (``_target``), calling into its node thread."""
-
-    __slots__ = ("_node", "_target")
-
-    def __init__(self, node_thread: NodeThread[Any], target: Any) -> None:
-        self._node = node_thread
-        self._target = target
-
-
 def _blocking(
     method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[_Face, P], R]:
+) -> Callable[Concatenate[Face, P], R]:
     """The blocking counterpart of an async method whose result needs no face."""
 
     @wraps(method)
-    def call(self: _Face, /, *args: P.args, **kwargs: P.kwargs) -> R:
+    def call(self: Face, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._node.call(partial(method, self._target, *args, **kwargs))
 
     return call
@@ -121,14 +111,14 @@ class Iterating(Generic[T]):
 
 def _iterator(
     method: Callable[Concatenate[Any, P], _AsyncSource[R]],
-) -> Callable[Concatenate[_Face, P], Iterating[R]]:
+) -> Callable[Concatenate[Face, P], Iterating[R]]:
     """The blocking counterpart of a method that returns an async iterator: the
     iterator is made in the node thread and stepped from the caller's. Adding
     ``events = _iterator(trio_sync.Sync.events)`` to :class:`Sync` is all a new one
     needs."""
 
     @wraps(method)
-    def iterate(self: _Face, /, *args: P.args, **kwargs: P.kwargs) -> Iterating[R]:
+    def iterate(self: Face, /, *args: P.args, **kwargs: P.kwargs) -> Iterating[R]:
         source = self._node.call_sync(partial(method, self._target, *args, **kwargs))
         return Iterating(self._node, source)
 
@@ -158,7 +148,7 @@ def _held(
         node_thread.call(partial(node_thread.leave, held, None))
 
 
-class AtomicOp(_Face):
+class AtomicOp(Face):
     """A transaction (``with tree.transaction() as op:``): ``op.doc(name)`` and
     ``op.settings()`` stage writes as in the trio API; :meth:`commit` runs in the node
     thread."""
@@ -190,7 +180,7 @@ class AtomicOp(_Face):
     commit = _blocking(trio_transaction.AtomicOp.commit)
 
 
-class Tree(_Face):
+class Tree(Face):
     """A tree this node holds; see :class:`eidetica.Tree`."""
 
     _target: trio_tree.Tree
@@ -242,7 +232,7 @@ class Tree(_Face):
         return f"blocking.{self._target!r}"
 
 
-class Sync(_Face):
+class Sync(Face):
     """Commands to the node's sync engine; see :class:`eidetica.Sync`."""
 
     _target: trio_sync.Sync
@@ -261,7 +251,7 @@ class Sync(_Face):
     peers = _blocking(trio_sync.Sync.peers)
 
 
-class Instance(_Face):
+class Instance(Face):
     """A node's store of trees, run in its own trio thread; open one with
     :func:`open_instance`. See :class:`eidetica.Instance`."""
 

@@ -85,11 +85,13 @@ class NodeThread(Generic[T]):
         return self._ready
 
     def request_stop(self) -> Future[None]:
-        """Tell the node to stop (from any thread, the node's own too, without
-        waiting); the future is done when it has closed, with the error closing
-        raised if any. Asking again changes nothing."""
+        """Tell the node to stop, from any thread (the node's own too) and without
+        waiting; one still opening stops once open. The future is done when it has
+        closed, with the error closing raised if any. Asking again changes nothing."""
         with self._phase_lock:
-            if self._phase is _Phase.RUNNING:
+            if self._phase is _Phase.STARTING:  # it stops as soon as it is open
+                self._phase = _Phase.STOPPING
+            elif self._phase is _Phase.RUNNING:
                 self._phase = _Phase.STOPPING
                 assert self._token is not None and self._stop is not None
                 with suppress(trio.RunFinishedError):  # it ended by itself: see _finished
@@ -125,9 +127,11 @@ class NodeThread(Generic[T]):
             self._stop = trio.Event()
             self._token = trio.lowlevel.current_trio_token()
             with self._phase_lock:
-                self._phase = _Phase.RUNNING
+                stopping = self._phase is _Phase.STOPPING
+                self._phase = _Phase.STOPPING if stopping else _Phase.RUNNING
             self._ready.set_result(value)
-            await self._stop.wait()
+            if not stopping:
+                await self._stop.wait()
             nursery.cancel_scope.cancel()  # contexts the callers left open close now
 
     def _running_token(self) -> trio.lowlevel.TrioToken:
@@ -232,3 +236,14 @@ class NodeThread(Generic[T]):
         if held.failure is not None:
             raise held.failure
         return held.suppressed
+
+
+class Face:
+    """What a face of :mod:`eidetica.blocking` or :mod:`eidetica.aio` holds: the node
+    thread, and the trio object there (``_target``) it speaks for."""
+
+    __slots__ = ("_node", "_target")
+
+    def __init__(self, node_thread: NodeThread[Any], target: Any) -> None:
+        self._node = node_thread
+        self._target = target

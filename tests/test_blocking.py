@@ -22,6 +22,7 @@ from eidetica.errors import (
     StorageError,
     TreeNotFound,
 )
+from eidetica.node_thread import Face
 from tests.api_surface import async_surface, parameters
 
 T = TypeVar("T")
@@ -200,7 +201,7 @@ class _Counter:
             self.closed += 1
 
 
-class _BlockingCounter(blocking._Face):
+class _BlockingCounter(Face):
     count = blocking._iterator(_Counter.count)
 
 
