@@ -204,6 +204,17 @@ class PeerNotLinked(SyncError):
     """The peer is known but has no link now (being dialled, or gone): try later."""
 
 
+class NotInTrio(EideticaError):
+    """eidetica's async API was called outside trio (from asyncio, or from a plain
+    thread); it fails before doing anything. From asyncio use ``eidetica.aio``, from
+    plain threads ``eidetica.blocking``: both run the node in a trio thread of its own."""
+
+
+class InstanceClosed(EideticaError):
+    """An instance of ``eidetica.blocking`` or ``eidetica.aio`` was used after it was
+    closed (or while it closed): its node thread runs no more calls."""
+
+
 def first_leaf(error: BaseException) -> BaseException:
     """The first exception inside (nested) exception groups, or ``error`` itself.
 

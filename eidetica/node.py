@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from eidetica.actors.sync import open_sync
 from eidetica.storage import instance as storage
+from eidetica.storage.guard import require_trio
 
 
 @asynccontextmanager
@@ -23,5 +24,6 @@ async def open_instance(path: str | os.PathLike[str] | None) -> AsyncIterator[st
     ``async with inst.sync(...) as sync:`` runs its sync engine
     (:func:`~eidetica.actors.sync.open_sync`, whose options it takes).
     """
+    require_trio()
     async with storage.open_instance(path, sync_opener=open_sync) as instance:
         yield instance

@@ -27,6 +27,7 @@ from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import SyncError
+from eidetica.storage.guard import require_trio
 from eidetica.storage.instance import Instance
 
 T = TypeVar("T")
@@ -42,6 +43,7 @@ class Sync:
         self._supervisor = supervisor
 
     async def _ask(self, command: cmd.Command, reply: Reply[T]) -> T:
+        require_trio()
         try:
             await self._supervisor.inbox.send(command)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
@@ -92,6 +94,7 @@ class Sync:
 
     async def shutdown(self) -> None:
         """Stop the engine now; leaving the ``async with`` block does the same."""
+        require_trio()
         with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self._supervisor.inbox.send(cmd.Shutdown())
 
@@ -133,6 +136,7 @@ class Sync:
         """Return once this node and ``peer`` hold the same tips of ``tree_id``,
         syncing that tree with the peer as needed (see :mod:`eidetica.actors.synced`).
         It waits for a peer that is not linked; bound it with ``trio.fail_after``."""
+        require_trio()
         supervisor = self._supervisor
         await wait_synced(
             supervisor.instance, supervisor.bus, self.sync_with_peer, peer, tree_id, retry=retry
@@ -175,6 +179,7 @@ async def open_sync(
     tree_id) -> bool`` or awaitable of bool. A tree taken in is synced with the peer
     that brought it from then on, and with every other peer of the tree.
     """
+    require_trio()
     config = config or SyncConfig()
     if accept_trees is not None:
         config = replace(config, accept_trees=accept_trees)

@@ -3,11 +3,8 @@ when its own tree stores entries."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from eidetica.storage.tree import Tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +20,8 @@ class TreeChange:
 
 
 class TreeChanges:
-    """The changes of one tree from the moment this was made, for ``async for``.
+    """The changes of one tree from the moment this was made (its version then), for
+    ``async for``; ``changed`` waits for the tree's next version, ``tips`` reads them.
 
     It never falls behind and holds nothing: each step waits for the tree's next
     change after the last one read, and changes that came meanwhile are folded into
@@ -31,14 +29,21 @@ class TreeChanges:
     loop, or cancel it.
     """
 
-    def __init__(self, tree: Tree) -> None:
-        self._tree = tree
-        self._seen = tree.instance.tree_version(tree.root_id)
+    def __init__(
+        self,
+        root_id: str,
+        version: int,
+        changed: Callable[[str, int], Awaitable[int]],
+        tips: Callable[[str], list[str]],
+    ) -> None:
+        self._root_id = root_id
+        self._seen = version
+        self._changed = changed
+        self._tips = tips
 
     def __aiter__(self) -> TreeChanges:
         return self
 
     async def __anext__(self) -> TreeChange:
-        instance, root_id = self._tree.instance, self._tree.root_id
-        self._seen = await instance.tree_changed(root_id, self._seen)
-        return TreeChange(root_id, tuple(instance.backend.tips(root_id)), self._seen)
+        self._seen = await self._changed(self._root_id, self._seen)
+        return TreeChange(self._root_id, tuple(self._tips(self._root_id)), self._seen)

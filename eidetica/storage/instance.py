@@ -38,6 +38,7 @@ from eidetica.storage.backend import Backend, EntryMeta, Record
 from eidetica.storage.crdt import Document, Op, SetOp, encode_ops
 from eidetica.storage.device import load_or_create_device_key
 from eidetica.storage.docstate import DocStates
+from eidetica.storage.guard import require_trio
 from eidetica.storage.judge import Judge
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.settings import SettingsIndex
@@ -113,6 +114,7 @@ class Instance:
 
     async def create_tree(self, name: str, settings: dict[str, Any] | None = None) -> Tree:
         """A new tree named ``name`` whose only admin is this node's key."""
+        require_trio()
         initial: Document = {**(settings or {}), "name": name}
         initial.setdefault("auth", {})[self.public_key] = "admin"
         ops = [SetOp((key,), value) for key, value in sorted(initial.items())]
@@ -132,6 +134,7 @@ class Instance:
     async def open_tree(self, root_id: str) -> Tree:
         """A tree this node holds, or :class:`TreeNotFound` (also for an id that is
         not one: 64 lowercase hex digits)."""
+        require_trio()
         if not is_entry_id(root_id):
             raise TreeNotFound(f"no tree with root {root_id!r}: not an entry id")
         meta = self.backend.meta([root_id]).get(root_id)
@@ -141,6 +144,7 @@ class Instance:
 
     async def trees(self) -> list[Tree]:
         """Every tree this node holds, by root id."""
+        require_trio()
         return [Tree(self, root_id) for root_id in self.backend.trees()]
 
     async def import_entries(self, items: Iterable[bytes | Entry]) -> list[str]:
@@ -149,6 +153,7 @@ class Instance:
         Every entry is checked in full (bytes, signature, parents, permissions) first;
         if any fails, its typed error is raised and none of the batch is stored.
         """
+        require_trio()
         entries = [validate_entry(i.raw if isinstance(i, Entry) else i) for i in items]
         records = self._verifier().verify(entries)
         added = self.backend.put(records)
@@ -176,6 +181,7 @@ class Instance:
         against that sender's quota in the holding area, so one peer's flood cannot
         push out what others sent.
         """
+        require_trio()
         rejected = self.intake.offer(tree, raws, ids, source=source)
         ready = self.intake.release(tree, self.backend.has)
         verifier = self._verifier()
@@ -274,6 +280,7 @@ class Instance:
         current tips, store it, then run the commit hooks: what a transaction does on a
         clean exit. Commits on one tree are serialized by its lock; nothing staged,
         nothing stored."""
+        require_trio()
         async with self.lock_for(tree.root_id):
             if not staged:
                 return None
@@ -292,6 +299,7 @@ class Instance:
         """Wait until this node has stored entries (its own commits, or received)
         after :attr:`version` was ``since`` (default: now); return the new version.
         Passing the version read before a check makes the wait miss nothing."""
+        require_trio()
         target = self.version if since is None else since
         while self.version <= target:
             await self._changed.wait()
@@ -305,6 +313,7 @@ class Instance:
         """Wait until tree ``root_id`` has stored entries after its
         :meth:`tree_version` was ``since``; return its new version. Wakes for that
         tree only."""
+        require_trio()
         while self.tree_version(root_id) <= since:
             waiter = self._tree_waiters.get(root_id)
             if waiter is None:
@@ -389,6 +398,7 @@ async def open_instance(
     ``sync_opener`` is what the instance's :meth:`~Instance.sync` opens (none: it
     raises); ``eidetica.open_instance`` passes the engine's.
     """
+    require_trio()
     instance = _open(path, sync_opener)
     try:
         yield instance

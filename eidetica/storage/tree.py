@@ -14,6 +14,7 @@ from eidetica.protocol.keys import check_public_key
 from eidetica.storage.changes import TreeChanges
 from eidetica.storage.crdt import copy_value
 from eidetica.storage.docstore import DocStore
+from eidetica.storage.guard import require_trio
 from eidetica.storage.transaction import AtomicOp
 
 if TYPE_CHECKING:
@@ -31,15 +32,18 @@ class Tree:
 
     async def tips(self) -> list[str]:
         """Ids of the entries no other entry builds on yet, sorted."""
+        require_trio()
         return self.instance.backend.tips(self.root_id)
 
     async def doc(self, name: str) -> DocStore:
         """A snapshot of document store ``name`` (empty if nothing wrote to it)."""
+        require_trio()
         check_store_name(name)
         return DocStore(name, self.instance.doc_states.state(self.root_id, name))
 
     async def settings(self) -> dict[str, Any]:
         """The tree's settings document as of its tips: ``name``, ``auth`` and more."""
+        require_trio()
         result: dict[str, Any] = copy_value(
             self.instance.doc_states.state(self.root_id, SETTINGS_STORE)
         )
@@ -47,6 +51,7 @@ class Tree:
 
     async def entry(self, entry_id: str) -> Entry:
         """One entry of this tree, or :class:`EntryNotFound`."""
+        require_trio()
         entry = self.instance.backend.get(entry_id)
         if entry is None or entry.tree_id != self.root_id:
             raise EntryNotFound(f"tree {self.root_id} holds no entry {entry_id!r}")
@@ -57,6 +62,7 @@ class Tree:
         revocation of its author it does not build on, or which permission its author
         lacks under the settings that count. Such entries stay stored (others may build
         on them) but are left out of every document, settings included."""
+        require_trio()
         return self.instance.voided(self.root_id)
 
     def changes(self) -> TreeChanges:
@@ -64,16 +70,20 @@ class Tree:
         only: ``async for change in tree.changes():`` (each a
         :class:`~eidetica.storage.changes.TreeChange` with the tips). Changes that come
         while the loop body runs are folded into the next one."""
-        return TreeChanges(self)
+        instance = self.instance
+        version = instance.tree_version(self.root_id)
+        return TreeChanges(self.root_id, version, instance.tree_changed, instance.backend.tips)
 
     async def entries(self) -> list[Entry]:
         """Every entry of the tree, parents before children."""
+        require_trio()
         return list(self.instance.backend.tree_entries(self.root_id))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AtomicOp]:
         """Stage writes; a clean exit commits them as one signed entry, an error discards
         them. The entry's parents are the tips at commit time."""
+        require_trio()
         states = self.instance.doc_states
         op = AtomicOp(partial(states.state, self.root_id), partial(self.instance.commit, self))
         try:
@@ -86,6 +96,7 @@ class Tree:
 
     async def grant(self, key: str, permission: str) -> None:
         """Give ``key`` (or ``"*"`` for anyone) ``read``, ``write`` or ``admin``."""
+        require_trio()
         if key != "*":
             check_public_key(key)
         level = parse_permission(permission)
@@ -94,6 +105,7 @@ class Tree:
 
     async def revoke(self, key: str) -> None:
         """Take away whatever permission ``key`` was granted directly."""
+        require_trio()
         async with self.transaction() as op:
             op.settings().delete(("auth", key))
 
