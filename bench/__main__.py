@@ -11,6 +11,7 @@ from bench import (
     commits,
     doc_read,
     engine,
+    events,
     handshake,
     hash_choice,
     hostile,
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "revocation": revocation.main,
     "sync_tree": sync_tree.main,
     "latency": latency.main,
+    "events": events.main,
 }
 
 
