@@ -22,7 +22,7 @@ import trio.testing
 import eidetica
 from eidetica import cli
 from eidetica.actors import control
-from eidetica.actors.state import SyncState
+from eidetica.actors.state import SYNC_TREE_KEY, SyncState
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage import device
@@ -43,8 +43,10 @@ def test_tree_put_get_round_trip(tmp_path: Path) -> None:
     assert shown["voided"] == {}
 
 
-def test_the_command_knows_a_node_by_its_key_file() -> None:
+def test_the_command_knows_a_node_by_its_key_file_and_its_sync_tree() -> None:
+    """Names the command keeps itself so as not to import what holds them."""
     assert cli._KEY_FILE == device.KEY_FILE
+    assert cli._SYNC_TREE_KEY == SYNC_TREE_KEY
 
 
 def test_every_server_limit_is_a_serve_flag() -> None:
