@@ -4,6 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Where `make run` keeps its node and the ports it listens on, set on make's command
+# line (`make run HTTP_PORT=9080 WS_PORT=9081 DATA=other`), never taken from the
+# environment, where a DATA of something else's could end up under `make clean`.
+DATA = node-data
+HTTP_PORT = 8080
+WS_PORT = 8081
 
 .PHONY: run test lint bench clean
 
@@ -14,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/eidetica --data node-data serve --listen http://127.0.0.1:8080 --listen ws://127.0.0.1:8081
+	$(BIN)/eidetica --data $(DATA) serve \
+		--listen http://127.0.0.1:$(HTTP_PORT) --listen ws://127.0.0.1:$(WS_PORT)
 
 test: $(STAMP)
 	$(BIN)/ruff check eidetica tests bench
@@ -26,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) node-data
+	rm -rf $(VENV) $(DATA)

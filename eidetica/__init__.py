@@ -1,14 +1,40 @@
-"""eidetica: signed, content-addressed Merkle-DAG trees with CRDT documents, on trio."""
+"""eidetica: signed, content-addressed Merkle-DAG trees with CRDT documents, on trio.
+
+The public names are imported on first use (PEP 562), not with the package: the
+``eidetica`` command imports ``eidetica.cli``, and a command that a running node
+runs for it needs none of the storage or the sync engine, whose imports take
+most of a short command's time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from eidetica import errors
-from eidetica.actors.sync import Sync, open_sync
 from eidetica.errors import EideticaError
-from eidetica.node import open_instance
-from eidetica.protocol.entry import Entry
-from eidetica.storage.docstore import DocStore
-from eidetica.storage.instance import CommitHook, Instance
-from eidetica.storage.transaction import AtomicOp
-from eidetica.storage.tree import Tree
+
+if TYPE_CHECKING:
+    from eidetica.actors.sync import Sync, open_sync
+    from eidetica.node import open_instance
+    from eidetica.protocol.entry import Entry
+    from eidetica.storage.docstore import DocStore
+    from eidetica.storage.instance import CommitHook, Instance
+    from eidetica.storage.transaction import AtomicOp
+    from eidetica.storage.tree import Tree
+
+_HOMES = {
+    "AtomicOp": "eidetica.storage.transaction",
+    "CommitHook": "eidetica.storage.instance",
+    "DocStore": "eidetica.storage.docstore",
+    "Entry": "eidetica.protocol.entry",
+    "Instance": "eidetica.storage.instance",
+    "Sync": "eidetica.actors.sync",
+    "Tree": "eidetica.storage.tree",
+    "open_instance": "eidetica.node",
+    "open_sync": "eidetica.actors.sync",
+}
+"""Where each public name lives."""
 
 __all__ = [
     "AtomicOp",
@@ -23,3 +49,16 @@ __all__ = [
     "open_instance",
     "open_sync",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'eidetica' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -12,71 +12,63 @@ One request per connection: a JSON line (:class:`ControlRequest`), answered by a
 JSON line (:class:`ControlAnswer`), then the node closes the connection.
 
 The file mode is the first guard; where the kernel tells who is at the other end of
-the socket (``SO_PEERCRED``, Linux), both ends also check it (:func:`_is_trusted`): the
-node runs no command for another user, should the socket or its directory ever be
-left wider, and a command is not handed to a node another user runs.
+the socket (``SO_PEERCRED``, Linux), both ends also check it
+(:func:`~eidetica.actors.control_client.is_trusted`): the node runs no command for
+another user, should the socket or its directory ever be left wider, and a command
+is not handed to a node another user runs.
+
+This module is the node's end. The command's end, with what both share, is
+:mod:`eidetica.actors.control_client`, which imports no trio.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
-import struct
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
+from eidetica.actors import control_client
+from eidetica.actors.control_client import (
+    ControlAnswer,
+    ControlHandler,
+    ControlRequest,
+    is_trusted,
+    peer_uid,
+    short_name,
+    socket_path,
+)
 from eidetica.errors import TransportError
+
+__all__ = [
+    "MAX_CLIENTS",
+    "MAX_REQUEST_BYTES",
+    "READ_SECONDS",
+    "ControlAnswer",
+    "ControlHandler",
+    "ControlRequest",
+    "ask",
+    "serve",
+    "socket_path",
+]
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """More than a command line can carry (the kernel's limit is 2 MiB of arguments)."""
 READ_SECONDS = 10.0
 """How long a client may take to send its request."""
 MAX_CLIENTS = 32
 """Commands run at once; a client beyond them is told the node is busy."""
-_MAX_SOCKET_PATH = 100
-"""Bytes of a socket path that surely fit ``sockaddr_un`` (108 on Linux, less
-elsewhere); a longer path is reached through a descriptor of its directory."""
-_NO_NODE = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.ENAMETOOLONG)
-"""Errors that mean nobody serves commands at a socket path."""
-_PEERCRED: int | None = getattr(socket, "SO_PEERCRED", None)
-"""The socket option that names the process at the other end (Linux); None elsewhere."""
-_UCRED = struct.Struct("3i")
-"""What ``SO_PEERCRED`` reads: the peer's pid, uid and gid."""
-
-
-class ControlRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A command, as the parsed arguments of the ``eidetica`` command line."""
-
-    command: dict[str, Any]
-
-
-class ControlAnswer(msgspec.Struct, frozen=True):
-    """What running the command printed, and its exit code."""
-
-    code: int
-    out: str = ""
-    err: str = ""
-
-
-ControlHandler = Callable[[dict[str, Any]], Awaitable[ControlAnswer]]
 
 _decode_request = msgspec.json.Decoder(ControlRequest)
-_decode_answer = msgspec.json.Decoder(ControlAnswer)
-
-
-def socket_path(data: str | os.PathLike[str]) -> Path:
-    return Path(data) / SOCKET_NAME
 
 
 async def serve(
@@ -94,7 +86,7 @@ async def serve(
     _remove(path)
     mask = os.umask(0o177)  # the file is born owner-only: no window to connect in
     try:
-        with _short(path) as where:
+        with short_name(path) as where:
             await listener.bind(where)
     except OSError as exc:
         listener.close()
@@ -112,41 +104,9 @@ async def serve(
         _remove(path)
 
 
-@contextmanager
-def _short(path: Path) -> Iterator[str]:
-    """A name for the socket file ``path`` short enough to bind or connect to: the
-    path itself, or (Linux) the same file through an open descriptor of its folder."""
-    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH or not os.path.isdir("/proc/self/fd"):
-        yield os.fspath(path)
-        return
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{folder}/{path.name}"
-    finally:
-        os.close(folder)
-
-
 def _remove(path: Path) -> None:
     """Remove the socket file (a local unlink: no need for a worker thread)."""
     path.unlink(missing_ok=True)
-
-
-def _peer_uid(sock: trio.socket.SocketType) -> int | None:
-    """The user id of the process at the other end of a connected Unix socket: for a
-    client, whoever called ``connect``; for the node, whoever called ``listen``. None
-    where the platform cannot say (no ``SO_PEERCRED``)."""
-    if _PEERCRED is None:
-        return None
-    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, _PEERCRED, _UCRED.size))
-    return int(uid)
-
-
-def _is_trusted(uid: int) -> bool:
-    """Whether a process of user ``uid`` may use this node's control socket, or serve
-    this user's commands: this process's own (effective) user, or root. Root is let in
-    because it can read the data directory, device key included, anyway; anyone else
-    could not, and must not reach the trees through the node instead."""
-    return uid in (os.geteuid(), 0)
 
 
 def _answerer(handler: ControlHandler) -> Callable[[trio.SocketStream], Awaitable[None]]:
@@ -156,11 +116,11 @@ def _answerer(handler: ControlHandler) -> Callable[[trio.SocketStream], Awaitabl
         nonlocal clients
         async with stream:
             try:
-                uid = _peer_uid(stream.socket)
+                uid = peer_uid(stream.socket)
             except OSError as exc:
                 log.warning("refused a control connection whose user is unknown: %s", exc)
                 return
-            if uid is not None and not _is_trusted(uid):
+            if uid is not None and not is_trusted(uid):
                 log.warning("refused a control connection from uid %d, not this node's user", uid)
                 reply = ControlAnswer(code=1, err="eidetica: the node runs as another user\n")
             elif clients >= MAX_CLIENTS:
@@ -205,32 +165,8 @@ async def _read_line(stream: trio.SocketStream, limit: int = MAX_REQUEST_BYTES) 
 
 async def ask(path: Path, command: dict[str, Any]) -> ControlAnswer | None:
     """Have the node running at ``path`` run ``command``; ``None`` if no node answers
-    there (no socket file, or a stale one)."""
-    try:
-        with _short(path) as where:
-            stream = await trio.open_unix_socket(where)
-    except OSError as exc:
-        if exc.errno in _NO_NODE:
-            return None
-        raise TransportError(f"cannot reach the node at {path}: {exc}") from exc
-    async with stream:
-        try:
-            uid = _peer_uid(stream.socket)
-        except OSError as exc:
-            raise TransportError(f"cannot tell who runs the node at {path}: {exc}") from exc
-        if uid is not None and not _is_trusted(uid):
-            raise TransportError(
-                f"the node at {path} runs as uid {uid}, not this user: not handing it the command"
-            )
-        # A node that refuses a request answers and closes before reading it all:
-        # the answer is still there to read.
-        with contextlib.suppress(trio.BrokenResourceError):
-            await stream.send_all(msgspec.json.encode(ControlRequest(command)) + b"\n")
-        data = bytearray()
-        with contextlib.suppress(trio.BrokenResourceError):
-            while chunk := await stream.receive_some():
-                data += chunk
-    try:
-        return _decode_answer.decode(bytes(data).strip())
-    except msgspec.DecodeError as exc:
-        raise TransportError(f"the node at {path} gave no answer ({exc})") from exc
+    there (no socket file, or a stale one). The blocking client
+    (:func:`control_client.ask`), in a worker thread."""
+    return await trio.to_thread.run_sync(
+        partial(control_client.ask, path, command), abandon_on_cancel=True
+    )

@@ -23,9 +23,7 @@ from eidetica.actors.supervisor import Supervisor, SyncConfig
 from eidetica.actors.synced import wait_synced
 from eidetica.actors.transports.admission import Admission
 from eidetica.actors.transports.base import Transport
-from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
-from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.errors import SyncError
 from eidetica.storage.guard import require_trio
 from eidetica.storage.instance import Instance
@@ -180,6 +178,12 @@ async def open_sync(
     that brought it from then on, and with every other peer of the tree.
     """
     require_trio()
+    # The HTTP and WebSocket stacks are imported here, not with this module: a
+    # command that only opens a data directory or asks a running node never needs
+    # them, and importing them takes most of a command's time.
+    from eidetica.actors.transports.http import HttpTransport  # noqa: PLC0415
+    from eidetica.actors.transports.ws import WebSocketTransport  # noqa: PLC0415
+
     config = config or SyncConfig()
     if accept_trees is not None:
         config = replace(config, accept_trees=accept_trees)

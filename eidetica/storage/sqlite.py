@@ -369,6 +369,22 @@ class SqliteBackend:
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"storing local value {key!r} failed: {exc}") from exc
 
+    def backup(self, path: Path) -> None:
+        """Copy the database as it is now to a new file at ``path`` (mode 0600), with
+        SQLite's online backup API through this connection: the file is opened in
+        exclusive mode, so no other connection could read it, and the copy holds what
+        is committed, the WAL's pages included, consistent as of one moment. It runs
+        to its end in one call, so a node's other work waits for it."""
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            target = sqlite3.connect(path)
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"backing up to {path} failed: {exc}") from exc
+
     def healthy(self) -> bool:
         try:
             self._db.execute("SELECT 1").fetchone()

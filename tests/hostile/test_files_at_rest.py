@@ -26,7 +26,7 @@ import pytest
 import trio
 
 import eidetica
-from eidetica.actors import control
+from eidetica.actors import control, control_client
 from eidetica.errors import StorageError, TransportError
 from eidetica.storage.instance import DATABASE_FILE
 from eidetica.storage.sqlite import SqliteBackend
@@ -200,11 +200,11 @@ async def test_an_open_data_directory_of_another_user_is_refused_and_left_alone(
 
 def test_only_the_nodes_own_user_and_root_are_trusted() -> None:
     own = os.geteuid()
-    assert control._is_trusted(own)
-    assert control._is_trusted(0)
+    assert control_client.is_trusted(own)
+    assert control_client.is_trusted(0)
     strangers = {OTHER_UID, own + 1} - {own, 0}
     assert strangers
-    assert not any(control._is_trusted(uid) for uid in strangers)
+    assert not any(control_client.is_trusted(uid) for uid in strangers)
 
 
 async def test_a_client_of_the_nodes_own_user_is_served(

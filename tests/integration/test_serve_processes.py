@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import time
@@ -52,6 +53,7 @@ def stop(process: subprocess.Popen[str]) -> str:
 def test_two_serve_processes_sync_a_tree_and_stop_cleanly(tmp_path: Path) -> None:
     a_data, b_data = tmp_path / "a", tmp_path / "b"
     b_key = cli(b_data, "init")
+    cli(a_data, "init")
     tree = cli(a_data, "tree", "create", "shared")
     cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
     cli(a_data, "tree", "grant", tree, b_key, "write")
@@ -117,6 +119,17 @@ def test_commands_reach_a_running_node(tmp_path: Path) -> None:
             # A value bigger than a small request limit goes through the node too.
             cli(a_data, "put", tree, "notes", "long", json.dumps("x" * 100_000))
             assert len(json.loads(cli(a_data, "get", tree, "notes", "long"))) == 100_000
+            # A backup taken while the node serves (and holds the file) is whole; a
+            # relative destination is the command's, not the node's.
+            said = subprocess.run(
+                [*COMMAND, "--data", str(a_data), "backup", "copy"],
+                cwd=tmp_path,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            assert said == f"backed up {a_data} to {tmp_path / 'copy'}\n"
         finally:
             stop(b)
     finally:
@@ -124,6 +137,12 @@ def test_commands_reach_a_running_node(tmp_path: Path) -> None:
     assert not socket.exists()
     # With the node stopped, the same commands open the directory itself.
     assert json.loads(cli(a_data, "get", tree, "todo", "milk.done")) is False
+    copy = tmp_path / "copy"
+    with sqlite3.connect(copy / "eidetica.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()
+    for args in (["id"], ["tree", "list"], ["get", tree, "todo"], ["get", tree, "notes"]):
+        assert cli(copy, *args) == cli(a_data, *args)
 
 
 def free_port() -> int:
@@ -137,6 +156,7 @@ def free_port() -> int:
 def shared_tree(owner: Path, other: Path, permission: str) -> str:
     """A tree created at ``owner`` holding ``todo.milk``, that ``other`` may use."""
     other_key = cli(other, "init")
+    cli(owner, "init")
     tree = cli(owner, "tree", "create", "shared")
     cli(owner, "put", tree, "todo", "milk", '{"done": false}')
     cli(owner, "tree", "grant", tree, other_key, permission)
@@ -191,6 +211,7 @@ def test_peer_add_on_a_running_node_keeps_dialling_a_peer_that_is_down(tmp_path:
 
 def test_peer_add_without_a_running_node_says_how_to_keep_dialling(tmp_path: Path) -> None:
     address = f"ws://127.0.0.1:{free_port()}"
+    cli(tmp_path / "a", "init")
     result = run("peer", "add", address, data=tmp_path / "a")
     assert result.returncode == 1
     assert f"run 'eidetica serve --peer {address}' to keep dialling it" in result.stderr
@@ -236,6 +257,10 @@ def test_status_shows_a_running_nodes_servers_and_peers_and_says_when_none_runs(
             lines = cli(b_data, "status").splitlines()
             assert lines[0] == f"key {shown['key']}"
             assert any(line.startswith(f"peer {a_key} up ") for line in lines)
+            link = shown["peers"][a_key]["address"] or shown["peers"][a_key]["dial"]
+            assert cli(b_data, "peer", "list") == f"{a_key} up {link} trees 1"
+            cli(b_data, "peer", "remove", a_key)
+            assert cli(b_data, "peer", "list") == ""
         finally:
             stop(b)
     finally:
