@@ -107,5 +107,3 @@ async def test_ws_only_node_answers_plain_gets_and_still_syncs(tmp_path: Path) -
             assert (await get(base + "/nope")).status_code in (400, 426)
             page = await get(base + "/")
             assert "<title>eidetica node</title>" in page.text
-
-
