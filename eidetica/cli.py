@@ -482,7 +482,7 @@ def _status(key: str, status: SyncStatus, *, as_json: bool) -> str:
                 if lag.behind is None
                 else "in step"
                 if lag.in_step
-                else f"{'>=' if lag.capped else ''}{lag.behind} behind"
+                else f"{'>=' if lag.capped else ''}{lag.behind} new since synced"
             )
             for peer, lag in tree.peers.items()
         )

@@ -9,10 +9,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import msgspec
 import trio
 
 import eidetica
+from eidetica.actors.admin import Admin
+from eidetica.actors.engine.status import ServerStatus, SyncStatus
 from eidetica.actors.sync import Sync
+from eidetica.protocol.intake import Intake
 from tests.nodes import ws_node
 
 
@@ -107,3 +111,27 @@ async def test_ws_only_node_answers_plain_gets_and_still_syncs(tmp_path: Path) -
             assert (await get(base + "/nope")).status_code in (400, 426)
             page = await get(base + "/")
             assert "<title>eidetica node</title>" in page.text
+
+
+def test_ready_is_503_with_what_to_do_while_a_server_is_down() -> None:
+    down = ServerStatus("http://127.0.0.1:1", restarts=1, last_error="OSError()", listening=False)
+    status = SyncStatus(
+        servers=[down],
+        peers={},
+        retries=[],
+        retries_dropped=0,
+        refused_requests=0,
+        dropped_notices=0,
+        crashed=[],
+    )
+    admin = Admin("ed25519:key", lambda: status, lambda: "running", lambda: True, Intake())
+    health = admin.answer("/health")
+    assert health is not None
+    assert health.status == 200
+    ready = admin.answer("/ready")
+    assert ready is not None
+    assert ready.status == 503
+    [problem] = msgspec.json.decode(ready.body)["problems"]
+    assert "http://127.0.0.1:1 is not listening" in problem
+    assert "restarts by itself" in problem
+    assert admin.answer("/elsewhere") is None
