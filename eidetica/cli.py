@@ -164,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
         commands, "status", "show a running node's key, servers, peers and retry queue"
     )
     status.add_argument("--json", action="store_true", help="print it as one JSON object")
+    health = command(
+        commands, "health", "ask the running node whether it is ready (exit 0) or not (exit 1)"
+    )
+    health.add_argument("--json", action="store_true", help="print the details as JSON")
+    health.add_argument("--metrics", action="store_true", help="print its Prometheus metrics")
     sync = command(commands, "sync", "sync a tree with a peer once, then exit")
     sync.add_argument("tree", help=_TREE_HELP)
     sync.add_argument("--peer", required=True, help="the peer's address (http:// or ws://)")
@@ -380,7 +385,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         sys.stdout.flush()
         sys.stderr.write(answer.err)
         return answer.code
-    if args.command == "status":
+    if args.command in ("status", "health"):
         raise _Failure(f"no node runs on {data}: start one with 'eidetica serve'")
     if args.command != "init":
         _check_node(data)
@@ -454,6 +459,9 @@ async def _command(inst: Instance, args: argparse.Namespace, out: TextIO, node: 
         case "status":
             async with node.engine() as sync:
                 print(_status(inst.public_key, await sync.status(), as_json=args.json), file=out)
+        case "health":
+            async with node.engine() as sync:
+                _health(sync, args, out)
         case "sync":
             tree_id = (
                 args.tree if _is_id(args.tree) else (await _open_tree(inst, args.tree)).root_id
@@ -807,9 +815,38 @@ def _status(key: str, status: SyncStatus, *, as_json: bool) -> str:
             f"peer {peer.key} {peer.state} {link} trees {len(peer.trees)} syncs {peer.syncs}"
             f" failures {peer.failures} breaker {peer.breaker}"
         )
+    for tree in status.trees.values():
+        lags = ", ".join(
+            f"peer {peer} "
+            + (
+                "not synced yet"
+                if lag.behind is None
+                else "in step"
+                if lag.in_step
+                else f"{'>=' if lag.capped else ''}{lag.behind} new since synced"
+            )
+            for peer, lag in tree.peers.items()
+        )
+        lines.append(f"tree {tree.root} entries {tree.entries} tips {len(tree.tips)} {lags}")
     lines.append(f"retries {len(status.retries)} queued, {status.retries_dropped} dropped")
     lines += [f"crashed {name}" for name in status.crashed]
     return "\n".join(lines)
+
+
+def _health(sync: Sync, args: argparse.Namespace, out: TextIO) -> None:
+    """Print the running node's readiness (or metrics); a node that is not ready is an
+    error whose one line says what is wrong and what to do."""
+    if args.metrics:
+        out.write(sync.admin.metrics.exposition().decode())
+        return
+    ready = sync.admin.ready()
+    if args.json:
+        print(msgspec.json.encode(ready).decode(), file=out)
+    elif not ready.problems:
+        listening = ", ".join(ready.servers) or "nowhere"
+        print(f"ready: engine {ready.engine}, storage ok, listening {listening}", file=out)
+    if ready.problems:
+        raise SyncError("not ready: " + "; ".join(ready.problems))
 
 
 def _accept_trees(values: Sequence[str]) -> AcceptTrees:

@@ -96,7 +96,8 @@ class EntriesReceived(_Event, frozen=True, tag="entries_received"):
 
 
 class EntriesSent(_Event, frozen=True, tag="entries_sent"):
-    """This node sent ``count`` entries of ``tree`` to ``peer`` (pushed, or in a sync)."""
+    """This node sent ``count`` entries of ``tree`` to ``peer``: pushed, in a sync it
+    ran, or in its answers to the peer's requests (a sync the peer ran, a watch)."""
 
     peer: str
     tree: str

@@ -20,10 +20,12 @@ async def keep_running(
     *,
     max_restarts: int,
     crashed: Callable[[str], None],
+    restarted: Callable[[str], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``actor``; restart it after 1, 2, 4... seconds each time it crashes, and
-    after ``max_restarts`` crashes tell ``crashed`` its name and return."""
+    after ``max_restarts`` crashes tell ``crashed`` its name and return. ``restarted``
+    hears its name at each restart (for metrics)."""
     task_status.started()
     for crashes in range(max_restarts + 1):
         try:
@@ -33,5 +35,7 @@ async def keep_running(
             log.exception("actor %s crashed (%d times)", name, crashes + 1)
         if crashes < max_restarts:
             await trio.sleep(min(2.0**crashes, BACKOFF_MAX))
+            if restarted is not None:
+                restarted(name)
     log.error("actor %s keeps crashing; left down", name)
     crashed(name)

@@ -25,6 +25,8 @@ class ServerHealth:
 
     restarts: int = 0
     last_error: str | None = None
+    listening: bool = False
+    """Serving now: false before it first listens and while it waits to restart."""
 
 
 _SERVER_BACKOFF_MAX = 30.0
@@ -60,6 +62,7 @@ async def serve(
                 async with trio.open_nursery() as nursery:
                     at = listen_at or address
                     bound = await nursery.start(transport.serve, at, service.handle)
+                    health.listening = True
                     if listen_at is None:
                         task_status.started((bound, scope))
                     listen_at = bound
@@ -74,6 +77,7 @@ async def serve(
                 health.last_error = repr(first_leaf(group))
             else:
                 health.last_error = "it stopped serving"
+            health.listening = False
             if trio.current_time() - began >= _SERVER_STEADY:
                 wait = 1.0
             health.restarts += 1

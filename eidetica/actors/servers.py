@@ -8,11 +8,13 @@ engine's published view (``view``); they never call into the supervisor.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
+import eidetica.events as news
 from eidetica.actors import commands as cmd
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.dialer import codec_for
@@ -45,12 +47,15 @@ class Servers:
         routes: Routes,
         notify: Callable[[cmd.Command], None],
         view: Callable[[], EngineView],
+        *,
+        announce: Callable[[news.Event], None] | None = None,
     ) -> None:
         self._instance = instance
         self._config = config
         self._routes = routes
         self._notify = notify
         self._view = view
+        self._announce = announce
         self._gate = HandshakeGate(config.limits.handshake_rate)
         self.policy = TreePolicy.of(config.accept_trees, config.tree_quota)
         """One admission policy, and one count of what each peer brought, for all."""
@@ -73,7 +78,13 @@ class Servers:
             policy=self.policy,
             on_taken=lambda peer, tree: notify(cmd.TreeTaken(peer, tree)),
             watching=self._watching,
+            on_sent=self._sent,
         )
+
+    def _sent(self, peer: str, tree: str, count: int, size: int) -> None:
+        """A service's answer carried entries to a peer: news for the node's users."""
+        if self._announce is not None:
+            self._announce(news.EntriesSent(peer, tree, count, size))
 
     def _pushes(self, peer: str, tree: str) -> bool:
         """Read by the watches: whether this node pushes ``tree`` to ``peer`` over a
@@ -100,7 +111,7 @@ class Servers:
 
     def statuses(self) -> list[ServerStatus]:
         return [
-            ServerStatus(at, s.health.restarts, s.health.last_error)
+            ServerStatus(at, s.health.restarts, s.health.last_error, s.health.listening)
             for at, s in sorted(self._servers.items())
         ]
 
@@ -108,6 +119,15 @@ class Servers:
     def refused(self) -> int:
         """Requests answered with an error, by every service."""
         return self.back.refused + sum(s.service.refused for s in self._servers.values())
+
+    def refusals(self) -> Counter[str]:
+        """Refused requests by error code, and watches refused as busy."""
+        counts = Counter(self.back.refused_by)
+        for server in self._servers.values():
+            counts.update(server.service.refused_by)
+        if self._watching.refused:
+            counts["watch-busy"] += self._watching.refused
+        return counts
 
     @property
     def watches(self) -> WatchStatus:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,6 +43,8 @@ from eidetica.protocol.codec import Codec
 from eidetica.protocol.handshake import Responder as HandshakeResponder
 from eidetica.protocol.mac import answer_mac, matches, request_mac
 from eidetica.protocol.messages import (
+    Ack,
+    Changed,
     Envelope,
     ErrorReply,
     HandshakeFinish,
@@ -49,6 +52,7 @@ from eidetica.protocol.messages import (
     Message,
     SendEntries,
     SyncRequest,
+    SyncResponse,
     Watch,
 )
 from eidetica.protocol.ratelimit import TokenBuckets
@@ -65,6 +69,9 @@ Received = Callable[[str, tuple[str, ...], str], None]
 
 Served = Callable[[str, str], None]
 """Told (tree, peer key) after a peer's sync request for the tree was answered."""
+
+Sent = Callable[[str, str, int, int], None]
+"""Told (peer key, tree, count, bytes) of the entries an answer carries to a peer."""
 
 View = Callable[[], EngineView]
 """The engine's view as last published: read, never asked to change."""
@@ -128,6 +135,7 @@ class SyncService:
         limits: ServerLimits | None = None,
         gate: HandshakeGate | None = None,
         watching: Watching | None = None,
+        on_sent: Sent | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -135,6 +143,7 @@ class SyncService:
         self._codec = codec
         self._on_received = on_received
         self._on_served = on_served
+        self._on_sent = on_sent
         self._view = view or EngineView
         """Which trees this node syncs with whom, and whether a request is news (a busy
         peer must not post a notice per request)."""
@@ -160,6 +169,8 @@ class SyncService:
         self._planner = Responder()
         self.refused = 0
         """Requests answered with an error."""
+        self.refused_by: Counter[str] = Counter()
+        """The same, by error code (a fixed set: the protocol's codes)."""
 
     async def handle(self, data: bytes, origin: Origin = LOCAL) -> bytes:
         """One request's bytes in, the answer's bytes out; never raises for bad input.
@@ -172,6 +183,8 @@ class SyncService:
             if isinstance(envelope.body, SyncRequest | SendEntries | Watch):
                 caller = self._authenticate(envelope)
             answer = await self._answer(envelope.body, caller, origin)
+            if caller is not None and self._on_sent is not None:
+                self._tell_sent(caller.peer, envelope.body, answer, self._on_sent)
         except BadMac as exc:
             answer = self._refuse(exc.code, str(exc), origin, kind="bad mac", told=UNKNOWN_SESSION)
         except ProtocolError as exc:
@@ -183,12 +196,28 @@ class SyncService:
         mac = caller.seal(answer) if caller is not None else b""
         return self._codec.encode(answer, request_id, mac=mac)
 
+    @staticmethod
+    def _tell_sent(peer: str, request: Message, answer: Message, on_sent: Sent) -> None:
+        """Tell ``on_sent`` of the entries ``answer`` carries, tree by tree."""
+        carried: list[tuple[str, tuple[bytes, ...]]] = []
+        match answer:
+            case SyncResponse():
+                carried.append((answer.tree, answer.entries))
+            case Ack() if isinstance(request, SendEntries):
+                carried.append((request.tree, answer.entries))
+            case Changed():
+                carried += [(news.tree, news.entries) for news in answer.trees]
+        for tree, entries in carried:
+            if entries:
+                on_sent(peer, tree, len(entries), sum(map(len, entries)))
+
     def _refuse(
         self, code: str, reason: str, origin: Origin, *, kind: str = "", told: str = ""
     ) -> ErrorReply:
         """An error answer, and one throttled log line of ``kind`` (the code, unless
         given) with the ``reason``; the peer is ``told`` the reason, unless given."""
         self.refused += 1
+        self.refused_by[code] += 1
         refusals.warning(
             kind or code, "refused a request from %s (%s): %s", origin.source, code, reason
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ import trio
 
 import eidetica.events as news
 from eidetica.actors import commands as cmd
+from eidetica.actors.admin import Admin
 from eidetica.actors.bus import Bus
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.engine import effects as fx
@@ -35,6 +37,7 @@ from eidetica.actors.engine.retries import (
 from eidetica.actors.engine.status import (
     ActorViews,
     SyncStatus,
+    TreeStatus,
     peer_statuses,
     retry_statuses,
 )
@@ -49,6 +52,7 @@ from eidetica.actors.state import SyncState
 from eidetica.actors.timer import run_timer
 from eidetica.actors.transports.base import Transport
 from eidetica.actors.transports.routes import Routes
+from eidetica.actors.treestatus import TreeStatuses
 from eidetica.errors import EideticaError, SyncError
 from eidetica.protocol.entry import Entry
 from eidetica.storage.instance import Instance
@@ -85,7 +89,9 @@ class Supervisor:
         """The node's events, for its users (``sync.events()``) and its metrics."""
         self._fresh: dict[str, Link] = {}
         """Links that came up and are not handed on yet (this loop's alone)."""
-        self._servers = Servers(instance, config, self._routes, self.notify, self._published)
+        self._servers = Servers(
+            instance, config, self._routes, self.notify, self._published, announce=self.bus.publish
+        )
         self._peers = PeerActors(
             instance,
             config,
@@ -107,7 +113,16 @@ class Supervisor:
         self.stopped = trio.Event()
         """Set once the engine has stopped: callers stop waiting for answers."""
         self.crashed: list[str] = []
+        self.restarts: Counter[str] = Counter()
+        """Restarts of crashed actors, by name."""
         self.dropped_notices = 0
+        self._running = False
+        self._trees = TreeStatuses(instance.backend)
+        self.admin = Admin(
+            instance.public_key, self.status, self.engine_state, instance.healthy, instance.intake
+        )
+        """The node's read-only pages (health, readiness, metrics, status page)."""
+        self.bus.listen(self.admin.on_event)
         self._nursery: trio.Nursery | None = None
         self._draining = False
         """Stopping: commands fail at once, and no job is started."""
@@ -164,6 +179,7 @@ class Supervisor:
                 for item in await state.retry_items():
                     self._retries.restore(item, trio.current_time())
                 await self._start_timers(nursery)
+                self._running = True
                 task_status.started()
                 await self._loop()
         finally:
@@ -324,8 +340,15 @@ class Supervisor:
 
     async def _keep(self, name: str, actor: Callable[[], Awaitable[None]]) -> None:
         await keep_running(
-            name, actor, max_restarts=self._config.max_restarts, crashed=self.crashed.append
+            name,
+            actor,
+            max_restarts=self._config.max_restarts,
+            crashed=self.crashed.append,
+            restarted=self._restarted,
         )
+
+    def _restarted(self, name: str) -> None:
+        self.restarts[name.split(" ", 1)[0]] += 1  # by kind: peer actors are many
 
     def _published(self) -> EngineView:
         """Read by the services: the engine's view as last published."""
@@ -340,10 +363,41 @@ class Supervisor:
             raise SyncError("the sync engine is not running")
         return self._nursery
 
+    def engine_state(self) -> str:
+        """``starting``, ``running``, ``stopping`` (draining) or ``stopped``."""
+        if self.stopped.is_set():
+            return "stopped"
+        if self._draining:
+            return "stopping"
+        return "running" if self._running else "starting"
+
+    def _tree_statuses(self, peers_by_tree: dict[str, set[str]]) -> dict[str, TreeStatus]:
+        """The synced trees' statuses; none if storage fails (status must not: it is
+        what tells of the failure)."""
+        engine, intake = self._engine, self.instance.intake
+        held = {tree: intake.held(tree) for tree in peers_by_tree}
+        try:
+            return self._trees.of(peers_by_tree, engine.cursors, engine.last_sync, held)
+        except Exception as exc:
+            log.warning("status without its trees: storage failed (%r)", exc)
+            return {}
+
     def status(self) -> SyncStatus:
-        """A typed snapshot of the engine, its servers and its actors."""
+        """A typed snapshot of the engine, its servers, its actors and its trees."""
         engine = self._engine
         views = ActorViews(dict(self._peers.health), self._peers.dropped(), self._retry_view)
+        peers_by_tree: dict[str, set[str]] = {}
+        for record in engine.peers.values():
+            for tree in record.trees:
+                peers_by_tree.setdefault(tree, set()).add(record.key)
+        refusals = self._servers.refusals()
+        refused_connections = sum(admission.refused for admission in self._routes.admissions())
+        if refused_connections:
+            refusals["connection"] += refused_connections
+        restarts = dict(self.restarts)
+        for server in self._servers.statuses():
+            if server.restarts:
+                restarts[f"server {server.address}"] = server.restarts
         return SyncStatus(
             servers=self._servers.statuses(),
             peers=peer_statuses(engine, trio.current_time(), views),
@@ -353,4 +407,7 @@ class Supervisor:
             dropped_notices=self.dropped_notices,
             crashed=list(self.crashed),
             watches=self._servers.watches,
+            trees=self._tree_statuses(peers_by_tree),
+            refusals=dict(refusals),
+            restarts=restarts,
         )

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import trio
 
 from eidetica.actors import commands as cmd
+from eidetica.actors.admin import Admin
 from eidetica.actors.bus import DEFAULT_BUFFER, Subscription
 from eidetica.actors.engine.policy import AcceptTrees, TreePolicy
 from eidetica.actors.engine.status import SyncStatus
@@ -146,6 +147,12 @@ class Sync:
         reply = Reply[SyncStatus]()
         return await self._ask(cmd.Status(reply), reply)
 
+    @property
+    def admin(self) -> Admin:
+        """The node's read-only pages: ``admin.health()``, ``admin.ready()``,
+        ``admin.metrics``, ``admin.snapshot()`` (:mod:`eidetica.actors.admin`)."""
+        return self._supervisor.admin
+
     async def peers(self) -> list[str]:
         """The proven keys of the peers this node knows."""
         return sorted((await self.status()).peers)
@@ -202,6 +209,12 @@ async def open_sync(
             **(transports or {}),
         }
         supervisor = Supervisor(instance, chosen, config)
+        for transport in chosen.values():  # their listeners serve this node's pages
+            if (
+                isinstance(transport, HttpTransport | WebSocketTransport)
+                and transport.admin is None
+            ):
+                transport.admin = supervisor.admin
         instance.add_commit_hook(supervisor.on_commit)
         instance.add_receive_hook(supervisor.on_receive)
         try:

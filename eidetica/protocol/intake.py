@@ -256,6 +256,11 @@ class Intake:
         return wanted - stored(wanted)
 
     @property
+    def held_entries(self) -> int:
+        """How many entries are waiting, of all trees."""
+        return len(self._held)
+
+    @property
     def held_bytes(self) -> int:
         """The :func:`footprint` of all entries now held."""
         return self._bytes

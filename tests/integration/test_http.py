@@ -141,7 +141,11 @@ async def test_health_answers_503_once_the_storage_is_closed(tmp_path: Path) -> 
             a.backend.close()  # as if the disk went away under the node
             response = await client.get(health)
             assert response.status_code == 503
-            assert response.json() == {"status": "unavailable"}
+            assert response.json()["status"] == "unavailable"
+            assert response.json()["storage"] is False
+            ready = await client.get(health.replace("/health", "/ready"))
+            assert ready.status_code == 503
+            assert ready.json()["status"] == "not-ready"
 
 
 async def test_error_answers_get_the_status_of_their_code() -> None:

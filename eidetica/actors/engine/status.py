@@ -71,6 +71,8 @@ class ServerStatus(msgspec.Struct, frozen=True):
     address: str
     restarts: int
     last_error: str | None
+    listening: bool = True
+    """False while a failed server waits to be started again."""
 
 
 class WatchStatus(msgspec.Struct, frozen=True):
@@ -79,6 +81,31 @@ class WatchStatus(msgspec.Struct, frozen=True):
     held: int = 0
     refused: int = 0
     """Refused as busy: past the caps per session or per node."""
+
+
+class TreeLag(msgspec.Struct, frozen=True):
+    """How far one peer is from this node's copy of a tree, as far as this node knows:
+    read from the cursor (the tips both sides held after the last complete sync)."""
+
+    in_step: bool
+    """The peer's last known tips are this node's tips now."""
+    behind: int | None
+    """Entries of ours not below the cursor's tips (None: never synced completely)."""
+    capped: bool = False
+    """Counting stopped at the cap: ``behind`` is a lower bound."""
+    last_sync: float | None = None
+    """Wall-clock time (``time.time()``) of the last complete sync."""
+
+
+class TreeStatus(msgspec.Struct, frozen=True):
+    """One tree this node syncs, and each of its peers' lag."""
+
+    root: str
+    entries: int
+    tips: list[str]
+    peers: dict[str, TreeLag]
+    held: int = 0
+    """Entries of it waiting in the holding area for their parents."""
 
 
 class SyncStatus(msgspec.Struct, frozen=True):
@@ -93,6 +120,13 @@ class SyncStatus(msgspec.Struct, frozen=True):
     crashed: list[str]
     """Actors that kept crashing and were left down."""
     watches: WatchStatus = WatchStatus()
+    trees: dict[str, TreeStatus] = {}
+    """The trees this node syncs with some peer, by root id."""
+    refusals: dict[str, int] = {}
+    """Refused requests and connections, by reason (an error code, ``connection``
+    for the connection caps, ``watch-busy`` for watches past their caps)."""
+    restarts: dict[str, int] = {}
+    """Restarts of crashed actors, by actor (servers: ``server <address>``)."""
 
     @property
     def down(self) -> dict[str, PeerStatus]:

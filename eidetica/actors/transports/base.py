@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 import trio
 
@@ -131,3 +131,37 @@ class RunsInBlock:
         assert self._context is not None
         context, self._context = self._context, None
         return await context.__aexit__(exc_type, exc, traceback)
+
+
+class AdminAnswer(NamedTuple):
+    """What an administrative ``GET`` is answered with."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+class AdminPages(Protocol):
+    """A node's read-only pages for people and monitors (``eidetica.actors.admin``):
+    ``/``, ``/status.json``, ``/metrics``, ``/health`` and ``/ready``. A server
+    answers a plain ``GET`` of one of :data:`ADMIN_PATHS` with :meth:`answer`."""
+
+    def answer(self, path: str) -> AdminAnswer | None:
+        """The answer for ``path``; None if it is not one of the pages."""
+        ...
+
+
+ADMIN_PATHS = ("/", "/status.json", "/metrics", "/health", "/ready")
+"""The paths :class:`AdminPages` answers."""
+
+ADMIN_HEADERS = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'none'; script-src 'unsafe-inline';"
+    " style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+}
+"""Headers of every administrative answer, on either transport: never cached, never
+sniffed, never framed, and the status page may load nothing from anywhere and fetch
+only from its own origin."""

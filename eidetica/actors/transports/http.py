@@ -12,7 +12,10 @@ Bodies are limited before they are read: a declared ``Content-Length`` over
 :data:`~eidetica.protocol.limits.MAX_MESSAGE_BYTES` is refused at once with 413, and
 a chunked body is cut off by quart's ``MAX_CONTENT_LENGTH`` as it arrives. The client
 limits answers the same way. ``GET /health`` answers 200 while the server is up and
-the node's storage answers, and 503 once it does not.
+the node's storage answers, and 503 once it does not. A transport given a node's
+:class:`~eidetica.actors.transports.base.AdminPages` answers those instead, and
+``GET /``, ``/status.json``, ``/metrics`` and ``/ready`` beside them
+(:mod:`eidetica.actors.admin`).
 
 Large answers are compressed: an answer of :data:`COMPRESS_FROM` bytes or more goes
 out gzipped (level 1) to a client that accepts gzip. A page of 1,024 entries shrinks
@@ -56,7 +59,14 @@ from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from eidetica.actors.transports.admission import Admission, ByteBudget, ServerLimits
-from eidetica.actors.transports.base import Handler, Origin
+from eidetica.actors.transports.base import (
+    ADMIN_HEADERS,
+    ADMIN_PATHS,
+    AdminAnswer,
+    AdminPages,
+    Handler,
+    Origin,
+)
 from eidetica.actors.transports.framing import guard
 from eidetica.actors.transports.hypercorn_shell import run_hypercorn
 from eidetica.actors.transports.refusals import RefusalLog
@@ -278,6 +288,14 @@ def _origin(stopping: trio.Event | None) -> Origin:
     return Origin(source=source, link=f"http://{link}", stopping=stopping)
 
 
+def admin_response(answer: AdminAnswer) -> TrioResponse:
+    """An administrative page as an HTTP answer, with :data:`ADMIN_HEADERS`."""
+    response = TrioResponse(answer.body, status=answer.status, content_type=answer.content_type)
+    for name, value in ADMIN_HEADERS.items():
+        response.headers[name] = value
+    return response
+
+
 def _application(
     handler: Handler,
     health: Callable[[], bool] | None,
@@ -285,6 +303,7 @@ def _application(
     *,
     compress: bool,
     stopping: trio.Event | None = None,
+    admin: AdminPages | None = None,
 ) -> QuartTrio:
     """The quart-trio application that puts ``handler`` at ``POST /api/v0``, and
     ``GET /health`` answering 200 while ``health()`` is true, 503 otherwise.
@@ -332,10 +351,21 @@ def _application(
 
     @app.get(HEALTH_PATH)
     async def health_check() -> TrioResponse:
+        if admin is not None and (page := admin.answer(HEALTH_PATH)) is not None:
+            return admin_response(page)
         if health is not None and not health():
             return _answer(msgspec.json.encode({"status": "unavailable"}), 503)
         return _answer(msgspec.json.encode({"status": "ok"}), 200)
 
+    async def admin_page() -> TrioResponse:
+        page = admin.answer(request.path) if admin is not None else None
+        if page is None:
+            return _answer(msgspec.json.encode({"status": "not-found"}), 404)
+        return admin_response(page)
+
+    for path in ADMIN_PATHS:
+        if path != HEALTH_PATH:
+            app.add_url_rule(path, f"admin {path}", admin_page, methods=["GET"])
     return app
 
 
@@ -424,9 +454,12 @@ class HttpTransport:
         compress: bool = True,
         limits: ServerLimits | None = None,
         admission: Admission | None = None,
+        admin: AdminPages | None = None,
     ) -> None:
         self.admission = admission if admission is not None else Admission(limits or ServerLimits())
         self._health = health
+        self.admin = admin
+        """The node's pages, served at their ``GET`` paths (set before serving)."""
         self._accept = "gzip" if compress else "identity"
         self._compress = compress
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
@@ -486,7 +519,12 @@ class HttpTransport:
         stop = trio.Event()
         app = _HoldDisconnectAfterAnswer(
             _application(
-                handler, self._health, self.admission, compress=self._compress, stopping=stop
+                handler,
+                self._health,
+                self.admission,
+                compress=self._compress,
+                stopping=stop,
+                admin=self.admin,
             )
         )
         listener = await _bind(address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from eidetica.actors.transports.admission import Admission
 from eidetica.actors.transports.base import Transport, TwoWay
 from eidetica.errors import SyncError
 
@@ -24,6 +25,15 @@ class Routes:
     @property
     def reply_schemes(self) -> set[str]:
         return {two_way.reply_scheme for two_way in self.two_way}
+
+    def admissions(self) -> list[Admission]:
+        """The connection admissions of the transports that have one, each once."""
+        found: dict[int, Admission] = {}
+        for transport in self._by_scheme.values():
+            admission = getattr(transport, "admission", None)
+            if isinstance(admission, Admission):
+                found[id(admission)] = admission
+        return list(found.values())
 
     def transport(self, address: str) -> Transport:
         scheme = address.split("://", 1)[0]

@@ -42,9 +42,12 @@ from urllib.parse import SplitResult, urlsplit
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, HandshakeError
 
+from eidetica.actors.transports import plainget
 from eidetica.actors.transports.accept import serve_listeners
 from eidetica.actors.transports.admission import Admission, ServerLimits
 from eidetica.actors.transports.base import (
+    AdminAnswer,
+    AdminPages,
     Handler,
     LinkClosedCallback,
     Origin,
@@ -187,6 +190,8 @@ class WebSocketTransport(RunsInBlock):
         self.limits = admission.limits
         self.dials = 0
         self.accepted = 0
+        self.admin: AdminPages | None = None
+        """The node's pages, answered to plain ``GET`` requests (set before serving)."""
         self._nursery: trio.Nursery | None = None
         self._connections: dict[str, _Connection] = {}
         self._dialling: dict[str, trio.Lock] = {}
@@ -398,7 +403,7 @@ class WebSocketTransport(RunsInBlock):
             nursery.cancel_scope.cancel()
 
     def _socket(
-        self, stream: trio.SocketStream, *, client: bool, owner: str, **options: str
+        self, stream: trio.abc.Stream, *, client: bool, owner: str, **options: str
     ) -> BoundedSocket:
         return BoundedSocket(
             stream,
@@ -636,12 +641,21 @@ class WebSocketTransport(RunsInBlock):
         self, handler: Handler, stream: trio.SocketStream, source: str
     ) -> None:
         """One accepted connection: its upgrade (within the handshake deadline), then
-        the link until it closes."""
+        the link until it closes; or, for a plain ``GET`` of a page of the node's, that
+        page (:mod:`.plainget`)."""
+        upgrade_by = trio.current_time() + self.limits.handshake_timeout
+        head = b""
+        with trio.move_on_at(upgrade_by):
+            head = await plainget.read_head(stream)
+        path = plainget.admin_path(head)
+        if path is not None:
+            await self._answer_plain(stream, path)
+            return
         connection = _Connection(f"{INBOUND_SCHEME}://{next(self._inbound)}", source, inbound=True)
-        socket = self._socket(stream, client=False, owner=source)
+        socket = self._socket(plainget.Replayed(stream, head), client=False, owner=source)
         try:
             async with trio.open_nursery() as nursery:
-                with trio.move_on_after(self.limits.handshake_timeout):
+                with trio.move_on_at(upgrade_by):
                     await socket.open_server(nursery)
                     connection.socket = socket
                 if connection.socket is None:
@@ -661,3 +675,12 @@ class WebSocketTransport(RunsInBlock):
             log.info("a client from %s left: %s", source, _describe(reason))
         finally:
             socket.release_all()
+
+    async def _answer_plain(self, stream: trio.SocketStream, path: str) -> None:
+        """Answer a plain ``GET`` of one of the node's pages, and close."""
+        admin = self.admin
+        page = admin.answer(path) if admin is not None else None
+        if page is None:
+            page = AdminAnswer(404, "application/json", b'{"status":"not-found"}')
+        with trio.move_on_after(self.limits.message_timeout):
+            await stream.send_all(plainget.response(page))

@@ -43,7 +43,7 @@ class BoundedSocket(WebSocketConnection):
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         *,
         client: bool,
         budget: ByteBudget,
