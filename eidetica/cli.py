@@ -467,9 +467,13 @@ async def _command(inst: Instance, args: argparse.Namespace, out: TextIO, node: 
                 args.tree if _is_id(args.tree) else (await _open_tree(inst, args.tree)).root_id
             )
             async with node.engine() as sync:
-                peer = await sync.connect(args.peer)
-                await sync.add_tree_sync(peer, tree_id)
-                await sync.sync_with_peer(peer)
+                from eidetica.progress import showing_progress
+
+                shown = None if node.running else sys.stderr  # a node's answer comes whole
+                async with showing_progress(sync, tree_id, shown):
+                    peer = await sync.connect(args.peer)
+                    await sync.add_tree_sync(peer, tree_id)
+                    await sync.sync_with_peer(peer)
                 print(f"synced {tree_id} with {peer}", file=out)
         case "backup":
             _backup(inst, node.data, Path(args.dest))
