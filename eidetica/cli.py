@@ -271,6 +271,8 @@ MIN_INTERVAL = 0.1
 
 _TEXT_SETTINGS = ("data", "log_level", "log_format")
 _LIST_SETTINGS = ("listen", "peer", "sync", "accept_trees")
+SETTINGS = (*_TEXT_SETTINGS, *_LIST_SETTINGS, *_INTERVALS, *_LIMITS)
+"""Every setting ``serve`` takes: ``docs/operations.md`` lists each (a test checks)."""
 
 
 def _check_file_settings(config_file: str, settings: dict[str, Any]) -> None:

@@ -47,3 +47,28 @@ def test_the_guide_has_an_example_for_each_way_in() -> None:
     names = " ".join(name for name, _ in GUIDE)
     for part in ("trio", "events", "asyncio", "plain Python", "hub"):
         assert part in names
+
+
+def _reference() -> dict[str, str]:
+    """The configuration reference of ``docs/operations.md``: setting -> default."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    table = text.split("<!-- settings:", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| .+ \| (.+) \|$", table, re.MULTILINE)
+    return dict(rows)
+
+
+def test_the_configuration_reference_lists_every_setting_with_its_default() -> None:
+    from eidetica.actors.config import SyncConfig
+    from eidetica.actors.transports.admission import ServerLimits
+    from eidetica.cli import SETTINGS
+
+    reference = _reference()
+    assert sorted(reference) == sorted(SETTINGS)
+    defaults = {**vars(SyncConfig()), **vars(ServerLimits())}
+    for name, documented in reference.items():
+        default = defaults.get(name)
+        if isinstance(default, str):
+            assert documented == f"`{default}`", f"{name}: the docs say {documented}"
+        elif default is not None:
+            number = float(documented.split()[0])
+            assert number == default, f"{name}: the docs say {documented}"
