@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from eidetica.actors.config import SyncConfig
+from eidetica.actors.transports.admission import ServerLimits
+from eidetica.cli import SETTINGS
+
 ROOT = Path(__file__).parents[1]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
@@ -58,10 +62,6 @@ def _reference() -> dict[str, str]:
 
 
 def test_the_configuration_reference_lists_every_setting_with_its_default() -> None:
-    from eidetica.actors.config import SyncConfig
-    from eidetica.actors.transports.admission import ServerLimits
-    from eidetica.cli import SETTINGS
-
     reference = _reference()
     assert sorted(reference) == sorted(SETTINGS)
     defaults = {**vars(SyncConfig()), **vars(ServerLimits())}
