@@ -51,7 +51,13 @@ __all__ = [
 ]
 
 
+_SUBMODULES = ("aio", "blocking", "events")
+"""Public submodules, reachable as ``eidetica.events`` after a bare ``import eidetica``."""
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"eidetica.{name}")
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'eidetica' has no attribute {name!r}")
