@@ -27,6 +27,7 @@ REDIAL_SECONDS = 20
     ],
 )
 async def test_sync_with_a_hostile_server_fails_in_one_line(tmp_path: Path, behaviour: str) -> None:
+    assert (await run_command("init", data=tmp_path / "b")).returncode == 0
     async with hostile_server(behaviour) as hostile:
         result = await run_command(
             "--log-level", "error", "sync", "f" * 64, "--peer", hostile.address, data=tmp_path / "b"
