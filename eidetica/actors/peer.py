@@ -283,9 +283,11 @@ class PeerActor:
         ack = await link.call(SendEntries(tree=job.tree, entries=raw), Ack)
         self.health = replace(self.health, pushes=self.health.pushes + 1)
         self.announce(news.EntriesSent(self.key, job.tree, len(raw), sum(map(len, raw))))
+        took_all = not (ack.need or ack.held or ack.rejected) and len(raw) == len(job.ids)
         if ack.need or ack.held:  # the peer lacks more than we pushed: sync the tree
             await link.sync_tree(self.instance, job.tree)
-        self._send(cmd.Pushed(self.key, job.tree, len(raw)))
+        head = job.ids[-1] if took_all and job.ids else ""
+        self._send(cmd.Pushed(self.key, job.tree, len(raw), head))
         if job.retry is not None:  # a retried push went through: forget its record
             self._send(cmd.RetryEnded(job.retry, delivered=True))
 

@@ -274,3 +274,18 @@ def test_links_up_and_lost_and_up_again_are_each_logged_and_announced_once(
         f"link to peer {A} lost (gone); redialling ws://a",
         f"linked to peer {A} again, at ws://a",
     ]
+
+
+def test_a_push_taken_whole_or_entries_received_move_the_cursor_in_memory_only() -> None:
+    made, _ = engine((Restored(A, "ws://a", frozenset({TREE})),))
+    up(made, A, "ws://a")
+    effects = made.handle(ev.Pushed(A, TREE, 1, head="e1"), 1.0)
+    assert made.cursors[(A, TREE)] == ("e1",)
+    assert fx.Persist("set_cursor", (A, TREE, ("e1",))) not in effects
+    made.handle(ev.Pushed(A, TREE, 1), 2.0)  # not taken whole: says nothing of the peer
+    assert made.cursors[(A, TREE)] == ("e1",)
+    effects = made.handle(ev.EntriesReceived(TREE, ("e2", "e3"), A), 3.0)
+    assert made.cursors[(A, TREE)] == ("e3",)
+    assert not of(fx.Persist, effects)
+    made.handle(ev.EntriesReceived("b" * 64, ("x",), A), 4.0)  # a tree not synced with A
+    assert (A, "b" * 64) not in made.cursors

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.test_serve_processes import cli, start, stop
+from tests.integration.test_serve_processes import cli, shared_tree, start, stop
 from tests.processes import run
 
 
@@ -34,11 +34,7 @@ def metrics_until(url: str, name: str, at_least: float, seconds: float = 20.0) -
 
 def test_metrics_of_serve_processes_move_with_a_real_sync(tmp_path: Path) -> None:
     a_data, b_data = tmp_path / "a", tmp_path / "b"
-    b_key = cli(b_data, "init")
-    cli(a_data, "init")
-    tree = cli(a_data, "tree", "create", "shared")
-    cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
-    cli(a_data, "tree", "grant", tree, b_key, "write")
+    tree = shared_tree(a_data, b_data, "write")
     a, a_said = start(a_data, "--listen", "http://127.0.0.1:0")
     try:
         a_address = a_said["listening"]

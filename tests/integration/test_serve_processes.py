@@ -52,11 +52,7 @@ def stop(process: subprocess.Popen[str]) -> str:
 
 def test_two_serve_processes_sync_a_tree_and_stop_cleanly(tmp_path: Path) -> None:
     a_data, b_data = tmp_path / "a", tmp_path / "b"
-    b_key = cli(b_data, "init")
-    cli(a_data, "init")
-    tree = cli(a_data, "tree", "create", "shared")
-    cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
-    cli(a_data, "tree", "grant", tree, b_key, "write")
+    tree = shared_tree(a_data, b_data, "write")
     a, a_said = start(a_data, "--listen", "http://127.0.0.1:0")
     try:
         address = a_said["listening"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.test_serve_processes import cli, start, stop
+from tests.integration.test_serve_processes import cli, shared_tree, start, stop
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -50,11 +50,7 @@ def test_status_page_shows_peer_tree_and_syncs_and_updates_live(tmp_path: Path) 
     from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415
 
     a_data, b_data = tmp_path / "a", tmp_path / "b"
-    b_key = cli(b_data, "init")
-    cli(a_data, "init")
-    tree = cli(a_data, "tree", "create", "shared")
-    cli(a_data, "put", tree, "todo", "milk", '{"done": false}')
-    cli(a_data, "tree", "grant", tree, b_key, "write")
+    tree = shared_tree(a_data, b_data, "write")
     a, a_said = start(a_data, "--listen", "http://127.0.0.1:0")
     try:
         b, b_said = start(
@@ -68,7 +64,7 @@ def test_status_page_shows_peer_tree_and_syncs_and_updates_live(tmp_path: Path) 
                     errors: list[str] = []
                     page.on("pageerror", lambda error: errors.append(str(error)))
                     page.goto(b_said["listening"] + "/")
-                    expect(page.get_by_test_id("key")).to_have_text(b_key)
+                    expect(page.get_by_test_id("key")).to_have_text(b_said["key"])
                     peer_row = page.locator(f'tr[data-peer="{a_said["key"]}"]')
                     expect(peer_row).to_contain_text("up", timeout=15_000)
                     tree_row = page.locator(f'tr[data-tree="{tree}"]')

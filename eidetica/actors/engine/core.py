@@ -231,6 +231,17 @@ class Engine:
 
     def _received(self, event: ev.EntriesReceived, now: float) -> None:
         self._push(event.tree, event.ids, source=event.source)
+        if event.ids:
+            self._both_hold(event.source, event.tree, event.ids[-1])
+
+    def _both_hold(self, peer: str, tree: str, entry: str) -> None:
+        """The peer and this node both hold ``entry`` of ``tree`` (it sent it, or took
+        it whole): a cursor as good as a sync's, kept in memory only (a write per push
+        would grow the sync tree), so status shows a peer a push brought up to date
+        as in step, and the next sync starts from there."""
+        record = self.peers.get(peer)
+        if record is not None and tree in record.trees:
+            self.cursors[(peer, tree)] = (entry,)
 
     def _push(self, tree: str, ids: tuple[str, ...], source: str | None) -> None:
         """Offer entries to every linked peer of the tree but the one they came from."""
@@ -420,6 +431,8 @@ class Engine:
     # What the peer actors report.
 
     def _counted(self, event: ev.Pushed | ev.Served, now: float) -> None:
+        if isinstance(event, ev.Pushed) and event.head:
+            self._both_hold(event.peer, event.tree, event.head)
         record = self.peers.get(event.peer)
         if record is None or not record.kept:
             return  # a peer that only dialled us leaves no record

@@ -183,11 +183,14 @@ class RetryEnded(_Event, frozen=True):
 
 
 class Pushed(_Event, frozen=True):
-    """A peer took a push of ``entries`` entries of ``tree``: count it."""
+    """A peer took a push of ``entries`` entries of ``tree``: count it. ``head``: the
+    last entry pushed, when the peer stored the push whole (so it holds it and all
+    below it); empty otherwise."""
 
     peer: str
     tree: str
     entries: int
+    head: str = ""
 
 
 class Served(_Event, frozen=True):
