@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from eidetica.actors.control import ControlHandler
     from eidetica.actors.engine.policy import AcceptTrees
-    from eidetica.actors.engine.status import SyncStatus
+    from eidetica.actors.engine.status import SyncingStatus, SyncStatus
     from eidetica.actors.sync import Sync
     from eidetica.actors.transports.admission import ServerLimits
     from eidetica.storage.instance import Instance
@@ -431,7 +431,7 @@ async def _run_locally(data: Path, args: argparse.Namespace) -> int:
     from eidetica.storage.instance import open_instance
 
     async with open_instance(data, sync_opener=_open_sync) as inst:
-        return await _command(inst, args, sys.stdout, _Node(data, inst.sync))
+        return await _command(inst, args, sys.stdout, _Node(data, inst.sync), sys.stderr)
 
 
 def _open_sync(instance: Instance, **options: Any) -> AbstractAsyncContextManager[Sync]:
@@ -441,8 +441,11 @@ def _open_sync(instance: Instance, **options: Any) -> AbstractAsyncContextManage
     return open_sync(instance, **options)
 
 
-async def _command(inst: Instance, args: argparse.Namespace, out: TextIO, node: _Node) -> int:
-    """Run one command other than ``serve`` on ``inst``, printing to ``out``."""
+async def _command(
+    inst: Instance, args: argparse.Namespace, out: TextIO, node: _Node, err: TextIO
+) -> int:
+    """Run one command other than ``serve`` on ``inst``, printing to ``out`` (and
+    notes for the person, never the answer, to ``err``)."""
     match args.command:
         case "init" | "id":
             print(inst.public_key, file=out)
@@ -451,9 +454,14 @@ async def _command(inst: Instance, args: argparse.Namespace, out: TextIO, node: 
         case "put":
             await _put(await _open_tree(inst, args.tree), args.store, args.path, args.value)
         case "get":
-            doc = (await (await _open_tree(inst, args.tree)).doc(args.store)).to_dict()
+            tree = await _open_tree(inst, args.tree)
+            doc = (await tree.doc(args.store)).to_dict()
             value = doc if args.path is None else _at(doc, args.store, args.path)
             print(json.dumps(value), file=out)
+            if node.running:
+                async with node.engine() as sync:
+                    for note in _partial(await sync.status(), tree.root_id):
+                        print(note, file=err)
         case "delete":
             await _delete(await _open_tree(inst, args.tree), args.store, args.path)
         case "peer":
@@ -727,11 +735,11 @@ def _commands_for(inst: Instance, sync: Sync, nursery: trio.Nursery, data: Path)
     node = _Node(data, running, keep_dialling)
 
     async def run(fields: dict[str, Any]) -> control.ControlAnswer:
-        out = io.StringIO()
+        out, err = io.StringIO(), io.StringIO()
         try:
             args = argparse.Namespace(**fields)
             log.info("control: %s", args.command)
-            code = await _command(inst, args, out, node)
+            code = await _command(inst, args, out, node, err)
         except _Usage as exc:
             return control.ControlAnswer(EXIT_USAGE, out.getvalue(), f"eidetica: {exc}\n")
         except (AttributeError, TypeError) as exc:
@@ -742,7 +750,7 @@ def _commands_for(inst: Instance, sync: Sync, nursery: trio.Nursery, data: Path)
             if not isinstance(first, EideticaError | _Failure):
                 log.exception("control: %s failed", fields.get("command"))
             return control.ControlAnswer(EXIT_FAILURE, out.getvalue(), f"eidetica: {first}\n")
-        return control.ControlAnswer(code, out.getvalue())
+        return control.ControlAnswer(code, out.getvalue(), err.getvalue())
 
     return run
 
@@ -834,9 +842,24 @@ def _status(key: str, status: SyncStatus, *, as_json: bool) -> str:
             for peer, lag in tree.peers.items()
         )
         lines.append(f"tree {tree.root} entries {tree.entries} tips {len(tree.tips)} {lags}")
+    lines += [f"syncing {_progress(syncing)}" for syncing in status.syncing]
     lines.append(f"retries {len(status.retries)} queued, {status.retries_dropped} dropped")
     lines += [f"crashed {name}" for name in status.crashed]
     return "\n".join(lines)
+
+
+def _progress(syncing: SyncingStatus) -> str:
+    of = f" of {syncing.expected:,}" if syncing.expected is not None else ""
+    return f"{syncing.tree} with {syncing.peer}: {syncing.entries:,}{of} entries so far"
+
+
+def _partial(status: SyncStatus, tree: str) -> list[str]:
+    """Notes that what ``get`` printed of ``tree`` may be partial: a sync of it runs."""
+    return [
+        f"eidetica: note: syncing {_progress(syncing)}; this may be partial"
+        for syncing in status.syncing
+        if syncing.tree == tree
+    ]
 
 
 def _health(sync: Sync, args: argparse.Namespace, out: TextIO) -> None:

@@ -236,6 +236,9 @@ class PeerActor:
                 self._tell(tree, ok=False, started=started)
                 self.announce(news.SyncFailed(self.key, tree, str(exc)))
                 raise
+            except BaseException:  # a bug, or the actor stopping: the sync ended too
+                self.announce(news.SyncFailed(self.key, tree, "the peer actor stopped"))
+                raise
             self._announce_done(result, started)
             self.health = replace(self.health, received=self.health.received + result.received)
             self._count_pulled(tree, result.stored)

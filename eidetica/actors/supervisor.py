@@ -42,6 +42,7 @@ from eidetica.actors.engine.status import (
     retry_statuses,
 )
 from eidetica.actors.engine.view import EngineView
+from eidetica.actors.inflight import InFlight
 from eidetica.actors.keeper import keep_running
 from eidetica.actors.link import Link
 from eidetica.actors.peers import PeerActors
@@ -123,6 +124,8 @@ class Supervisor:
         )
         """The node's read-only pages (health, readiness, metrics, status page)."""
         self.bus.listen(self.admin.on_event)
+        self._in_flight = InFlight()
+        self.bus.listen(self._in_flight.on_event)
         self._nursery: trio.Nursery | None = None
         self._draining = False
         """Stopping: commands fail at once, and no job is started."""
@@ -410,4 +413,5 @@ class Supervisor:
             trees=self._tree_statuses(peers_by_tree),
             refusals=dict(refusals),
             restarts=restarts,
+            syncing=self._in_flight.statuses(),
         )

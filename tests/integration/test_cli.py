@@ -22,6 +22,7 @@ import trio.testing
 import eidetica
 from eidetica import cli
 from eidetica.actors import control
+from eidetica.actors.engine.status import SyncingStatus, SyncStatus
 from eidetica.actors.state import SYNC_TREE_KEY, SyncState
 from eidetica.actors.transports.admission import ServerLimits
 from eidetica.protocol.keys import SigningKey
@@ -457,3 +458,16 @@ def test_ctrl_c_during_sync_is_one_line_and_exit_130(node: Path) -> None:
     assert (process.returncode, out) == (130, "")
     assert err == "eidetica: interrupted; what was stored before stays stored\n"
     assert json.loads(run("get", "notes", "todo", "milk", data=node).stdout) == {"done": False}
+
+
+def test_a_sync_under_way_is_shown_in_status_and_noted_by_get() -> None:
+    tree = "t" * 64
+    syncing = SyncingStatus("ed25519:A", tree, 4096, 1_000_000, 20_000)
+    status = SyncStatus([], {}, [], 0, 0, 0, [], syncing=[syncing])
+    shown = cli._status("ed25519:me", status, as_json=False)
+    assert f"syncing {tree} with ed25519:A: 4,096 of 20,000 entries so far" in shown
+    assert cli._partial(status, tree) == [
+        f"eidetica: note: syncing {tree} with ed25519:A: 4,096 of 20,000 entries so far;"
+        " this may be partial"
+    ]
+    assert cli._partial(status, "u" * 64) == []

@@ -116,10 +116,14 @@ def _shows_hostile_text_as_text(page: Page) -> None:
                 }
             },
             "trees": {},
+            "syncing": [
+                {"peer": MARKUP, "tree": MARKUP, "entries": 1, "bytes": 2, "expected": None}
+            ],
         },
         "recent": [{"event": "sync_failed", "peer": MARKUP, "tree": MARKUP, "error": MARKUP}],
     }
     page.evaluate("snapshot => render(snapshot)", hostile)
     assert page.locator("img").count() == 0
     assert MARKUP in page.get_by_test_id("peers").inner_text()
+    assert MARKUP[:20] in page.get_by_test_id("syncing").inner_text()
     assert page.title() == "eidetica node"

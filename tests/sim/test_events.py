@@ -188,3 +188,21 @@ async def test_the_events_end_when_the_engine_stops(
             async with inst.sync() as sync:
                 events = sync.events()
             assert [event async for event in events] == []
+
+
+async def test_status_shows_a_pull_under_way_with_its_progress(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(300):
+        async with linked(entries=2_500) as node:
+            node.network.delay(1.0)  # each page takes a second of mock time
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.client_sync.sync_with_peer, node.host_key)
+                progress = await next_of(node.events, news.SyncProgress)
+                assert isinstance(progress, news.SyncProgress)
+                syncing = (await node.client_sync.status()).syncing
+                assert [(s.peer, s.tree, s.entries) for s in syncing] == [
+                    (node.host_key, node.tree.root_id, progress.entries)
+                ]
+                assert syncing[0].expected == len(await node.tree.entries())
+            assert (await node.client_sync.status()).syncing == []  # ended: gone

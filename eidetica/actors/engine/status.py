@@ -108,6 +108,17 @@ class TreeStatus(msgspec.Struct, frozen=True):
     """Entries of it waiting in the holding area for their parents."""
 
 
+class SyncingStatus(msgspec.Struct, frozen=True):
+    """A sync running now: what it has received so far, and the total the peer said
+    it would send (None: it did not say)."""
+
+    peer: str
+    tree: str
+    entries: int = 0
+    bytes: int = 0
+    expected: int | None = None
+
+
 class SyncStatus(msgspec.Struct, frozen=True):
     """A snapshot of one node's sync engine."""
 
@@ -127,6 +138,8 @@ class SyncStatus(msgspec.Struct, frozen=True):
     for the connection caps, ``watch-busy`` for watches past their caps)."""
     restarts: dict[str, int] = {}
     """Restarts of crashed actors, by actor (servers: ``server <address>``)."""
+    syncing: list[SyncingStatus] = []
+    """The syncs running now, with their progress."""
 
     @property
     def down(self) -> dict[str, PeerStatus]:
