@@ -29,6 +29,7 @@ over ``ws://`` or ``http://``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import (
     AsyncIterator,
@@ -45,7 +46,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from eidetica import node
 from eidetica.actors import sync as trio_sync
-from eidetica.errors import first_leaf
+from eidetica.errors import InstanceClosed, first_leaf
 from eidetica.node_thread import Face, NodeThread
 from eidetica.protocol.entry import Entry
 from eidetica.storage import instance as trio_instance
@@ -106,14 +107,16 @@ class AsyncIterating(Generic[T]):
             return False, None
 
     async def aclose(self) -> None:
-        """Close the source (its ``aclose`` or ``close``, if it has one)."""
-        aclose = getattr(self._source, "aclose", None)
-        if aclose is not None:
-            await _run(self._node, aclose)
-            return
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            self._node.call_sync(close)
+        """Close the source (its ``aclose`` or ``close``, if it has one); a node that
+        is closing or closed has closed it already."""
+        with contextlib.suppress(InstanceClosed):
+            aclose = getattr(self._source, "aclose", None)
+            if aclose is not None:
+                await _run(self._node, aclose)
+                return
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                self._node.call_sync(close)
 
     async def __aenter__(self) -> AsyncIterating[T]:
         return self

@@ -23,6 +23,7 @@ run: blocking nodes, each in a thread of its own, talk over ``ws://`` or ``http:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
@@ -31,7 +32,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from eidetica import node
 from eidetica.actors import sync as trio_sync
-from eidetica.errors import first_leaf
+from eidetica.errors import InstanceClosed, first_leaf
 from eidetica.node_thread import Face, NodeThread
 from eidetica.protocol.entry import Entry
 from eidetica.storage import instance as trio_instance
@@ -94,14 +95,16 @@ class Iterating(Generic[T]):
             return False, None
 
     def close(self) -> None:
-        """Close the source (its ``aclose`` or ``close``, if it has one)."""
-        aclose = getattr(self._source, "aclose", None)
-        if aclose is not None:
-            self._node.call(aclose)
-            return
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            self._node.call_sync(close)
+        """Close the source (its ``aclose`` or ``close``, if it has one); a node that
+        is closing or closed has closed it already."""
+        with contextlib.suppress(InstanceClosed):
+            aclose = getattr(self._source, "aclose", None)
+            if aclose is not None:
+                self._node.call(aclose)
+                return
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                self._node.call_sync(close)
 
     def __enter__(self) -> Iterating[T]:
         return self

@@ -60,6 +60,10 @@ class Health(msgspec.Struct, frozen=True):
     """What is wrong, one line each, with what to do."""
 
 
+STATUS_TTL = 1.0
+"""Seconds a status read for the pages is reused while nothing changes."""
+
+
 class Admin:
     """Answers a node's read-only pages; see the module docstring.
 
@@ -74,14 +78,29 @@ class Admin:
         engine: Callable[[], str],
         storage: Callable[[], bool],
         intake: Intake,
+        *,
+        changes: Callable[[], object] = lambda: None,
     ) -> None:
         self._key = key
-        self._status = status
+        self._read_status = status
+        self._changes = changes
+        self._cached: tuple[object, float, SyncStatus] | None = None
         self._engine = engine
         self._storage = storage
-        self.metrics = NodeMetrics(status, intake)
+        self.metrics = NodeMetrics(self._status, intake)
         self.recent: deque[tuple[float, news.SyncFinished | news.SyncFailed]] = deque(maxlen=RECENT)
         """The last syncs, each with the wall-clock time it was heard of."""
+
+    def _status(self) -> SyncStatus:
+        """The node's status, worked out again only if something changed (``changes``
+        says so: events published, batches stored) or :data:`STATUS_TTL` passed. The
+        pages need no session, so anyone who reaches a listener may ask for them in a
+        loop: with nothing new, each answer costs no walk of the trees."""
+        mark, now = self._changes(), time.monotonic()
+        cached = self._cached
+        if cached is None or cached[0] != mark or now - cached[1] > STATUS_TTL:
+            cached = self._cached = (mark, now, self._read_status())
+        return cached[2]
 
     def on_event(self, event: news.Event) -> None:
         """The bus listener: count it, and keep the last syncs for the page."""

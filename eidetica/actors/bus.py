@@ -16,6 +16,7 @@ never fails, so a slow consumer cannot slow the engine. Two kinds of consumer:
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -98,7 +99,10 @@ class Bus:
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
-        self._subscriptions: set[Subscription] = set()
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        """Held weakly: a subscription its reader dropped (a ``break`` out of ``async
+        for`` with no ``async with``) goes with its last reference, never filling up
+        here for the life of the node."""
         self.published = 0
         self.closed = False
 

@@ -120,7 +120,12 @@ class Supervisor:
         self._running = False
         self._trees = TreeStatuses(instance.backend)
         self.admin = Admin(
-            instance.public_key, self.status, self.engine_state, instance.healthy, instance.intake
+            instance.public_key,
+            self.status,
+            self.engine_state,
+            instance.healthy,
+            instance.intake,
+            changes=lambda: (self.bus.published, instance.version),
         )
         """The node's read-only pages (health, readiness, metrics, status page)."""
         self.bus.listen(self.admin.on_event)

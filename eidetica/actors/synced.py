@@ -12,6 +12,7 @@ itself: bound it with ``trio.fail_after``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ import eidetica.events as news
 from eidetica.actors.bus import Bus
 from eidetica.errors import EideticaError, NotShared, SyncError, UnknownPeer
 from eidetica.storage.instance import Instance
+
+log = logging.getLogger(__name__)
 
 SyncOnce = Callable[[str, str], Awaitable[None]]
 """Runs one round of one tree with one peer: ``sync_with_peer(peer, tree=...)``."""
@@ -50,6 +53,7 @@ async def wait_synced(
 ) -> None:
     """See the module docstring."""
     watch = _Watch(peer, tree)
+    last_error = ""
     bus.listen(watch)
     try:
         while True:
@@ -59,16 +63,22 @@ async def wait_synced(
                 await sync_once(peer, tree)
             except (UnknownPeer, NotShared):
                 raise
-            except EideticaError:  # not linked, or the round failed: wait for a link
+            except EideticaError as exc:  # not linked, or the round failed: wait for a link
                 if bus.closed:
                     raise  # the engine stopped
+                if str(exc) != last_error:  # said once per reason, not once per try
+                    last_error = str(exc)
+                    log.info("waiting to sync %s with %s: %s", tree, peer, exc)
                 with trio.move_on_after(retry):
                     await watch.linked.wait()
                 continue
             if _same_tips(instance, tree, watch.finished):
                 return
             if watch.finished is None:
-                raise SyncError(f"{peer} did not sync {tree}: may it read the tree? grant it read")
+                raise SyncError(
+                    f"{peer} did not sync {tree}: grant it read, or (on a hub) it may be"
+                    " over its quota of trees or bytes"
+                )
             with trio.move_on_after(retry):
                 await instance.tree_changed(tree, version)
     finally:

@@ -110,3 +110,17 @@ async def test_a_subscription_left_with_async_with_hears_no_more() -> None:
 def test_a_subscription_must_hold_at_least_one_event() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Bus().subscribe(0)
+
+
+async def test_a_subscription_its_reader_dropped_is_let_go() -> None:
+    bus = Bus()
+    for _ in range(100):
+        events = bus.subscribe()
+        bus.publish(removed(0))
+        async for _event in events:  # left with break, never closed
+            break
+        del events
+    assert len(bus._subscriptions) == 0
+    kept = bus.subscribe()
+    bus.publish(removed(1))
+    assert len(bus._subscriptions) == 1 and await kept.__anext__() == removed(1)

@@ -289,3 +289,13 @@ def test_a_push_taken_whole_or_entries_received_move_the_cursor_in_memory_only()
     assert not of(fx.Persist, effects)
     made.handle(ev.EntriesReceived("b" * 64, ("x",), A), 4.0)  # a tree not synced with A
     assert (A, "b" * 64) not in made.cursors
+
+
+def test_a_sync_ending_where_a_push_left_the_cursor_still_writes_its_records() -> None:
+    made, _ = engine((Restored(A, "ws://a", frozenset({TREE})),))
+    up(made, A, "ws://a")
+    made.handle(ev.Pushed(A, TREE, 1, head="c1"), 1.0)
+    done = ev.SyncDone(A, TREE, ok=True, tips=("c1",), received=0, duration=0.1, at=5.0)
+    persisted = [effect.op for effect in of(fx.Persist, made.handle(done, 2.0))]
+    assert persisted == ["set_cursor", "record_sync"]
+    assert not of(fx.Persist, made.handle(done, 3.0))  # idle, where the last sync ended

@@ -135,3 +135,23 @@ def test_ready_is_503_with_what_to_do_while_a_server_is_down() -> None:
     assert "http://127.0.0.1:1 is not listening" in problem
     assert "restarts by itself" in problem
     assert admin.answer("/elsewhere") is None
+
+
+def test_pages_asked_in_a_loop_read_the_status_again_only_when_something_changed() -> None:
+    reads: list[int] = []
+    mark = [0]
+
+    def status() -> SyncStatus:
+        reads.append(1)
+        return SyncStatus([], {}, [], 0, 0, 0, [])
+
+    admin = Admin(
+        "ed25519:key", status, lambda: "running", lambda: True, Intake(), changes=lambda: mark[0]
+    )
+    for _ in range(50):
+        for path in ("/status.json", "/metrics", "/ready"):
+            assert admin.answer(path) is not None
+    assert len(reads) == 1
+    mark[0] += 1  # an event, or a stored batch
+    admin.answer("/status.json")
+    assert len(reads) == 2

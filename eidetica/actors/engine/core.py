@@ -92,6 +92,10 @@ class Engine:
         self._book = linkbook.LinkBook(set(reply_schemes))
         self.peers: dict[str, PeerRecord] = {}
         self.cursors: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._synced: dict[tuple[str, str], tuple[str, ...]] = {}
+        """The cursor each (peer, tree) had from its last sync (what is on disk): a
+        push may move ``cursors`` on, in memory only, and must not make the next sync
+        that ends there skip its records."""
         self.last_sync: dict[tuple[str, str], float] = {}
         self.sync_tree = ""
         """The node's own sync tree: never pushed (its commits are bookkeeping)."""
@@ -136,6 +140,7 @@ class Engine:
         self._out = []
         self._book.removed = set(removed)
         self.cursors = dict(cursors)
+        self._synced = dict(cursors)
         self.sync_tree = sync_tree
         for kept in peers:
             record = self._add(kept.key, PeerState.DOWN)
@@ -458,9 +463,10 @@ class Engine:
         )
         if event.ok:
             self.last_sync[key] = event.at
-            if not event.received and self.cursors.get(key) == event.tips:
+            if not event.received and self._synced.get(key) == event.tips:
+                self.cursors[key] = event.tips
                 return
-            self.cursors[key] = event.tips
+            self.cursors[key] = self._synced[key] = event.tips
         if not record.kept:
             return
         if event.ok:
@@ -509,6 +515,7 @@ class Engine:
         if not record.kept:  # nothing of it is kept: its cursors go too
             for tree in record.trees:
                 self.cursors.pop((record.key, tree), None)
+                self._synced.pop((record.key, tree), None)
                 self.last_sync.pop((record.key, tree), None)
         if record.actor:
             close = record.link is not None and not self._book.is_reply(record.link)
