@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import signal
 import sys
 import tomllib
@@ -712,13 +713,17 @@ def _backup(inst: Instance, data: Path, dest: Path) -> None:
     except FileExistsError as exc:
         raise _Failure(f"{dest} exists: name a new directory for the backup") from exc
     partial = dest / f"{DATABASE_FILE}.partial"  # no node in dest until the copy is whole
-    inst.backend.backup(partial)
-    key = (data / _KEY_FILE).read_bytes()
-    with os.fdopen(
-        os.open(dest / _KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"
-    ) as f:
-        f.write(key)
-    partial.rename(dest / DATABASE_FILE)
+    try:
+        inst.backend.backup(partial)
+        key = (data / _KEY_FILE).read_bytes()
+        with os.fdopen(
+            os.open(dest / _KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"
+        ) as f:
+            f.write(key)
+        partial.rename(dest / DATABASE_FILE)
+    except BaseException:  # the directory is ours: leave none half made to trip a retry
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 def _commands_for(inst: Instance, sync: Sync, nursery: trio.Nursery, data: Path) -> ControlHandler:

@@ -25,8 +25,10 @@ from eidetica.actors import control
 from eidetica.actors.engine.status import SyncingStatus, SyncStatus
 from eidetica.actors.state import SYNC_TREE_KEY, SyncState
 from eidetica.actors.transports.admission import ServerLimits
+from eidetica.errors import StorageError
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage import device
+from eidetica.storage.sqlite import SqliteBackend
 from tests.processes import COMMAND, run
 
 
@@ -386,6 +388,20 @@ def test_a_backup_is_a_data_directory_that_opens_as_the_same_node(
     code, _, err = eidetica_cli("--data", str(node), "backup", str(copy))
     assert code == 1
     assert err == f"eidetica: {copy} exists: name a new directory for the backup\n"
+
+
+def test_a_backup_that_fails_leaves_no_directory_behind(
+    node: Path, tmp_path: Path, eidetica_cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(self: SqliteBackend, dest: Path) -> None:
+        dest.write_bytes(b"half a database")
+        raise StorageError("database or disk is full")
+
+    monkeypatch.setattr(SqliteBackend, "backup", disk_full)
+    copy = tmp_path / "copy"
+    code, _, err = eidetica_cli("--data", str(node), "backup", str(copy))
+    assert (code, err) == (1, "eidetica: database or disk is full\n")
+    assert not copy.exists()  # a retry is not told the directory exists
 
 
 def assert_restores(node: Path, copy: Path, eidetica_cli: Cli) -> None:
