@@ -123,9 +123,10 @@ def test_two_nodes_sync_over_websocket(tmp_path: Path) -> None:
             copy = await b.open_tree(tree.root_id)
             assert (await copy.doc("todo")).get("milk") == {"done": False}
 
+            changes = tree.changes()  # made before the write: its push cannot be missed
             async with copy.transaction() as op:  # pushed to a over b's link
                 op.doc("todo").set("eggs", True)
-            async for change in tree.changes():
+            async for change in changes:
                 if change.tips == tuple(await copy.tips()):
                     break
             assert (await tree.doc("todo")).to_dict() == {"milk": {"done": False}, "eggs": True}
