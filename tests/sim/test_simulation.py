@@ -1,0 +1,84 @@
+"""The public simulator: seeded runs of several nodes under faults keep every
+invariant, and the runner reports a failing seed with the command that replays it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import eidetica
+from eidetica.testing import Faults, InvariantBroken, Outcome, invariants, run_seed
+from eidetica.testing import sim as runner
+
+QUICK_SEEDS = range(40)
+"""Seeds CI runs on every change; ``python -m eidetica.testing.sim`` runs more."""
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> object:
+    logging.disable(logging.CRITICAL)  # faults make the nodes log: expected, not news
+    yield
+    logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("seed", QUICK_SEEDS)
+def test_a_seeded_run_under_every_fault_keeps_every_invariant(seed: int) -> None:
+    outcome = run_seed(seed, nodes=3, steps=40)
+    assert outcome.settle_seconds < 1_800
+    assert outcome.trace[-1].endswith(f"settled after {outcome.settle_seconds:.3f}")
+
+
+def test_five_nodes_in_memory_with_no_faults_agree_at_once() -> None:
+    outcome = run_seed(1, nodes=5, steps=30, faults=Faults.parse("none"), sqlite=False)
+    assert outcome.commits > 0 and outcome.crashes == 0 and outcome.faults == 0
+
+
+def test_faults_parse_names_and_refuses_unknown_ones() -> None:
+    assert Faults.parse("none") == Faults(*[False] * len(Faults.kinds()))
+    assert Faults.parse("crashes,drops") == Faults(
+        partitions=False,
+        drops=True,
+        delays=False,
+        duplicates=False,
+        crashes=True,
+        clock_jumps=False,
+    )
+    with pytest.raises(ValueError, match="unknown faults \\['lightning'\\]"):
+        Faults.parse("lightning")
+
+
+def test_the_runner_reports_a_failing_seed_with_its_replay_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+
+    def fake(seed: int, **options: object) -> Outcome:
+        if seed == 3:
+            raise InvariantBroken("n1 lacks 00ff, acknowledged on n0")
+        return Outcome(seed, commits=2, settle_seconds=10.0)
+
+    monkeypatch.setattr(runner, "run_seed", fake)
+    assert runner.main(["--start", "2", "--seeds", "3", "--nodes", "4"]) == 1
+    said = capsys.readouterr().out
+    assert "seed 3 FAILED: InvariantBroken: n1 lacks 00ff, acknowledged on n0" in said
+    assert (
+        "replay: PYTHONHASHSEED=0 python -m eidetica.testing.sim --start 3 --seeds 1"
+        " --nodes 4 --steps 60 --faults all"
+    ) in said
+    assert "3 seeds in" in said and "1 failed" in said
+
+
+async def test_the_invariants_catch_nodes_that_disagree_or_lost_a_commit() -> None:
+    async with eidetica.open_instance(None) as a, eidetica.open_instance(None) as b:
+        tree = await a.create_tree(name="t")
+        await b.import_entries(await tree.entries())
+        nodes = {"a": a, "b": b}
+        await invariants.same_tips_and_documents(nodes, tree.root_id)  # agree: no error
+        async with tree.transaction() as op:
+            op.doc("doc").set("only", "on a")
+        with pytest.raises(InvariantBroken, match="b holds tips"):
+            await invariants.same_tips_and_documents(nodes, tree.root_id)
+        assert op.entry is not None
+        with pytest.raises(InvariantBroken, match=f"b lacks {op.entry.id}, acknowledged on a"):
+            invariants.nothing_acknowledged_lost(nodes, [("a", op.entry.id)])
