@@ -22,8 +22,13 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable
 
 from eidetica.protocol.keys import SEED_BYTES, SigningKey
+
+RandomBytes = Callable[[int], bytes]
+"""Gives that many random bytes: ``os.urandom``, or a :meth:`Randomness.random_bytes`.
+The pure protocol code (handshake, reconciliation) takes one of these."""
 
 TOKEN_BYTES = 16
 """Bytes of randomness in a :meth:`Randomness.token_hex` id: as many as a UUID4's."""
