@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from eidetica.actors.sync import Sync, open_sync
     from eidetica.node import open_instance
     from eidetica.protocol.entry import Entry
+    from eidetica.protocol.randomness import Randomness
     from eidetica.storage.docstore import DocStore
     from eidetica.storage.instance import CommitHook, Instance
     from eidetica.storage.transaction import AtomicOp
@@ -29,6 +30,7 @@ _HOMES = {
     "DocStore": "eidetica.storage.docstore",
     "Entry": "eidetica.protocol.entry",
     "Instance": "eidetica.storage.instance",
+    "Randomness": "eidetica.protocol.randomness",
     "Sync": "eidetica.actors.sync",
     "Tree": "eidetica.storage.tree",
     "open_instance": "eidetica.node",
@@ -43,6 +45,7 @@ __all__ = [
     "EideticaError",
     "Entry",
     "Instance",
+    "Randomness",
     "Sync",
     "Tree",
     "errors",

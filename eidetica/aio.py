@@ -49,6 +49,7 @@ from eidetica.actors import sync as trio_sync
 from eidetica.errors import InstanceClosed, first_leaf
 from eidetica.node_thread import Face, NodeThread
 from eidetica.protocol.entry import Entry
+from eidetica.protocol.randomness import Randomness
 from eidetica.storage import instance as trio_instance
 from eidetica.storage import tree as trio_tree
 from eidetica.storage.crdt import Document, Op
@@ -285,11 +286,15 @@ class Instance(Face):
 
 
 @asynccontextmanager
-async def open_instance(path: str | os.PathLike[str] | None) -> AsyncIterator[Instance]:
+async def open_instance(
+    path: str | os.PathLike[str] | None, *, randomness: Randomness | None = None
+) -> AsyncIterator[Instance]:
     """Open the node stored in directory ``path`` (SQLite), or an in-memory one for
     None, in a trio thread of its own for the ``async with`` block; leaving it closes
-    the node and joins the thread."""
-    node_thread = NodeThread(partial(node.open_instance, path), name=f"eidetica node {path}")
+    the node and joins the thread. ``randomness``: as for :func:`eidetica.open_instance`."""
+    node_thread = NodeThread(
+        partial(node.open_instance, path, randomness=randomness), name=f"eidetica node {path}"
+    )
     try:
         opened = await asyncio.wrap_future(node_thread.start())
     except BaseException:  # it failed to open (the thread has ended), or we were cancelled

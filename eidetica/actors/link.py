@@ -37,6 +37,7 @@ from eidetica.protocol.messages import (
     WatchedTree,
 )
 from eidetica.protocol.reconcile import SyncRound
+from eidetica.protocol.summary import SALT_BYTES
 from eidetica.storage.instance import Instance
 from eidetica.storage.treeview import TreeView
 
@@ -125,7 +126,12 @@ class Link:
         """Prove keys both ways and agree on a new session key; return the peer's proven
         key. The handshake's own messages go under no session; until it is done, the
         link's requests go on under the session it had."""
-        initiator = Initiator(instance.device_key, now=wall_clock(), expected_key=expected_key)
+        initiator = Initiator(
+            instance.device_key,
+            now=wall_clock(),
+            expected_key=expected_key,
+            random_bytes=instance.randomness.random_bytes,
+        )
         reply = await self._call(initiator.start(), HandshakeReply, None)
         done = await self._call(initiator.receive_reply(reply), HandshakeDone, None)
         self._proven = initiator.receive_done(done)
@@ -141,7 +147,12 @@ class Link:
     ) -> RoundResult:
         """One full two-way sync of ``tree`` with the peer, telling ``progress`` of
         each page that arrives."""
-        round_ = SyncRound(TreeView(instance.backend, tree), tree, common=common)
+        round_ = SyncRound(
+            TreeView(instance.backend, tree),
+            tree,
+            common=common,
+            salt=instance.randomness.random_bytes(SALT_BYTES),
+        )
         message: SyncRequest | SendEntries | None = round_.first()
         stored: list[str] = []
         got = sent = sent_bytes = 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
@@ -169,13 +168,21 @@ class PeerActor:
         """Do one job, keeping the breaker's count."""
         link = self.link
         if link is None:  # the engine queues jobs only behind a link: cannot happen
-            _refuse(job, SyncError(f"peer {self.key} has no link"), self.report, self.key)
+            error = SyncError(f"peer {self.key} has no link")
+            _refuse(job, error, self.report, self.key, self.instance.randomness.token_hex)
             return
         now = trio.current_time()
         if self.breaker.refuses(now):
             error = SyncError(f"peer {self.key} is failing; breaker open")
             until = self.breaker.open_until or 0.0
-            _refuse(job, error, self.report, self.key, not_before=until)
+            _refuse(
+                job,
+                error,
+                self.report,
+                self.key,
+                self.instance.randomness.token_hex,
+                not_before=until,
+            )
             return
         try:
             self._attempts.append(now)
@@ -198,7 +205,7 @@ class PeerActor:
         self.health = replace(self.health, failures=self.health.failures + 1, last_error=str(error))
         self.breaker.failed(trio.current_time(), self.breaker_config)
         log.warning("peer %s: %s failed: %s", self.key, type(job).__name__, error)
-        _refuse(job, error, self.report, self.key)
+        _refuse(job, error, self.report, self.key, self.instance.randomness.token_hex)
 
     async def _do(self, link: Link, job: Job) -> None:
         try:
@@ -329,17 +336,24 @@ class PeerActor:
 
 
 def _refuse(
-    job: Job, error: EideticaError, report: Report, peer: str, *, not_before: float = 0.0
+    job: Job,
+    error: EideticaError,
+    report: Report,
+    peer: str,
+    retry_id: Callable[[], str],
+    *,
+    not_before: float = 0.0,
 ) -> None:
     """Fail a job's caller, or hand a push to the retry queue. A push refused while
     the breaker is open waits for it to close (``not_before``) and the refusal counts
     as one of its attempts, so a peer that stays away never makes a push come back
-    every few seconds, and the push is dropped in the end like any other."""
+    every few seconds, and the push is dropped in the end like any other. A push
+    failed for the first time is named by ``retry_id`` (the node's randomness)."""
     match job:
         case SyncJob(reply=reply) if reply is not None:
             reply.fail(error)
         case PushJob():
-            item = job.retry or RetryItem(uuid.uuid4().hex, peer, job.tree, job.ids)
+            item = job.retry or RetryItem(retry_id(), peer, job.tree, job.ids)
             with contextlib.suppress(
                 trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
             ):

@@ -155,7 +155,9 @@ class SyncService:
         """Unix time, for the handshake's window (compared with the peer's clock)."""
         self._monotonic = monotonic
         """For expiry and rates, which a jump of the wall clock must not upset."""
-        self._handshakes = HandshakeResponder(instance.device_key)
+        self._handshakes = HandshakeResponder(
+            instance.device_key, random_bytes=instance.randomness.random_bytes
+        )
         limits = limits or ServerLimits()
         self._sessions = SessionTable(
             idle_ttl=limits.session_idle,
@@ -166,7 +168,7 @@ class SyncService:
         self._gate = gate if gate is not None else HandshakeGate(limits.handshake_rate)
         self._watching = watching if watching is not None else Watching(instance, limits)
         """The node's held watches (one for all its services, like the gate)."""
-        self._planner = Responder()
+        self._planner = Responder(random_bytes=instance.randomness.random_bytes)
         self.refused = 0
         """Requests answered with an error."""
         self.refused_by: Counter[str] = Counter()

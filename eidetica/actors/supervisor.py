@@ -83,6 +83,7 @@ class Supervisor:
             families=self._routes.families,
             reply_schemes=self._routes.reply_schemes,
             config=EngineConfig(config.redial_min, config.redial_max, config.retry_jitter),
+            rng=instance.randomness.random(),
         )
         self._view = EngineView()
         """What the services read: the engine's view as last published."""
@@ -104,7 +105,11 @@ class Supervisor:
             self._trees_of,
             announce=self.bus.publish,
         )
-        self._retries = RetryQueue(max_attempts=config.max_retries, jitter=config.retry_jitter)
+        self._retries = RetryQueue(
+            max_attempts=config.max_retries,
+            jitter=config.retry_jitter,
+            rng=instance.randomness.random(),
+        )
         """Filled with persisted retries at start, then the retry actor's alone."""
         self._retry_view = RetrySnapshot()
         self._to_retry, self._retry_inbox = trio.open_memory_channel[RetryMessage](

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -128,7 +127,7 @@ class _Watcher:
         """The wait before the next round: 0, or the backoff after a failure."""
         self._handshaken = False
         """Whether this failure streak has had its fresh handshake already."""
-        self._rng = random.Random()
+        self._rng = instance.randomness.random()
         self._warned_cap = False
 
     async def run(self) -> None:

@@ -37,7 +37,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Literal
@@ -55,6 +55,7 @@ from eidetica.protocol.messages import (
     HandshakeInit,
     HandshakeReply,
 )
+from eidetica.protocol.randomness import RandomBytes
 
 HANDSHAKE_DOMAIN = b"eidetica/handshake/v2\x00"
 """Prefix of every handshake signature, so it is valid for nothing else."""
@@ -71,7 +72,6 @@ DEFAULT_MAX_PENDING_PER_SOURCE = 64
 """Handshakes awaiting their Finish that one source may have; past it, that source
 loses its own oldest."""
 
-RandomBytes = Callable[[int], bytes]
 Role = Literal["initiator", "responder"]
 
 

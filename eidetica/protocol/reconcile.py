@@ -30,12 +30,16 @@ import msgspec
 from eidetica.protocol import limits
 from eidetica.protocol.dagview import DagView, walk
 from eidetica.protocol.messages import Ack, SendEntries, Summary, SyncRequest, SyncResponse
-from eidetica.protocol.summary import WINDOW_HEIGHTS, summarize, summary_holds
+from eidetica.protocol.randomness import RandomBytes
+from eidetica.protocol.summary import SALT_BYTES, WINDOW_HEIGHTS, summarize, summary_holds
 
 PAGE_BYTES = 8 * 1024 * 1024
 """Entry bytes in one page, well under ``limits.MAX_MESSAGE_BYTES`` even as base64."""
 
 MAX_HAVES = 64
+
+RESUME_BYTES = 16
+"""Bytes of a resume token, which names one plan kept for the next page."""
 
 
 def summary_floor(view: DagView, common: Iterable[str] = ()) -> int:
@@ -130,9 +134,17 @@ class _Plan:
 
 class Responder:
     """Answers sync requests, keeping a bounded number of multi-page plans so that a
-    large transfer is planned once, not once per page."""
+    large transfer is planned once, not once per page. Its resume tokens and summary
+    salts come from ``random_bytes`` (the node's randomness)."""
 
-    def __init__(self, *, max_plans: int = 64, max_entries: int = limits.MAX_ENTRIES_PER_BATCH):
+    def __init__(
+        self,
+        *,
+        max_plans: int = 64,
+        max_entries: int = limits.MAX_ENTRIES_PER_BATCH,
+        random_bytes: RandomBytes = os.urandom,
+    ):
+        self._random_bytes = random_bytes
         self._plans: OrderedDict[bytes, _Plan] = OrderedDict()
         self._max_plans = max_plans
         self._max_entries = max_entries
@@ -147,7 +159,7 @@ class Responder:
         page, remaining = _take(view, plan.remaining, self._max_entries)
         resume = b""
         if remaining:
-            resume = os.urandom(16)
+            resume = self._random_bytes(RESUME_BYTES)
             plan.remaining = remaining
             self._plans[resume] = plan
             while len(self._plans) > self._max_plans:
@@ -158,7 +170,7 @@ class Responder:
         if not remaining and len(known_tips) < len(request.tips):
             # The initiator has entries we lack; it reads our summary after the last page.
             floor = summary_floor(view)
-            summary = summarize(view, min_height=floor)
+            summary = summarize(view, min_height=floor, salt=self._random_bytes(SALT_BYTES))
             haves = haves_below(view, floor)
         return SyncResponse(
             tree=request.tree,

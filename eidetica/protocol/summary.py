@@ -19,6 +19,8 @@ from eidetica.protocol.messages import Summary
 BITS_PER_ENTRY = 16
 HASHES = 11  # about 0.05% false positives at 16 bits per entry
 MIN_BITS = 1024
+SALT_BYTES = 16
+"""Bytes of a summary's salt."""
 WINDOW_HEIGHTS = 4096
 """How far below the highest tip a summary reaches by default."""
 
@@ -31,12 +33,13 @@ def summarize(
     min_height: int,
     salt: bytes | None = None,
 ) -> Summary:
-    """A summary of the entries of ``view`` from ``min_height`` up."""
+    """A summary of the entries of ``view`` from ``min_height`` up, mixed with
+    ``salt`` (default: fresh from ``os.urandom``)."""
     ids = list(view.ids_from(min_height))
     bit_count = max(MIN_BITS, len(ids) * BITS_PER_ENTRY)
     byte_count = min((bit_count + 7) // 8, limits.MAX_FILTER_BYTES)
     bits = bytearray(byte_count)
-    salt = os.urandom(16) if salt is None else salt
+    salt = os.urandom(SALT_BYTES) if salt is None else salt
     for index in _indexes(ids, salt, byte_count * 8):
         bits[index >> 3] |= 1 << (index & 7)
     return Summary(min_height=min_height, hashes=HASHES, salt=salt, bits=bytes(bits))

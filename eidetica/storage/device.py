@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from eidetica.errors import StorageError
@@ -15,14 +16,17 @@ log = logging.getLogger(__name__)
 KEY_FILE = "device.key"
 
 
-def load_or_create_device_key(directory: Path) -> SigningKey:
-    """The key in ``directory/device.key``, created there (mode 0600) if absent."""
+def load_or_create_device_key(
+    directory: Path, *, new_key: Callable[[], SigningKey] = SigningKey.generate
+) -> SigningKey:
+    """The key in ``directory/device.key``, created there (mode 0600) by ``new_key``
+    if absent."""
     path = directory / KEY_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return _load(path)
-    key = SigningKey.generate()
+    key = new_key()
     with os.fdopen(fd, "w") as handle:
         handle.write(key.seed.hex() + "\n")
     return key

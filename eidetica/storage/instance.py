@@ -34,6 +34,7 @@ from eidetica.protocol.entry import (
 from eidetica.protocol.intake import Intake, Rejection
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
+from eidetica.protocol.randomness import Randomness
 from eidetica.storage.backend import Backend, EntryMeta, Record
 from eidetica.storage.crdt import Document, Op, SetOp, encode_ops
 from eidetica.storage.device import load_or_create_device_key
@@ -87,10 +88,19 @@ class Instance:
     """A node's store of trees. Open one with :func:`open_instance`."""
 
     def __init__(
-        self, backend: Backend, key: SigningKey, *, sync_opener: SyncOpener | None = None
+        self,
+        backend: Backend,
+        key: SigningKey,
+        *,
+        sync_opener: SyncOpener | None = None,
+        randomness: Randomness | None = None,
     ) -> None:
         self.backend = backend
         self.device_key = key
+        self.randomness = randomness if randomness is not None else Randomness.system()
+        """Where this node draws its randomness: root entropy here, and in its sync
+        engine nonces, tokens, ids and jitter (the system's unless a seeded one was
+        given, for a simulation that must replay)."""
         self.judge = Judge(backend)
         self.doc_states = DocStates(backend, self.judge)
         self.settings_index = SettingsIndex()
@@ -124,7 +134,7 @@ class Instance:
             parents=(),
             height=0,
             stores=[StoreWrite(SETTINGS_STORE, (), encode_ops(ops))],
-            entropy=os.urandom(ENTROPY_BYTES),
+            entropy=self.randomness.random_bytes(ENTROPY_BYTES),
         )
         tree = Tree(self, root.id)
         self.store_local(tree, root)
@@ -390,29 +400,45 @@ class Instance:
 
 @asynccontextmanager
 async def open_instance(
-    path: str | os.PathLike[str] | None, *, sync_opener: SyncOpener | None = None
+    path: str | os.PathLike[str] | None,
+    *,
+    sync_opener: SyncOpener | None = None,
+    randomness: Randomness | None = None,
 ) -> AsyncIterator[Instance]:
     """Open the node stored in directory ``path`` (SQLite), or an in-memory one for None.
 
     The directory and its device key are created on first open and reused after.
     ``sync_opener`` is what the instance's :meth:`~Instance.sync` opens (none: it
-    raises); ``eidetica.open_instance`` passes the engine's.
+    raises); ``eidetica.open_instance`` passes the engine's. ``randomness`` is where
+    the node draws its keys, entropy, nonces and jitter (default: the system's; a
+    seeded one replays a simulation and is insecure).
     """
     require_trio()
-    instance = _open(path, sync_opener)
+    instance = _open(path, sync_opener, randomness or Randomness.system())
     try:
         yield instance
     finally:
         instance.close()
 
 
-def _open(path: str | os.PathLike[str] | None, sync_opener: SyncOpener | None) -> Instance:
+def _open(
+    path: str | os.PathLike[str] | None, sync_opener: SyncOpener | None, randomness: Randomness
+) -> Instance:
     if path is None:
-        return Instance(MemoryBackend(), SigningKey.generate(), sync_opener=sync_opener)
-    directory = Path(path)
-    _private_directory(directory)
-    key = load_or_create_device_key(directory)
-    return Instance(SqliteBackend(directory / DATABASE_FILE), key, sync_opener=sync_opener)
+        backend: Backend = MemoryBackend()
+        key = randomness.signing_key()
+    else:
+        directory = Path(path)
+        _private_directory(directory)
+        if randomness.is_seeded:
+            log.warning(
+                "data directory %s is opened with seeded randomness: its keys and nonces"
+                " follow from the seed, so it is fit for simulations only",
+                directory,
+            )
+        key = load_or_create_device_key(directory, new_key=randomness.signing_key)
+        backend = SqliteBackend(directory / DATABASE_FILE)
+    return Instance(backend, key, sync_opener=sync_opener, randomness=randomness)
 
 
 def _private_directory(directory: Path) -> None:

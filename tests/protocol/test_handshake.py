@@ -30,7 +30,6 @@ from eidetica.protocol.handshake import (
     HANDSHAKE_DOMAIN,
     Initiator,
     Proven,
-    RandomBytes,
     Responder,
     Transcript,
 )
@@ -44,6 +43,7 @@ from eidetica.protocol.messages import (
     HandshakeReply,
     SendEntries,
 )
+from eidetica.protocol.randomness import RandomBytes
 
 PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from eidetica.protocol.dagview import walk
 from eidetica.protocol.entry import Entry, StoreWrite, create_entry
 from eidetica.protocol.keys import SigningKey
+from eidetica.protocol.reconcile import Responder, SyncRound
 from eidetica.storage.crdt import SetOp, encode_ops
 from tests.builders import root_entry
 from tests.protocol.peerpair import Side, sync
@@ -112,3 +113,24 @@ def test_a_walk_with_a_limit_gives_up_past_it() -> None:
         entries[9].id,
         entries[10].id,
     ]
+
+
+def test_the_responder_draws_its_resume_tokens_and_salts_from_its_random_bytes() -> None:
+    entries = [root_entry(KEY)]
+    entries += grow(entries, [[i] for i in range(5)], "x")
+    ahead = [*entries, *grow(entries, [[5]], "y")]
+    holder = Side(entries[0].id, entries)
+    drawn: list[int] = []
+
+    def random_bytes(count: int) -> bytes:
+        drawn.append(count)
+        return bytes([len(drawn)]) * count
+
+    responder = Responder(max_entries=2, random_bytes=random_bytes)
+    behind = Side(entries[0].id, entries[:1])
+    paged = responder.answer(holder.view, SyncRound(behind.view, behind.tree).first(), peer="a")
+    assert paged.more and paged.resume == b"\x01" * 16
+    asker = Side(entries[0].id, ahead)
+    answer = responder.answer(holder.view, SyncRound(asker.view, asker.tree).first(), peer="b")
+    assert answer.summary is not None and answer.summary.salt == b"\x02" * 16
+    assert drawn == [16, 16]
