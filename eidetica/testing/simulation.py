@@ -9,9 +9,13 @@ checkpoint, then opened again from its file), clock jumps and quiet spells. Last
 every fault is healed and the timers run until the nodes agree (or a bound passes),
 and :mod:`eidetica.testing.invariants` checks what must hold.
 
-Everything a run does is drawn from the seed, in order, so a seed names a run. The
-trace (:attr:`Outcome.trace`) lists what happened in simulated time: the workload's
-steps and each node's events, with keys replaced by node names.
+Everything a run does is drawn from the seed, in order, so a seed names a run: the
+workload, the sim network's faults, each node's keys, entropy, nonces, ids and jitter
+(its :class:`~eidetica.protocol.randomness.Randomness` is seeded from the run's seed
+and its name), and trio's own scheduling tie-breaks. The trace
+(:attr:`Outcome.trace`) lists what happened in simulated time: the workload's steps,
+each commit's entry id, and each node's events, with keys replaced by node names;
+two runs of one seed give the same trace.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import random
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,6 +37,7 @@ from eidetica.actors.config import SyncConfig
 from eidetica.actors.sync import Sync
 from eidetica.actors.transports.sim import SimNetwork
 from eidetica.errors import EideticaError, TreeNotFound
+from eidetica.protocol.randomness import Randomness
 from eidetica.storage.instance import Instance
 from eidetica.testing import invariants
 from eidetica.testing.invariants import InvariantBroken
@@ -156,7 +161,10 @@ class Simulation:
             node.scope = scope
             try:
                 async with AsyncExitStack() as stack:
-                    inst = await stack.enter_async_context(eidetica.open_instance(node.path))
+                    randomness = Randomness.seeded(f"{self.seed}:{node.name}")
+                    inst = await stack.enter_async_context(
+                        eidetica.open_instance(node.path, randomness=randomness)
+                    )
                     sync = await stack.enter_async_context(
                         inst.sync(network=self.network, name=node.name, config=self.config)
                     )
@@ -236,7 +244,7 @@ class Simulation:
         if op.entry is not None:
             self.acknowledged.append((node.name, op.entry.id))
             self.outcome.commits += 1
-            self._trace(f"{node.name} commit {key}")
+            self._trace(f"{node.name} commit {key} {op.entry.id}")
 
     async def _ask_sync(self) -> None:
         node, other = self._pick(), self._pick()
@@ -343,6 +351,25 @@ class Simulation:
         invariants.nothing_held(instances, self.tree)
 
 
+@contextlib.contextmanager
+def replayable_scheduling(seed: int) -> Iterator[None]:
+    """Make trio's scheduler draw its tie-breaks from ``seed`` for the block.
+
+    trio shuffles each batch of runnable tasks with a generator of its own; it has a
+    switch for deterministic scheduling (which its Hypothesis plugin flips). Both are
+    trio's private names: this is the one place that touches them, and a trio release
+    that renames them fails here, loudly."""
+    scheduler = trio._core._run
+    flag, generator = scheduler._ALLOW_DETERMINISTIC_SCHEDULING, scheduler._r
+    scheduler._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    scheduler._r = random.Random(seed)
+    try:
+        yield
+    finally:
+        scheduler._ALLOW_DETERMINISTIC_SCHEDULING = flag  # type: ignore[misc]
+        scheduler._r = generator
+
+
 def run_seed(
     seed: int,
     *,
@@ -353,8 +380,10 @@ def run_seed(
 ) -> Outcome:
     """Run one seed to its end in a trio run of its own, under a ``MockClock``, with
     trio's scheduler seeded too; SQLite nodes live in a temporary directory."""
-    trio._core._run._r.seed(seed)  # trio's own tie-breaks, drawn from the seed too
-    with tempfile.TemporaryDirectory(prefix=f"eidetica-sim-{seed}-") as directory:
+    with (
+        replayable_scheduling(seed),
+        tempfile.TemporaryDirectory(prefix=f"eidetica-sim-{seed}-") as directory,
+    ):
         simulation = Simulation(
             seed,
             nodes=nodes,
