@@ -114,6 +114,26 @@ def integrity(data: Path, scratch: Path) -> list[str]:
         db.close()
 
 
+def entries_in(copy: Path) -> int:
+    """How many entries the database :func:`integrity` copied to ``copy`` holds."""
+    db = sqlite3.connect(copy / "eidetica.db")
+    try:
+        count: int = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        return count
+    finally:
+        db.close()
+
+
+def tips(data: Path, tree: str) -> list[str] | None:
+    """The tree's tips on the node running on ``data``; None while it does not hold
+    the tree (or does not answer)."""
+    answer = ask(data, "tree", "show", tree)
+    if answer is None or answer.code != 0:
+        return None
+    shown: list[str] = sorted(json.loads(answer.out)["tips"])
+    return shown
+
+
 class Serve:
     """One data directory and the ``eidetica serve`` process running on it, if any.
     Its log (every run's) goes to ``DATA.log``, beside the directory."""
