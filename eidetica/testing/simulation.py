@@ -103,6 +103,8 @@ class _Node:
     inst: Instance | None = None
     sync: Sync | None = None
     scope: trio.CancelScope | None = None
+    ended: trio.Event = field(default_factory=trio.Event)
+    """Set when its last run ended (a new one for each start)."""
 
     @property
     def up(self) -> bool:
@@ -150,13 +152,14 @@ class Simulation:
             await self._heal(nursery)
             await self._settle()
             await self._check()
-            nursery.cancel_scope.cancel()
+            await self._stop_all(nursery)
         return self.outcome
 
     # Nodes.
 
     async def _serve(self, node: _Node, *, task_status: trio.TaskStatus[None]) -> None:
         """Run one node until its scope is cancelled (a crash, or the run's end)."""
+        node.ended = ended = trio.Event()
         with trio.CancelScope() as scope:
             node.scope = scope
             try:
@@ -177,6 +180,7 @@ class Simulation:
                         self._record(node, event)
             finally:
                 node.inst = node.sync = None
+                ended.set()
 
     def _record(self, node: _Node, event: news.Event) -> None:
         peer = self._names.get(getattr(event, "peer", ""), "")
@@ -296,8 +300,7 @@ class Simulation:
         self._trace(f"crash {node.name}")
         self.outcome.crashes += 1
         node.scope.cancel()
-        while node.up:
-            await trio.lowlevel.checkpoint()
+        await node.ended.wait()
 
     async def _jump(self) -> None:
         seconds = self.rng.uniform(60.0, 3_600.0)
@@ -349,6 +352,17 @@ class Simulation:
         invariants.nothing_acknowledged_lost(instances, self.acknowledged)
         invariants.nothing_unverified(instances, self.tree)
         invariants.nothing_held(instances, self.tree)
+
+    async def _stop_all(self, nursery: trio.Nursery) -> None:
+        """Stop every node; then no task of any may be left running."""
+        with trio.move_on_after(60):
+            for node in self.nodes:
+                if node.scope is not None:
+                    node.scope.cancel()
+                    await node.ended.wait()
+        if nursery.child_tasks:
+            names = sorted(task.name for task in nursery.child_tasks)
+            raise InvariantBroken(f"tasks left a minute after every node stopped: {names}")
 
 
 @contextlib.contextmanager

@@ -26,7 +26,9 @@ def _quiet() -> object:
 def test_a_seeded_run_under_every_fault_keeps_every_invariant(seed: int) -> None:
     outcome = run_seed(seed, nodes=3, steps=40)
     assert outcome.settle_seconds < 1_800
-    assert outcome.trace[-1].endswith(f"settled after {outcome.settle_seconds:.3f}")
+    assert any(
+        line.endswith(f"settled after {outcome.settle_seconds:.3f}") for line in outcome.trace
+    )
 
 
 def test_five_nodes_in_memory_with_no_faults_agree_at_once() -> None:
