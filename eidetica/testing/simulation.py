@@ -39,8 +39,13 @@ from eidetica.actors.transports.sim import SimNetwork
 from eidetica.errors import EideticaError, TreeNotFound
 from eidetica.protocol.randomness import Randomness
 from eidetica.storage.instance import Instance
-from eidetica.testing import invariants
-from eidetica.testing.invariants import InvariantBroken
+from eidetica.testing.invariants import (
+    InvariantBroken,
+    nothing_acknowledged_lost,
+    nothing_held,
+    nothing_unverified,
+    same_tips_and_documents,
+)
 
 CONFIG = SyncConfig(
     periodic_sync=60.0,
@@ -348,10 +353,10 @@ class Simulation:
 
     async def _check(self) -> None:
         instances = {node.name: node.inst for node in self.nodes if node.inst is not None}
-        await invariants.same_tips_and_documents(instances, self.tree)
-        invariants.nothing_acknowledged_lost(instances, self.acknowledged)
-        invariants.nothing_unverified(instances, self.tree)
-        invariants.nothing_held(instances, self.tree)
+        await same_tips_and_documents(instances, self.tree)
+        nothing_acknowledged_lost(instances, self.acknowledged)
+        nothing_unverified(instances, self.tree)
+        nothing_held(instances, self.tree)
 
     async def _stop_all(self, nursery: trio.Nursery) -> None:
         """Stop every node; then no task of any may be left running."""
