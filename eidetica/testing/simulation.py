@@ -70,6 +70,8 @@ class Faults:
     duplicates: bool = True
     crashes: bool = True
     clock_jumps: bool = True
+    departures: bool = True
+    """One node may go away for good (never restarted; the others keep it as a peer)."""
 
     @classmethod
     def kinds(cls) -> list[str]:
@@ -110,6 +112,8 @@ class _Node:
     scope: trio.CancelScope | None = None
     ended: trio.Event = field(default_factory=trio.Event)
     """Set when its last run ended (a new one for each start)."""
+    gone: bool = False
+    """Went away for good: never started again, left out of the checks."""
 
     @property
     def up(self) -> bool:
@@ -225,6 +229,7 @@ class Simulation:
             (0.74, faults.duplicates, self._duplicates),
             (0.80, faults.crashes, lambda: self._crash_or_restart(nursery)),
             (0.83, faults.clock_jumps, self._jump),
+            (0.84, faults.departures, self._depart),
         ]
         for below, allowed, action in actions:
             if roll < below:
@@ -292,14 +297,37 @@ class Simulation:
         self._trace(f"duplicate {probability}")
         self.network.duplicate(probability)
 
+    async def _depart(self) -> None:
+        staying = [node for node in self.nodes if not node.gone]
+        if len(staying) <= 2 or len(staying) < len(self.nodes):
+            return  # one departure a run, and two nodes stay at least
+        node = self.rng.choice(staying)
+        if not all([await self._holds_tree(other) for other in staying if other is not node]):
+            return  # the tree must live on without it: the others hold it first
+        self._trace(f"{node.name} goes away for good")
+        self.outcome.faults += 1
+        node.gone = True
+        if node.scope is not None:
+            node.scope.cancel()
+            await node.ended.wait()
+
+    async def _holds_tree(self, node: _Node) -> bool:
+        if node.inst is None:
+            return False
+        try:
+            await node.inst.open_tree(self.tree)
+        except TreeNotFound:
+            return False
+        return True
+
     async def _crash_or_restart(self, nursery: trio.Nursery) -> None:
-        down = [node for node in self.nodes if not node.up]
+        down = [node for node in self.nodes if not node.up and not node.gone]
         if down:
             node = self.rng.choice(down)
             self._trace(f"restart {node.name}")
             await nursery.start(self._serve, node)
             return
-        node = self.rng.choice(self.nodes)
+        node = self.rng.choice([node for node in self.nodes if not node.gone])
         if node.path is None or node.scope is None:
             return  # a node in memory has nothing to come back from
         self._trace(f"crash {node.name}")
@@ -324,7 +352,7 @@ class Simulation:
         self.network.delay(0.0)
         self.network.duplicate(0.0)
         for node in self.nodes:
-            if not node.up:
+            if not node.up and not node.gone:
                 await nursery.start(self._serve, node)
 
     async def _settle(self) -> None:
@@ -341,6 +369,8 @@ class Simulation:
     async def _agreed(self) -> bool:
         tips = set()
         for node in self.nodes:
+            if node.gone:
+                continue
             if node.inst is None or node.sync is None:
                 return False
             try:
@@ -354,9 +384,19 @@ class Simulation:
     async def _check(self) -> None:
         instances = {node.name: node.inst for node in self.nodes if node.inst is not None}
         await same_tips_and_documents(instances, self.tree)
-        nothing_acknowledged_lost(instances, self.acknowledged)
+        nothing_acknowledged_lost(instances, self._should_be_everywhere(instances))
         nothing_unverified(instances, self.tree)
         nothing_held(instances, self.tree)
+
+    def _should_be_everywhere(self, staying: dict[str, Instance]) -> list[tuple[str, str]]:
+        """The acknowledged commits the staying nodes must all hold: all of theirs, and
+        those of a node gone for good that reached one of them before it went."""
+        return [
+            (author, entry_id)
+            for author, entry_id in self.acknowledged
+            if author in staying
+            or any(inst.backend.get(entry_id) is not None for inst in staying.values())
+        ]
 
     async def _stop_all(self, nursery: trio.Nursery) -> None:
         """Stop every node; then no task of any may be left running."""

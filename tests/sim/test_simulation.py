@@ -46,6 +46,7 @@ def test_faults_parse_names_and_refuses_unknown_ones() -> None:
         duplicates=False,
         crashes=True,
         clock_jumps=False,
+        departures=False,
     )
     with pytest.raises(ValueError, match="unknown faults \\['lightning'\\]"):
         Faults.parse("lightning")
@@ -92,3 +93,13 @@ def test_one_seed_replays_event_for_event_and_another_seed_differs() -> None:
     assert first.trace == again.trace
     assert any(" commit " in line for line in first.trace)  # entry ids are in the trace
     assert first.trace != other.trace
+
+
+def test_a_node_gone_for_good_leaves_the_others_agreeing_without_it() -> None:
+    faults = Faults.parse("departures,partitions")
+    departed = [
+        outcome
+        for outcome in (run_seed(seed, nodes=4, steps=60, faults=faults) for seed in range(6))
+        if any("goes away for good" in line for line in outcome.trace)
+    ]
+    assert departed, "no run drew a departure: choose other seeds"
