@@ -61,11 +61,13 @@ async def _follow(events: Subscription, tree: str, view: _View) -> None:
 
 
 def _size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    if size < 1000:
+        return f"{size:.0f} B"
+    for unit in ("KB", "MB"):
         size /= 1000
-    return f"{size:.1f} GB"  # unreachable: the loop returns at GB
+        if size < 1000:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1000:.1f} GB"
 
 
 class _Lines:
