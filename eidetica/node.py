@@ -8,7 +8,7 @@ layers: every instance :func:`open_instance` opens syncs with ``inst.sync()``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from eidetica.actors.sync import open_sync
@@ -19,7 +19,10 @@ from eidetica.storage.guard import require_trio
 
 @asynccontextmanager
 async def open_instance(
-    path: str | os.PathLike[str] | None, *, randomness: Randomness | None = None
+    path: str | os.PathLike[str] | None,
+    *,
+    randomness: Randomness | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[storage.Instance]:
     """Open the node stored in directory ``path`` (SQLite), or an in-memory one for None.
 
@@ -30,10 +33,11 @@ async def open_instance(
     ``randomness`` is where the node and its sync engine draw keys, entropy, nonces,
     ids and jitter: the system's by default. ``Randomness.seeded(seed)`` makes a
     simulation replay (with a seeded ``SimNetwork`` and trio's ``MockClock``); it is
-    insecure, for tests only.
+    insecure, for tests only. ``wall_clock`` is the node's Unix time (``time.time``
+    unless a simulation gives one that follows its ``MockClock``).
     """
     require_trio()
     async with storage.open_instance(
-        path, sync_opener=open_sync, randomness=randomness
+        path, sync_opener=open_sync, randomness=randomness, wall_clock=wall_clock
     ) as instance:
         yield instance

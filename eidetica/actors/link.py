@@ -12,7 +12,6 @@ again, which the peer actor does once, transparently.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -121,14 +120,13 @@ class Link:
         instance: Instance,
         *,
         expected_key: str | None = None,
-        wall_clock: Callable[[], float] = time.time,
     ) -> str:
         """Prove keys both ways and agree on a new session key; return the peer's proven
         key. The handshake's own messages go under no session; until it is done, the
         link's requests go on under the session it had."""
         initiator = Initiator(
             instance.device_key,
-            now=wall_clock(),
+            now=instance.wall_clock(),
             expected_key=expected_key,
             random_bytes=instance.randomness.random_bytes,
         )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
@@ -274,7 +273,7 @@ class PeerActor:
             seconds=trio.current_time() - started,
             complete=result.complete,
             tips=result.tips,
-            at=time.time(),
+            at=self.instance.wall_clock(),
         )
         self.announce(finished)
 
@@ -323,7 +322,7 @@ class PeerActor:
                 tips=result.tips if result is not None else (),
                 received=result.received if result is not None else 0,
                 duration=trio.current_time() - started,
-                at=time.time(),
+                at=self.instance.wall_clock(),
             )
         )
 

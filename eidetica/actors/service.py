@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,7 +135,6 @@ class SyncService:
         gate: HandshakeGate | None = None,
         watching: Watching | None = None,
         on_sent: Sent | None = None,
-        wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = trio.current_time,
     ) -> None:
         self._instance = instance
@@ -151,7 +149,7 @@ class SyncService:
         self._policy = policy or TreePolicy()
         """Which trees we take in from peers we were not told to sync them with."""
         self._on_taken = on_taken
-        self._clock = wall_clock
+        self._clock = instance.wall_clock
         """Unix time, for the handshake's window (compared with the peer's clock)."""
         self._monotonic = monotonic
         """For expiry and rates, which a jump of the wall clock must not upset."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -177,10 +176,6 @@ def _dump_peer(peer: PeerRecord) -> Any:
 def _load_peer(key: str, raw: Any) -> PeerRecord:
     stored = _load(raw, _PeerDoc, (PEERS, key))
     return PeerRecord(key, stored.addresses, frozenset(stored.sync_trees))
-
-
-def _at(at: float | None) -> float:
-    return time.time() if at is None else float(at)
 
 
 def _duration(value: float) -> float:
@@ -394,7 +389,9 @@ class SyncState:
                 average_sync_duration_ms=average + (duration_ms - average) / count,
             )
             self._put_metadata(peer, after)
-            self._add_history(HistoryRecord(peer, ok, entries, duration_ms, tree, "pull", _at(at)))
+            self._add_history(
+                HistoryRecord(peer, ok, entries, duration_ms, tree, "pull", self._at(at))
+            )
 
     async def record_push(self, peer: str, tree: str, entries: int) -> None:
         """Count a push of ``entries`` of ``tree`` that ``peer`` took."""
@@ -404,14 +401,18 @@ class SyncState:
                 before, pushes=before.pushes + 1, entries_pushed=before.entries_pushed + entries
             )
             self._put_metadata(peer, after)
-            self._add_history(HistoryRecord(peer, True, entries, 0.0, tree, "push", _at(None)))
+            self._add_history(HistoryRecord(peer, True, entries, 0.0, tree, "push", self._at()))
 
     async def record_served(self, peer: str, tree: str) -> None:
         """Count a sync request for ``tree`` that ``peer`` started and this node answered."""
         async with self._lock:
             before = await self.metadata(peer)
             self._put_metadata(peer, replace(before, requests_served=before.requests_served + 1))
-            self._add_history(HistoryRecord(peer, True, 0, 0.0, tree, "served", _at(None)))
+            self._add_history(HistoryRecord(peer, True, 0, 0.0, tree, "served", self._at()))
+
+    def _at(self, at: float | None = None) -> float:
+        """``at``, or now by the node's wall clock."""
+        return self.tree.instance.wall_clock() if at is None else float(at)
 
     def _put_metadata(self, peer: str, metadata: SyncMetadata) -> None:
         self._put_local(_METADATA, {**self._local(_METADATA), peer: _dump(metadata)})

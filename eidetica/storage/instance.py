@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class Instance:
         *,
         sync_opener: SyncOpener | None = None,
         randomness: Randomness | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.backend = backend
         self.device_key = key
@@ -101,6 +103,10 @@ class Instance:
         """Where this node draws its randomness: root entropy here, and in its sync
         engine nonces, tokens, ids and jitter (the system's unless a seeded one was
         given, for a simulation that must replay)."""
+        self.wall_clock = wall_clock or time.time
+        """Unix time as this node reads it: handshake timestamps and the times its sync
+        engine records (``time.time`` unless a simulation gives one that follows trio's
+        ``MockClock``, so a run replays whatever the machine's load)."""
         self.judge = Judge(backend)
         self.doc_states = DocStates(backend, self.judge)
         self.settings_index = SettingsIndex()
@@ -404,6 +410,7 @@ async def open_instance(
     *,
     sync_opener: SyncOpener | None = None,
     randomness: Randomness | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Instance]:
     """Open the node stored in directory ``path`` (SQLite), or an in-memory one for None.
 
@@ -411,10 +418,13 @@ async def open_instance(
     ``sync_opener`` is what the instance's :meth:`~Instance.sync` opens (none: it
     raises); ``eidetica.open_instance`` passes the engine's. ``randomness`` is where
     the node draws its keys, entropy, nonces and jitter (default: the system's; a
-    seeded one replays a simulation and is insecure).
+    seeded one replays a simulation and is insecure). ``wall_clock`` is the node's Unix
+    time (default ``time.time``; a simulation's follows its ``MockClock``).
     """
     require_trio()
     instance = _open(path, sync_opener, randomness or Randomness.system())
+    if wall_clock is not None:
+        instance.wall_clock = wall_clock
     try:
         yield instance
     finally:

@@ -8,6 +8,7 @@ any that fails.
 """
 
 from eidetica.testing.invariants import InvariantBroken
-from eidetica.testing.simulation import Faults, Outcome, Simulation, run_seed
+from eidetica.testing.kinds import Faults, Workload
+from eidetica.testing.simulation import Outcome, Simulation, run_seed
 
-__all__ = ["Faults", "InvariantBroken", "Outcome", "Simulation", "run_seed"]
+__all__ = ["Faults", "InvariantBroken", "Outcome", "Simulation", "Workload", "run_seed"]

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from eidetica.errors import first_leaf
-from eidetica.testing.simulation import Faults, Outcome, run_seed
+from eidetica.testing.kinds import Faults, Workload
+from eidetica.testing.simulation import Outcome, run_seed
 
 REPORT_EVERY = 25
 """Seeds between two progress lines."""
@@ -40,6 +41,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--faults", default="all", help="all, none, or some of: " + ", ".join(Faults.kinds())
     )
+    parser.add_argument(
+        "--workload",
+        default="all",
+        help="all, none, or some of: " + ", ".join(Workload.kinds()),
+    )
     parser.add_argument("--memory", action="store_true", help="nodes in memory (no crashes)")
     return parser.parse_args(argv)
 
@@ -48,7 +54,8 @@ def _replay(args: argparse.Namespace, seed: int) -> str:
     memory = " --memory" if args.memory else ""
     return (
         f"PYTHONHASHSEED=0 python -m eidetica.testing.sim --start {seed} --seeds 1"
-        f" --nodes {args.nodes} --steps {args.steps} --faults {args.faults}{memory}"
+        f" --nodes {args.nodes} --steps {args.steps} --faults {args.faults}"
+        f" --workload {args.workload}{memory}"
     )
 
 
@@ -58,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "eidetica.testing.sim", *sys.argv[1:]])
     try:
-        faults = Faults.parse(args.faults)
+        faults, workload = Faults.parse(args.faults), Workload.parse(args.workload)
     except ValueError as exc:
         print(f"eidetica.testing.sim: {exc}", file=sys.stderr)
         return 2
@@ -72,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     nodes=args.nodes,
                     steps=args.steps,
                     faults=faults,
+                    workload=workload,
                     sqlite=not args.memory,
                 )
             )

@@ -1,18 +1,25 @@
 """A seeded simulation of N eidetica nodes on the sim network, under trio's MockClock.
 
-One node creates a tree and lets every other node write it; every node knows every
-other (``add_peer``, so links are redialled after faults and restarts) and syncs the
-tree with each. Then a workload drawn from ``random.Random(seed)`` runs: commits on
-random nodes, syncs asked for, and faults — partitions and heals, dropped, delayed
-and duplicated requests, crashes (a SQLite node's engine and storage cancelled at a
-checkpoint, then opened again from its file), clock jumps and quiet spells. Last,
-every fault is healed and the timers run until the nodes agree (or a bound passes),
-and :mod:`eidetica.testing.invariants` checks what must hold.
+One node creates a tree, lets anyone read it and every other node write it; every
+node knows every other (``add_peer``, so links are redialled after faults and
+restarts) and syncs the tree with each — except, in half the seeds, a hub, which
+relates no tree itself and takes in the tree from whoever brings it
+(``accept_trees="any"``). Then a workload drawn from ``random.Random(seed)`` runs
+(:class:`~eidetica.testing.kinds.Workload`): commits on random nodes, syncs asked for,
+grants and revocations of write and admin by whichever node believes it may (a
+refused one is part of the run), relations added and removed while the nodes stay
+connected; and faults (:class:`~eidetica.testing.kinds.Faults`) — partitions and
+heals, dropped, delayed and duplicated requests, slow nodes, crashes (a SQLite node's
+engine and storage cancelled at a checkpoint, then opened again from its file), clock
+jumps, a node that goes for good, and quiet spells. Last, every fault is healed and
+the timers run until the nodes agree (or a bound passes), and
+:mod:`eidetica.testing.invariants` checks what must hold.
 
 Everything a run does is drawn from the seed, in order, so a seed names a run: the
 workload, the sim network's faults, each node's keys, entropy, nonces, ids and jitter
 (its :class:`~eidetica.protocol.randomness.Randomness` is seeded from the run's seed
-and its name), and trio's own scheduling tie-breaks. The trace
+and its name), and trio's own scheduling tie-breaks; and each node's wall clock
+follows the simulated one, so no reading of the machine's clock enters a run. The trace
 (:attr:`Outcome.trace`) lists what happened in simulated time: the workload's steps,
 each commit's entry id, and each node's events, with keys replaced by node names;
 two runs of one seed give the same trace.
@@ -25,7 +32,7 @@ import random
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -36,16 +43,24 @@ import eidetica.events as news
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.sync import Sync
 from eidetica.actors.transports.sim import SimNetwork
-from eidetica.errors import EideticaError, TreeNotFound
+from eidetica.errors import EideticaError, PermissionDenied, TreeNotFound
 from eidetica.protocol.randomness import Randomness
 from eidetica.storage.instance import Instance
+from eidetica.storage.transaction import AtomicOp
+from eidetica.storage.tree import Tree
 from eidetica.testing.invariants import (
     InvariantBroken,
+    counting,
+    memory_bounded,
     nothing_acknowledged_lost,
     nothing_held,
+    nothing_unauthorized,
     nothing_unverified,
-    same_tips_and_documents,
+    same_entries_and_documents,
+    tasks_bounded,
 )
+from eidetica.testing.kinds import Faults, Workload
+from eidetica.testing.relations import Relations
 
 CONFIG = SyncConfig(
     periodic_sync=60.0,
@@ -56,38 +71,12 @@ CONFIG = SyncConfig(
 )
 """Timers short enough that a healed run settles within minutes of simulated time."""
 
+WALL_EPOCH = 1_767_225_600.0
+"""The nodes' Unix time when the run's clock reads 0 (2026-01-01): their wall clock
+follows the ``MockClock``, jumps included, so no reading depends on the machine."""
+
 SETTLE_WITHIN = 1_800.0
 """Simulated seconds the nodes have, once healed, to agree."""
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Which kinds of fault a run may draw."""
-
-    partitions: bool = True
-    drops: bool = True
-    delays: bool = True
-    duplicates: bool = True
-    crashes: bool = True
-    clock_jumps: bool = True
-    departures: bool = True
-    """One node may go away for good (never restarted; the others keep it as a peer)."""
-
-    @classmethod
-    def kinds(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def parse(cls, text: str) -> Faults:
-        """``all``, ``none``, or a comma-separated list of kinds (``partitions,crashes``)."""
-        names = cls.kinds()
-        if text == "all":
-            return cls()
-        chosen = set() if text == "none" else {part.strip() for part in text.split(",")}
-        unknown = chosen - set(names)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}: choose from {', '.join(names)}")
-        return cls(**{name: name in chosen for name in names})
 
 
 @dataclass
@@ -106,6 +95,7 @@ class Outcome:
 class _Node:
     name: str
     path: Path | None
+    config: SyncConfig
     key: str = ""
     inst: Instance | None = None
     sync: Sync | None = None
@@ -131,6 +121,7 @@ class Simulation:
         nodes: int = 3,
         steps: int = 60,
         faults: Faults | None = None,
+        workload: Workload | None = None,
         directory: Path | None = None,
         config: SyncConfig = CONFIG,
     ) -> None:
@@ -139,12 +130,18 @@ class Simulation:
         self.seed = seed
         self.steps = steps
         self.faults = faults or Faults()
-        self.config = config
+        self.workload = workload or Workload()
         self.rng = random.Random(seed)
         self.network = SimNetwork(seed=seed)
         self.nodes = [
-            _Node(f"n{i}", None if directory is None else directory / f"n{i}") for i in range(nodes)
+            _Node(f"n{i}", None if directory is None else directory / f"n{i}", config)
+            for i in range(nodes)
         ]
+        self.hub: _Node | None = None
+        if self.workload.hub and nodes >= 3 and self.rng.random() < 0.5:
+            self.hub = self.nodes[-1]
+            self.hub.config = replace(config, accept_trees="any")
+        self.relations = Relations()
         self.outcome = Outcome(seed)
         self.acknowledged: list[tuple[str, str]] = []
         self.tree = ""
@@ -175,10 +172,12 @@ class Simulation:
                 async with AsyncExitStack() as stack:
                     randomness = Randomness.seeded(f"{self.seed}:{node.name}")
                     inst = await stack.enter_async_context(
-                        eidetica.open_instance(node.path, randomness=randomness)
+                        eidetica.open_instance(
+                            node.path, randomness=randomness, wall_clock=_wall_clock
+                        )
                     )
                     sync = await stack.enter_async_context(
-                        inst.sync(network=self.network, name=node.name, config=self.config)
+                        inst.sync(network=self.network, name=node.name, config=node.config)
                     )
                     await sync.start_server(f"sim://{node.name}")
                     events = await stack.enter_async_context(sync.events())
@@ -206,30 +205,39 @@ class Simulation:
         assert owner.inst is not None
         tree = await owner.inst.create_tree(name="simulated")
         self.tree = tree.root_id
+        if self.workload.permissions:
+            await tree.grant("*", "read")  # a revoked writer still syncs: it reads
         for node in self.nodes[1:]:
             await tree.grant(node.key, "write")
+        if self.hub is not None:
+            self._trace(f"{self.hub.name} is a hub")
         for node in self.nodes:
             for other in self.nodes:
                 if other is not node:
                     assert node.sync is not None
                     await node.sync.add_peer(other.key, f"sim://{other.name}")
-                    await node.sync.add_tree_sync(other.key, self.tree)
+                    if node is not self.hub:
+                        await node.sync.add_tree_sync(other.key, self.tree)
+                        self.relations.add(node.name, other.name)
 
     # The workload.
 
     async def _step(self, nursery: trio.Nursery, step: int) -> None:
-        rng, faults = self.rng, self.faults
+        rng, faults, work = self.rng, self.faults, self.workload
         roll = rng.random()
         actions: list[tuple[float, bool, Callable[[], Awaitable[None]]]] = [
-            (0.45, True, lambda: self._commit(step)),
-            (0.55, True, self._ask_sync),
-            (0.63, faults.partitions, self._partition),
-            (0.67, faults.drops, self._drops),
+            (0.40, True, lambda: self._commit(step)),
+            (0.48, True, self._ask_sync),
+            (0.54, work.permissions, self._permissions),
+            (0.59, work.relationships, self._relate),
+            (0.65, faults.partitions, self._partition),
+            (0.68, faults.drops, self._drops),
             (0.71, faults.delays, self._delays),
-            (0.74, faults.duplicates, self._duplicates),
-            (0.80, faults.crashes, lambda: self._crash_or_restart(nursery)),
-            (0.83, faults.clock_jumps, self._jump),
-            (0.84, faults.departures, self._depart),
+            (0.74, faults.slow_nodes, self._slow),
+            (0.76, faults.duplicates, self._duplicates),
+            (0.82, faults.crashes, lambda: self._crash_or_restart(nursery)),
+            (0.85, faults.clock_jumps, self._jump),
+            (0.86, faults.departures, self._depart),
         ]
         for below, allowed, action in actions:
             if roll < below:
@@ -245,20 +253,70 @@ class Simulation:
         up = [node for node in self.nodes if node.up]
         return self.rng.choice(up) if up else None
 
+    async def _open(self, node: _Node | None) -> Tree | None:
+        """``node``'s copy of the tree; None while it is down or has not pulled it."""
+        if node is None or node.inst is None:
+            return None
+        try:
+            return await node.inst.open_tree(self.tree)
+        except TreeNotFound:
+            return None
+
     async def _commit(self, step: int) -> None:
         node, key = self._pick(), f"k{self.rng.randrange(16)}"
-        if node is None or node.inst is None:
+        tree = await self._open(node)
+        if node is None or tree is None:
             return
         try:
-            tree = await node.inst.open_tree(self.tree)
-        except TreeNotFound:
-            return  # not pulled yet
-        async with tree.transaction() as op:
-            op.doc("doc").set(key, {"step": step, "by": node.name})
+            async with tree.transaction() as op:
+                op.doc("doc").set(key, {"step": step, "by": node.name})
+        except PermissionDenied:
+            self._trace(f"{node.name} may not commit {key}")
+            return
+        self._acknowledge(node, op, f"commit {key}")
+
+    def _acknowledge(self, node: _Node, op: AtomicOp, what: str) -> None:
+        """A commit returned: it must reach every node that syncs the tree."""
         if op.entry is not None:
             self.acknowledged.append((node.name, op.entry.id))
             self.outcome.commits += 1
-            self._trace(f"{node.name} commit {key} {op.entry.id}")
+            self._trace(f"{node.name} {what} {op.entry.id}")
+
+    async def _permissions(self) -> None:
+        """A node grants another write or admin, or takes the grant away (back to the
+        read anyone has); it is refused when it is no admin as of its tips."""
+        node, target = self._pick(), self.rng.choice(self.nodes[1:])  # the owner stays admin
+        change = self.rng.choice(("write", "admin", "revoke"))
+        tree = await self._open(node)
+        if node is None or tree is None:
+            return
+        try:
+            async with tree.transaction() as op:
+                if change == "revoke":
+                    op.settings().delete(("auth", target.key))
+                else:
+                    op.settings().set(("auth", target.key), change)
+        except PermissionDenied:
+            self._trace(f"{node.name} may not {change} {target.name}")
+            return
+        self._acknowledge(node, op, f"{change} {target.name}")
+
+    async def _relate(self) -> None:
+        """A node starts or stops syncing the tree with a peer; it stops only if every
+        staying node still reaches every other."""
+        staying = [node for node in self.nodes if not node.gone]
+        a, b = self.rng.sample(staying, 2)
+        if a.sync is None:
+            return
+        pair = (a.name, b.name)
+        if pair not in self.relations:
+            self._trace(f"{a.name} syncs with {b.name}")
+            await a.sync.add_tree_sync(b.key, self.tree)
+            self.relations.add(*pair)
+        elif await self._sound(staying, without=pair):
+            self._trace(f"{a.name} stops syncing with {b.name}")
+            await a.sync.remove_tree_sync(b.key, self.tree)
+            self.relations.remove(*pair)
 
     async def _ask_sync(self) -> None:
         node, other = self._pick(), self._pick()
@@ -291,6 +349,20 @@ class Simulation:
         self._trace(f"delay {seconds} jitter {jitter}")
         self.network.delay(seconds, jitter)
 
+    async def _sound(self, nodes: list[_Node], without: tuple[str, str] | None = None) -> bool:
+        """Whether ``nodes`` all come to hold the tree and sync it with each other
+        (:meth:`Relations.sound`); a node that is down counts as not holding it."""
+        holders = [node.name for node in nodes if await self._open(node) is not None]
+        hub = None if self.hub is None else self.hub.name
+        names = [node.name for node in nodes]
+        return self.relations.sound(names, holders=holders, hub=hub, without=without)
+
+    async def _slow(self) -> None:
+        node, seconds = self.rng.choice(self.nodes), self.rng.choice((0.0, 0.5, 3.0))
+        self.outcome.faults += 1
+        self._trace(f"{node.name} slow {seconds}")
+        self.network.slow(node.name, seconds)
+
     async def _duplicates(self) -> None:
         probability = self.rng.choice((0.0, 0.2))
         self.outcome.faults += 1
@@ -302,23 +374,17 @@ class Simulation:
         if len(staying) <= 2 or len(staying) < len(self.nodes):
             return  # one departure a run, and two nodes stay at least
         node = self.rng.choice(staying)
-        if not all([await self._holds_tree(other) for other in staying if other is not node]):
+        rest = [other for other in staying if other is not node]
+        if not all([await self._open(other) is not None for other in rest]):
             return  # the tree must live on without it: the others hold it first
+        if not await self._sound(rest):
+            return  # and they must still reach each other
         self._trace(f"{node.name} goes away for good")
         self.outcome.faults += 1
         node.gone = True
         if node.scope is not None:
             node.scope.cancel()
             await node.ended.wait()
-
-    async def _holds_tree(self, node: _Node) -> bool:
-        if node.inst is None:
-            return False
-        try:
-            await node.inst.open_tree(self.tree)
-        except TreeNotFound:
-            return False
-        return True
 
     async def _crash_or_restart(self, nursery: trio.Nursery) -> None:
         down = [node for node in self.nodes if not node.up and not node.gone]
@@ -352,6 +418,7 @@ class Simulation:
         self.network.delay(0.0)
         self.network.duplicate(0.0)
         for node in self.nodes:
+            self.network.slow(node.name, 0.0)
             if not node.up and not node.gone:
                 await nursery.start(self._serve, node)
 
@@ -367,26 +434,33 @@ class Simulation:
         raise InvariantBroken(f"the nodes did not agree within {SETTLE_WITHIN:.0f} s of healing")
 
     async def _agreed(self) -> bool:
-        tips = set()
+        """Whether every staying node holds the same entries that count (see
+        :func:`~eidetica.testing.invariants.same_entries_and_documents`) and no retry
+        waits."""
+        held = set()
         for node in self.nodes:
             if node.gone:
                 continue
-            if node.inst is None or node.sync is None:
+            if node.inst is None or node.sync is None or await self._open(node) is None:
                 return False
-            try:
-                tips.add(tuple(await (await node.inst.open_tree(self.tree)).tips()))
-            except TreeNotFound:
-                return False
+            held.add(counting(node.inst, self.tree))
             if (await node.sync.status()).retries:
                 return False
-        return len(tips) == 1
+        return len(held) == 1
 
     async def _check(self) -> None:
-        instances = {node.name: node.inst for node in self.nodes if node.inst is not None}
-        await same_tips_and_documents(instances, self.tree)
-        nothing_acknowledged_lost(instances, self._should_be_everywhere(instances))
+        up = [node for node in self.nodes if node.inst is not None and node.sync is not None]
+        instances = {node.name: node.inst for node in up if node.inst is not None}
+        await same_entries_and_documents(instances, self.tree)
+        nothing_acknowledged_lost(instances, self._should_be_everywhere(instances), self.tree)
         nothing_unverified(instances, self.tree)
-        nothing_held(instances, self.tree)
+        await nothing_unauthorized(instances, self.tree)
+        await nothing_held(instances, self.tree)
+        statuses = {node.name: await node.sync.status() for node in up if node.sync is not None}
+        memory_bounded(statuses, peers=len(self.nodes) - 1)
+        root = trio.lowlevel.current_root_task()
+        assert root is not None, "a simulation runs inside trio.run"
+        tasks_bounded(_count_tasks(root), nodes=len(self.nodes))
 
     def _should_be_everywhere(self, staying: dict[str, Instance]) -> list[tuple[str, str]]:
         """The acknowledged commits the staying nodes must all hold: all of theirs, and
@@ -408,6 +482,17 @@ class Simulation:
         if nursery.child_tasks:
             names = sorted(task.name for task in nursery.child_tasks)
             raise InvariantBroken(f"tasks left a minute after every node stopped: {names}")
+
+
+def _count_tasks(task: trio.lowlevel.Task) -> int:
+    """``task`` and every task below it."""
+    return 1 + sum(
+        _count_tasks(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+    )
+
+
+def _wall_clock() -> float:
+    return WALL_EPOCH + trio.current_time()
 
 
 @contextlib.contextmanager
@@ -435,6 +520,7 @@ def run_seed(
     nodes: int = 3,
     steps: int = 60,
     faults: Faults | None = None,
+    workload: Workload | None = None,
     sqlite: bool = True,
 ) -> Outcome:
     """Run one seed to its end in a trio run of its own, under a ``MockClock``, with
@@ -448,6 +534,7 @@ def run_seed(
             nodes=nodes,
             steps=steps,
             faults=faults,
+            workload=workload,
             directory=Path(directory) if sqlite else None,
         )
         clock = trio.testing.MockClock(autojump_threshold=0)

@@ -160,6 +160,32 @@ async def test_delay_takes_exactly_that_long_in_virtual_time(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_slow_node_slows_only_the_links_that_join_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = SimNetwork()
+    network.delay(1.0)
+    network.slow("sim://slow", 3.0)
+    caller = SimTransport(network, name="caller")
+
+    async def timed(address: str) -> float:
+        start = trio.current_time()
+        assert await caller.request(address, b"ab") == b"ba"
+        return trio.current_time() - start
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(SimTransport(network, name="slow").serve, "sim://slow", echo)
+            await nursery.start(SimTransport(network, name="fast").serve, "sim://fast", echo)
+            assert await timed("sim://slow") == 4.0
+            assert await timed("sim://fast") == 1.0
+            network.slow("slow", 0)
+            assert await timed("sim://slow") == 1.0
+            nursery.cancel_scope.cancel()
+    with pytest.raises(ValueError, match="negative"):
+        network.slow("slow", -1.0)
+
+
 async def test_jitter_reorders_concurrent_requests(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -6,7 +6,7 @@ from its own seed. Each run is a ``trio.run`` of its own, so both start from the
 state (clock at 0, no tasks), and the transcripts of two runs of one seed must match:
 every event either node published with the mock time it came, the entries each holds
 and the engine's status. Wall-clock fields (``SyncFinished.at``, the last complete
-sync per tree) are left out: the nodes read ``time.time()`` for them.
+sync per tree) are in: each node's wall clock follows the mock clock.
 
 trio itself shuffles the tasks it runs in each batch, with a generator of its own:
 :func:`_replayable_trio` seeds it and makes trio order each batch by task number
@@ -27,29 +27,19 @@ import trio
 import trio.testing
 
 import eidetica
-import eidetica.events as news
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.sync import Sync
 from eidetica.actors.transports.sim import SimNetwork
 from eidetica.protocol.randomness import Randomness
 
-WALL_CLOCK_FIELDS = frozenset({"at", "trees_last_synced", "last_sync"})
-"""Fields that hold ``time.time()``. ``PeerStatus.last_sync`` is trio time, but shares
-its name with the tree lag's wall-clock one, so both go."""
+EPOCH = 1_767_225_600.0
+"""The nodes' Unix time when the mock clock reads 0."""
 
 Transcript = list[Any]
 
 
-def _without_wall_clock(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            key: _without_wall_clock(item)
-            for key, item in value.items()
-            if key not in WALL_CLOCK_FIELDS
-        }
-    if isinstance(value, list):
-        return [_without_wall_clock(item) for item in value]
-    return value
+def _wall_clock() -> float:
+    return EPOCH + trio.current_time()
 
 
 async def _record(
@@ -62,7 +52,7 @@ async def _record(
     async with sync.events() as events:
         task_status.started()
         async for event in events:
-            told = _without_wall_clock(msgspec.to_builtins(event))
+            told = msgspec.to_builtins(event)
             transcript.append((round(trio.current_time(), 9), name, told))
 
 
@@ -75,8 +65,12 @@ async def _scenario(seed: int) -> Transcript:
     network.delay(0.05, jitter=0.2)
     config = SyncConfig(periodic_sync=30.0, connection_check=10.0, retry_sweep=5.0)
     async with (
-        eidetica.open_instance(None, randomness=Randomness.seeded(f"{seed}/host")) as host,
-        eidetica.open_instance(None, randomness=Randomness.seeded(f"{seed}/client")) as client,
+        eidetica.open_instance(
+            None, randomness=Randomness.seeded(f"{seed}/host"), wall_clock=_wall_clock
+        ) as host,
+        eidetica.open_instance(
+            None, randomness=Randomness.seeded(f"{seed}/client"), wall_clock=_wall_clock
+        ) as client,
     ):
         tree = await host.create_tree(name="notes")
         await tree.grant(client.public_key, "write")
@@ -110,7 +104,7 @@ async def _scenario(seed: int) -> Transcript:
                 held = await (await inst.open_tree(tree.root_id)).entries()
                 transcript.append(("entries", name, [entry.id for entry in held]))
                 status = msgspec.to_builtins(await sync.status())
-                transcript.append(("status", name, _without_wall_clock(status)))
+                transcript.append(("status", name, status))
             nursery.cancel_scope.cancel()
     return transcript
 
@@ -151,12 +145,8 @@ def test_another_seed_makes_another_run() -> None:
     assert first != other
 
 
-def test_events_carry_no_other_wall_clock_field() -> None:
-    """If an event grows another ``time.time()`` field, the replay must leave it out."""
-    wall_clock = {
-        name
-        for kind in news.Event.__args__
-        for name in kind.__struct_fields__
-        if name in WALL_CLOCK_FIELDS
-    }
-    assert wall_clock == {"at"}
+def test_wall_clock_fields_follow_the_nodes_clock() -> None:
+    """``SyncFinished.at`` is read from the node's wall clock, not the machine's."""
+    finished = [entry for entry in _run(11) if isinstance(entry[0], float)]
+    stamps = [(at, told["at"]) for at, _, told in finished if told["event"] == "sync_finished"]
+    assert stamps and all(stamp == EPOCH + at for at, stamp in stamps)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 import pytest
 
 import eidetica
-from eidetica.testing import Faults, InvariantBroken, Outcome, invariants, run_seed
+from eidetica.actors.engine.status import RetryStatus, SyncStatus
+from eidetica.protocol.entry import StoreWrite, create_entry
+from eidetica.protocol.keys import SigningKey
+from eidetica.storage.backend import Record
+from eidetica.testing import Faults, InvariantBroken, Outcome, Workload, invariants, run_seed
 from eidetica.testing import sim as runner
 
 QUICK_SEEDS = range(200)
@@ -44,12 +49,16 @@ def test_faults_parse_names_and_refuses_unknown_ones() -> None:
         drops=True,
         delays=False,
         duplicates=False,
+        slow_nodes=False,
         crashes=True,
         clock_jumps=False,
         departures=False,
     )
     with pytest.raises(ValueError, match="unknown faults \\['lightning'\\]"):
         Faults.parse("lightning")
+    assert Workload.parse("hub") == Workload(permissions=False, relationships=False, hub=True)
+    with pytest.raises(ValueError, match="unknown workload \\['chaos'\\]"):
+        Workload.parse("chaos")
 
 
 def test_the_runner_reports_a_failing_seed_with_its_replay_command(
@@ -68,7 +77,7 @@ def test_the_runner_reports_a_failing_seed_with_its_replay_command(
     assert "seed 3 FAILED: InvariantBroken: n1 lacks 00ff, acknowledged on n0" in said
     assert (
         "replay: PYTHONHASHSEED=0 python -m eidetica.testing.sim --start 3 --seeds 1"
-        " --nodes 4 --steps 60 --faults all"
+        " --nodes 4 --steps 60 --faults all --workload all"
     ) in said
     assert "3 seeds in" in said and "1 failed" in said
 
@@ -78,14 +87,44 @@ async def test_the_invariants_catch_nodes_that_disagree_or_lost_a_commit() -> No
         tree = await a.create_tree(name="t")
         await b.import_entries(await tree.entries())
         nodes = {"a": a, "b": b}
-        await invariants.same_tips_and_documents(nodes, tree.root_id)  # agree: no error
+        await invariants.same_entries_and_documents(nodes, tree.root_id)  # agree: no error
         async with tree.transaction() as op:
             op.doc("doc").set("only", "on a")
-        with pytest.raises(InvariantBroken, match="b holds tips"):
-            await invariants.same_tips_and_documents(nodes, tree.root_id)
         assert op.entry is not None
+        with pytest.raises(InvariantBroken, match=f"a holds {op.entry.id}, which counts, and b"):
+            await invariants.same_entries_and_documents(nodes, tree.root_id)
         with pytest.raises(InvariantBroken, match=f"b lacks {op.entry.id}, acknowledged on a"):
-            invariants.nothing_acknowledged_lost(nodes, [("a", op.entry.id)])
+            invariants.nothing_acknowledged_lost(nodes, [("a", op.entry.id)], tree.root_id)
+
+
+async def test_the_invariants_catch_an_entry_stored_without_its_permission() -> None:
+    async with eidetica.open_instance(None) as a:
+        tree = await a.create_tree(name="t")
+        async with tree.transaction() as op:
+            op.doc("doc").set("k", 1)
+        assert op.entry is not None
+        await invariants.nothing_unauthorized({"a": a}, tree.root_id)  # all the owner's
+        forged = create_entry(
+            SigningKey.generate(),
+            tree=tree.root_id,
+            parents=[op.entry.id],
+            height=op.entry.height + 1,
+            stores=[StoreWrite("doc", (op.entry.id,), op.entry.stores[0].data)],
+        )
+        a.backend.put([Record(forged, (tree.root_id,))])  # past verification, as a bug would
+        with pytest.raises(InvariantBroken, match=f"a stores {forged.id}, which a fresh node"):
+            await invariants.nothing_unauthorized({"a": a}, tree.root_id)
+
+
+def test_memory_bounded_names_what_grew() -> None:
+    quiet = SyncStatus([], {}, [], 0, 0, 0, [])
+    invariants.memory_bounded({"n0": quiet}, peers=2)
+    queued = msgspec.structs.replace(quiet, retries=[RetryStatus(1.0, "p", "t", 1)] * 3)
+    with pytest.raises(InvariantBroken, match="n0 queues 3 retries for 2 peers"):
+        invariants.memory_bounded({"n0": queued}, peers=2)
+    down = msgspec.structs.replace(quiet, crashed=["timer"])
+    with pytest.raises(InvariantBroken, match="n0 left actors down after crashes"):
+        invariants.memory_bounded({"n0": down}, peers=2)
 
 
 def test_one_seed_replays_event_for_event_and_another_seed_differs() -> None:
@@ -103,3 +142,10 @@ def test_a_node_gone_for_good_leaves_the_others_agreeing_without_it() -> None:
         if any("goes away for good" in line for line in outcome.trace)
     ]
     assert departed, "no run drew a departure: choose other seeds"
+
+
+def test_tasks_bounded_allows_the_measured_counts_and_names_a_leak() -> None:
+    invariants.tasks_bounded(27, nodes=3)
+    invariants.tasks_bounded(53, nodes=5)
+    with pytest.raises(InvariantBroken, match="500 tasks run for 3 nodes"):
+        invariants.tasks_bounded(500, nodes=3)

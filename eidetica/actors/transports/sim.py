@@ -166,6 +166,8 @@ class SimNetwork:
         self._latency = 0.0
         self._jitter = 0.0
         self._duplicate_probability = 0.0
+        self._slow: dict[str, float] = {}
+        """Extra round-trip seconds on every link that joins a slow node."""
         self._fresh = itertools.count(1)
         self._link_numbers = itertools.count(1)
 
@@ -215,6 +217,18 @@ class SimNetwork:
             raise ValueError(f"latency cannot be negative: {seconds} + {jitter}")
         self._latency = seconds
         self._jitter = jitter
+
+    def slow(self, node: str, seconds: float) -> None:
+        """Make every round trip over a link that joins ``node`` take ``seconds``
+        longer, on top of :meth:`delay`: one slow machine or slow line among fast
+        ones. ``slow(node, 0)`` makes it as fast as the rest again."""
+        if seconds < 0:
+            raise ValueError(f"latency cannot be negative: {seconds}")
+        name = _node_name(node)
+        if seconds:
+            self._slow[name] = seconds
+        else:
+            self._slow.pop(name, None)
 
     def duplicate(self, probability: float) -> None:
         """Deliver each request twice with ``probability``: the handler runs on the
@@ -310,7 +324,8 @@ class SimNetwork:
             lost = True
         else:
             lost = self._drop_probability > 0 and self._random.random() < self._drop_probability
-        latency = self._latency
+        latency = self._latency + self._slow.get(link.dialler.name, 0.0)
+        latency += self._slow.get(link.server.name, 0.0)
         if self._jitter > 0:
             latency += self._random.uniform(0.0, self._jitter)
         twice = (
