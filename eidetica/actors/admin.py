@@ -80,8 +80,10 @@ class Admin:
         intake: Intake,
         *,
         changes: Callable[[], object] = lambda: None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = key
+        self._wall_clock = wall_clock
         self._read_status = status
         self._changes = changes
         self._cached: tuple[object, float, SyncStatus] | None = None
@@ -106,7 +108,7 @@ class Admin:
         """The bus listener: count it, and keep the last syncs for the page."""
         self.metrics.on_event(event)
         if isinstance(event, news.SyncFinished | news.SyncFailed):
-            self.recent.append((time.time(), event))
+            self.recent.append((self._wall_clock(), event))
 
     def health(self) -> Health:
         """Alive: the engine runs and storage answers."""
@@ -162,7 +164,7 @@ class Admin:
         status = self._status()
         return {
             "key": self._key,
-            "now": time.time(),
+            "now": self._wall_clock(),
             "engine": self._engine(),
             "status": msgspec.to_builtins(status),
             "recent": [

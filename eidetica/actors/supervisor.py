@@ -131,6 +131,7 @@ class Supervisor:
             instance.healthy,
             instance.intake,
             changes=lambda: (self.bus.published, instance.version),
+            wall_clock=instance.wall_clock,
         )
         """The node's read-only pages (health, readiness, metrics, status page)."""
         self.bus.listen(self.admin.on_event)

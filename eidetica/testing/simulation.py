@@ -157,7 +157,7 @@ class Simulation:
                 await self._step(nursery, step)
             await self._heal(nursery)
             await self._settle()
-            await self._check()
+            await self.check()
             await self._stop_all(nursery)
         return self.outcome
 
@@ -317,6 +317,8 @@ class Simulation:
             self._trace(f"{a.name} stops syncing with {b.name}")
             await a.sync.remove_tree_sync(b.key, self.tree)
             self.relations.remove(*pair)
+        else:
+            self._trace(f"{a.name} keeps syncing with {b.name}: the nodes need it")
 
     async def _ask_sync(self) -> None:
         node, other = self._pick(), self._pick()
@@ -448,9 +450,16 @@ class Simulation:
                 return False
         return len(held) == 1
 
-    async def _check(self) -> None:
+    def instances(self) -> dict[str, Instance]:
+        """The nodes running now, by name (n0 created the tree), for checks."""
+        return {node.name: node.inst for node in self.nodes if node.inst is not None}
+
+    async def check(self) -> None:
+        """Check every invariant once the nodes agreed, all of them still running. A
+        subclass may check more of its own (:meth:`instances`, :attr:`tree`) and call
+        this too; :func:`run_seed` takes such a class."""
         up = [node for node in self.nodes if node.inst is not None and node.sync is not None]
-        instances = {node.name: node.inst for node in up if node.inst is not None}
+        instances = self.instances()
         await same_entries_and_documents(instances, self.tree)
         nothing_acknowledged_lost(instances, self._should_be_everywhere(instances), self.tree)
         nothing_unverified(instances, self.tree)
@@ -522,14 +531,16 @@ def run_seed(
     faults: Faults | None = None,
     workload: Workload | None = None,
     sqlite: bool = True,
+    simulation: type[Simulation] = Simulation,
 ) -> Outcome:
     """Run one seed to its end in a trio run of its own, under a ``MockClock``, with
-    trio's scheduler seeded too; SQLite nodes live in a temporary directory."""
+    trio's scheduler seeded too; SQLite nodes live in a temporary directory.
+    ``simulation`` may be a subclass that checks more (see :meth:`Simulation.check`)."""
     with (
         replayable_scheduling(seed),
         tempfile.TemporaryDirectory(prefix=f"eidetica-sim-{seed}-") as directory,
     ):
-        simulation = Simulation(
+        run = simulation(
             seed,
             nodes=nodes,
             steps=steps,
@@ -538,4 +549,4 @@ def run_seed(
             directory=Path(directory) if sqlite else None,
         )
         clock = trio.testing.MockClock(autojump_threshold=0)
-        return trio.run(simulation.run, clock=clock)
+        return trio.run(run.run, clock=clock)
