@@ -53,5 +53,6 @@ class Workload(_Switches):
     relationships: bool = True
     """A node relates the tree with a peer, or stops, as long as all stay connected."""
     hub: bool = True
-    """Half the seeds make the last node a hub that takes in trees from anyone and
-    relates none itself (needs three nodes)."""
+    """Half the seeds make the last node a hub that relates no tree itself and takes
+    trees in: from anyone (``"any"``), or, under a callable policy, from the run's
+    nodes only (needs three nodes)."""

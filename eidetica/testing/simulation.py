@@ -41,6 +41,7 @@ import trio.testing
 import eidetica
 import eidetica.events as news
 from eidetica.actors.config import SyncConfig
+from eidetica.actors.engine.policy import AcceptTrees
 from eidetica.actors.sync import Sync
 from eidetica.actors.transports.sim import SimNetwork
 from eidetica.errors import EideticaError, PermissionDenied, TreeNotFound
@@ -137,15 +138,21 @@ class Simulation:
             _Node(f"n{i}", None if directory is None else directory / f"n{i}", config)
             for i in range(nodes)
         ]
-        self.hub: _Node | None = None
-        if self.workload.hub and nodes >= 3 and self.rng.random() < 0.5:
-            self.hub = self.nodes[-1]
-            self.hub.config = replace(config, accept_trees="any")
-        self.relations = Relations()
         self.outcome = Outcome(seed)
         self.acknowledged: list[tuple[str, str]] = []
         self.tree = ""
         self._names: dict[str, str] = {}
+        self.hub: _Node | None = None
+        if self.workload.hub and nodes >= 3 and self.rng.random() < 0.5:
+            self.hub = self.nodes[-1]
+            self.hub.config = replace(config, accept_trees=self._hub_policy())
+        self.relations = Relations()
+
+    def _hub_policy(self) -> AcceptTrees:
+        """``"any"``, or a callable that takes trees from the run's nodes only."""
+        if self.rng.random() < 0.5:
+            return "any"
+        return lambda peer, tree: peer in self._names
 
     async def run(self) -> Outcome:
         """The whole run: set up, workload, heal, settle, check."""
@@ -210,7 +217,9 @@ class Simulation:
         for node in self.nodes[1:]:
             await tree.grant(node.key, "write")
         if self.hub is not None:
-            self._trace(f"{self.hub.name} is a hub")
+            policy = self.hub.config.accept_trees
+            whom = "anyone" if policy == "any" else "the run's nodes"
+            self._trace(f"{self.hub.name} is a hub taking trees from {whom}")
         for node in self.nodes:
             for other in self.nodes:
                 if other is not node:

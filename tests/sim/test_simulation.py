@@ -149,3 +149,14 @@ def test_tasks_bounded_allows_the_measured_counts_and_names_a_leak() -> None:
     invariants.tasks_bounded(53, nodes=5)
     with pytest.raises(InvariantBroken, match="500 tasks run for 3 nodes"):
         invariants.tasks_bounded(500, nodes=3)
+
+
+def test_a_hub_under_either_policy_takes_the_tree_in_and_agrees() -> None:
+    """The hub relates no tree; it holds the tree at the end only because its
+    policy took it in from the nodes that relate it (the run settles only when every
+    node holds it)."""
+    hubs = set()
+    for seed in range(12):
+        outcome = run_seed(seed, nodes=3, steps=20, workload=Workload.parse("hub"))
+        hubs |= {line.split("taking trees from ")[1] for line in outcome.trace if "hub" in line}
+    assert hubs == {"anyone", "the run's nodes"}
