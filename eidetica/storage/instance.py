@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ from eidetica.storage.tree import Tree
 from eidetica.storage.verify import BatchVerifier
 
 log = logging.getLogger(__name__)
+
+REFUSALS_REMEMBERED = 4096
+"""Entry ids whose refusal was logged, so an entry offered again (a revoked writer's
+node offers its refused entries at every sync) is logged once, not every time."""
 
 DATABASE_FILE = "eidetica.db"
 
@@ -114,6 +119,7 @@ class Instance:
         self._changed = trio.Event()
         self.version = 0
         """Counts the batches this node has stored; see :meth:`changed`."""
+        self._refusals_logged: OrderedDict[str, None] = OrderedDict()
         self._hooks: list[CommitHook] = []
         self._receive_hooks: list[ReceiveHook] = []
         self._tree_versions: dict[str, int] = {}
@@ -220,8 +226,7 @@ class Instance:
         if stored:
             self._stored((tree,))
             self._run_receive_hooks(tree, source, len(stored), stored_bytes)
-        for rejection in rejected:
-            log.warning("refused entry %s for tree %s: %s", rejection.id, tree, rejection.reason)
+        self._log_refusals(tree, rejected)
         return Receipt(
             stored=stored,
             rejected=rejected,
@@ -229,6 +234,17 @@ class Instance:
             missing=sorted(self.intake.missing(tree, self.backend.has)),
             stored_bytes=stored_bytes,
         )
+
+    def _log_refusals(self, tree: str, rejected: Sequence[Rejection]) -> None:
+        """One warning per refused entry; again only at debug level, while remembered."""
+        for rejection in rejected:
+            again = rejection.id is not None and rejection.id in self._refusals_logged
+            level = logging.DEBUG if again else logging.WARNING
+            log.log(level, "refused entry %s for tree %s: %s", rejection.id, tree, rejection.reason)
+            if rejection.id is not None and not again:
+                self._refusals_logged[rejection.id] = None
+                if len(self._refusals_logged) > REFUSALS_REMEMBERED:
+                    self._refusals_logged.popitem(last=False)
 
     def _without_spam(
         self, tree: str, verifier: BatchVerifier, records: list[Record], rejected: list[Rejection]

@@ -22,7 +22,8 @@ from eidetica.errors import (
     SyncError,
     TreeNotFound,
 )
-from eidetica.protocol.entry import Entry
+from eidetica.protocol.entry import Entry, create_entry
+from eidetica.protocol.keys import SigningKey
 from eidetica.storage import instance as storage
 
 
@@ -249,3 +250,18 @@ async def test_an_instance_built_without_an_engine_says_where_to_get_one() -> No
     async with storage.open_instance(None) as inst:
         with pytest.raises(SyncError, match=r"eidetica\.open_instance"):
             inst.sync()
+
+
+async def test_an_entry_refused_again_is_logged_once(
+    inst: eidetica.Instance, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revoked writer's node offers its refused entries at every sync: the first
+    refusal is a warning, the repeats are debug lines."""
+    tree = await inst.create_tree(name="t")
+    stranger = SigningKey.generate()
+    forged = create_entry(stranger, tree=tree.root_id, parents=[tree.root_id], height=1, stores=[])
+    with caplog.at_level(logging.WARNING, logger="eidetica.storage.instance"):
+        for _ in range(3):
+            receipt = await inst.receive(tree.root_id, [forged.raw])
+            assert [r.id for r in receipt.rejected] == [forged.id]
+    assert caplog.text.count(f"refused entry {forged.id}") == 1
