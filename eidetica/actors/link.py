@@ -38,7 +38,6 @@ from eidetica.protocol.messages import (
 from eidetica.protocol.reconcile import SyncRound
 from eidetica.protocol.summary import SALT_BYTES
 from eidetica.storage.instance import Instance
-from eidetica.storage.treeview import TreeView
 
 M = TypeVar("M", bound=Message)
 
@@ -146,7 +145,7 @@ class Link:
         """One full two-way sync of ``tree`` with the peer, telling ``progress`` of
         each page that arrives."""
         round_ = SyncRound(
-            TreeView(instance.backend, tree),
+            instance.sync_view(tree),
             tree,
             common=common,
             salt=instance.randomness.random_bytes(SALT_BYTES),
@@ -168,7 +167,7 @@ class Link:
             if progress is not None and answer.entries:
                 progress(len(stored), got, _expected(len(stored), answer))
             message = round_.next(answer, receipt.missing)
-        tips = tuple(instance.backend.tips(tree))
+        tips = tuple(instance.sync_tips(tree))
         return RoundResult(
             tree,
             round_.round_trips,

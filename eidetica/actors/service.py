@@ -327,7 +327,7 @@ class SyncService:
         (and empty), so the peer can bootstrap us by pushing it; so does one the
         admission policy lets ``peer`` bring in.
         """
-        view = TreeView(self._instance.backend, tree)
+        view = self._instance.sync_view(tree)
         try:
             settings = await (await self._instance.open_tree(tree)).settings()
         except TreeNotFound:

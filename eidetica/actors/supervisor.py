@@ -123,7 +123,7 @@ class Supervisor:
         """Restarts of crashed actors, by name."""
         self.dropped_notices = 0
         self._running = False
-        self._trees = TreeStatuses(instance.backend)
+        self._trees = TreeStatuses(instance.backend, instance.sync_tips)
         self.admin = Admin(
             instance.public_key,
             self.status,

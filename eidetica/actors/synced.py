@@ -88,4 +88,4 @@ async def wait_synced(
 def _same_tips(instance: Instance, tree: str, finished: news.SyncFinished | None) -> bool:
     if finished is None or not finished.complete:
         return False
-    return tuple(sorted(finished.tips)) == tuple(sorted(instance.backend.tips(tree)))
+    return tuple(sorted(finished.tips)) == tuple(sorted(instance.sync_tips(tree)))

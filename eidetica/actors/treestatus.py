@@ -14,7 +14,7 @@ do not (we cannot know without asking).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from eidetica.actors.engine.status import TreeLag, TreeStatus
 from eidetica.storage.backend import Backend
@@ -29,8 +29,10 @@ _CACHE_SIZE = 4096
 class TreeStatuses:
     """Works out :class:`TreeStatus` for a node's synced trees; keeps what it counted."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, tips: Callable[[str], list[str]] | None = None) -> None:
         self._backend = backend
+        self._tips = tips or backend.tips
+        """A tree's tips as its syncs name them (``Instance.sync_tips``)."""
         self._counts: dict[tuple[str, tuple[str, ...]], int] = {}
         self._lags: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[int, bool]] = {}
 
@@ -47,7 +49,7 @@ class TreeStatuses:
             self._lags.clear()
         statuses: dict[str, TreeStatus] = {}
         for tree in sorted(peers_by_tree):
-            tips = tuple(self._backend.tips(tree))
+            tips = tuple(self._tips(tree))
             lags = {}
             for peer in sorted(peers_by_tree[tree]):
                 cursor = cursors.get((peer, tree))

@@ -182,9 +182,9 @@ class _Watcher:
     async def _watch(self, names: frozenset[str]) -> Changed | None:
         """One watch of ``names``: the answer, or None if a tree was related while it
         was held (it is dropped). Raises what the request raised."""
-        backend = self._instance.backend
+        instance = self._instance
         named = [
-            (tree, sorted(set(backend.tips(tree)) | self._heard.get(tree, frozenset())))
+            (tree, sorted(set(instance.sync_tips(tree)) | self._heard.get(tree, frozenset())))
             for tree in sorted(names)
         ]
         named = [(tree, tips[: limits.MAX_IDS_PER_MESSAGE]) for tree, tips in named]

@@ -46,7 +46,6 @@ from eidetica.protocol import limits
 from eidetica.protocol.dagview import walk
 from eidetica.protocol.messages import Changed, TreeNews, Watch
 from eidetica.storage.instance import Instance
-from eidetica.storage.treeview import TreeView
 
 INLINE_ENTRIES = 64
 """Entries one answer to a watch may carry (else the client syncs)."""
@@ -205,7 +204,7 @@ class Watching:
         news: list[TreeNews] = []
         room = _Room(INLINE_ENTRIES, INLINE_BYTES)
         for tree in held.named:
-            tips = self._instance.backend.tips(tree)
+            tips = self._instance.sync_tips(tree)
             if not held.unnamed(tree, tips):
                 continue
             if self._pushes is not None and self._pushes(held.peer, tree):
@@ -220,7 +219,7 @@ class Watching:
         """The entries of ``tree`` a watcher that named ``named`` lacks, parents first,
         if this node holds every one of ``named`` (so the difference is exact) and
         they fit in ``room``; else none."""
-        view = TreeView(self._instance.backend, tree)
+        view = self._instance.sync_view(tree)
         if len(view.nodes(named)) != len(named):
             return ()  # it holds entries we lack: only a sync can tell what it needs
         ids = walk(view, view.tips(), stop=named, limit=room.entries)

@@ -43,11 +43,13 @@ from eidetica.storage.device import load_or_create_device_key
 from eidetica.storage.docstate import DocStates
 from eidetica.storage.guard import require_trio
 from eidetica.storage.judge import Judge
+from eidetica.storage.live import Liveness
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
 from eidetica.storage.transaction import staged_entry
 from eidetica.storage.tree import Tree
+from eidetica.storage.treeview import TreeView
 from eidetica.storage.verify import BatchVerifier
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,9 @@ class Instance:
         self.version = 0
         """Counts the batches this node has stored; see :meth:`changed`."""
         self._refusals_logged: OrderedDict[str, None] = OrderedDict()
+        self.liveness = Liveness(backend, self.voided)
+        """Each tree's dead entries (voided, and nothing that counts builds on them),
+        which this node keeps but does not offer when it syncs."""
         self._hooks: list[CommitHook] = []
         self._receive_hooks: list[ReceiveHook] = []
         self._tree_versions: dict[str, int] = {}
@@ -288,6 +293,15 @@ class Instance:
         """Stored entries of ``tree`` that do not count, each with the reason (which
         revocation voided it, or which permission it lacks)."""
         return self.judge.voided(tree)
+
+    def sync_tips(self, tree: str) -> list[str]:
+        """The tips this node names when it syncs ``tree``: its tips, its dead entries
+        left out (:mod:`eidetica.storage.live`)."""
+        return list(self.liveness.of(tree).tips)
+
+    def sync_view(self, tree: str) -> TreeView:
+        """``tree`` as the sync planner sees it here: without its dead entries."""
+        return TreeView(self.backend, tree, self.liveness.of(tree))
 
     def _verifier(self) -> BatchVerifier:
         return BatchVerifier(self.backend, self.settings_index, self.judge)

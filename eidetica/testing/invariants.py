@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from eidetica.actors.engine.retries import MAX_QUEUED
 from eidetica.actors.engine.status import SyncStatus
 from eidetica.errors import EideticaError, Voided
 from eidetica.protocol.auth import Permission, permission_of
@@ -43,10 +44,16 @@ async def same_entries_and_documents(nodes: Mapping[str, Instance], tree: str) -
     Only entries that do not count may be held by some nodes and not others: writes
     by a key concurrent with its revocation, which a node that knew of the revocation
     refuses (remove wins: :mod:`eidetica.storage.revocation`), while the node that made
-    them keeps them as tips until something that counts builds on them."""
-    seen = {name: (counting(i, tree), await documents(i, tree)) for name, i in nodes.items()}
-    first_name, (first_ids, first_docs) = next(iter(seen.items()))
-    for name, (ids, docs) in seen.items():
+    them keeps them. Those are dead where held (:mod:`eidetica.storage.live`), so every
+    node names the same tips when it syncs."""
+    seen = {
+        name: (counting(i, tree), await documents(i, tree), i.sync_tips(tree))
+        for name, i in nodes.items()
+    }
+    first_name, (first_ids, first_docs, first_tips) = next(iter(seen.items()))
+    for name, (ids, docs, tips) in seen.items():
+        if tips != first_tips:
+            raise InvariantBroken(f"{name} syncs tips {tips}, {first_name} {first_tips}")
         if ids != first_ids:
             one = min(ids ^ first_ids)
             holder = name if one in ids else first_name
@@ -120,16 +127,17 @@ async def nothing_held(nodes: Mapping[str, Instance], tree: str) -> None:
 
 def memory_bounded(statuses: Mapping[str, SyncStatus], *, peers: int) -> None:
     """What a node keeps for its peers is bounded by them, not by what happened: no
-    more peer records than nodes it was told of, no more retries queued or syncs under
-    way than one per peer for the one tree, no watch outliving its peer, and no actor
-    left down after crashing. (A retry may be queued here: a push still in flight when
-    the nodes agreed can fail after; the simulation's settling waited for a moment
-    with every retry queue drained.)"""
+    more peer records than nodes it was told of, no more retries queued than the
+    queue's cap, no more syncs under way than one per peer for the one tree, no watch
+    outliving its peer, and no actor left down after crashing. (Retries may be queued
+    here: to a peer gone for good, which the node cannot tell from one away, and a push
+    in flight when the nodes agreed may fail after; the simulation's settling waited
+    for a moment with no retry queued to a staying peer.)"""
     for name, status in statuses.items():
         if len(status.peers) > peers:
             raise InvariantBroken(f"{name} keeps {len(status.peers)} peers, knows of {peers}")
-        if len(status.retries) > peers:
-            raise InvariantBroken(f"{name} queues {len(status.retries)} retries for {peers} peers")
+        if len(status.retries) > MAX_QUEUED:
+            raise InvariantBroken(f"{name} queues {len(status.retries)} retries, over {MAX_QUEUED}")
         if len(status.syncing) > peers:
             raise InvariantBroken(f"{name} runs {len(status.syncing)} syncs with {peers} peers")
         if status.watches.held > peers:

@@ -447,7 +447,7 @@ class Simulation:
     async def _agreed(self) -> bool:
         """Whether every staying node holds the same entries that count (see
         :func:`~eidetica.testing.invariants.same_entries_and_documents`) and no retry
-        waits."""
+        to a staying node waits."""
         held = set()
         for node in self.nodes:
             if node.gone:
@@ -455,7 +455,8 @@ class Simulation:
             if node.inst is None or node.sync is None or await self._open(node) is None:
                 return False
             held.add(counting(node.inst, self.tree))
-            if (await node.sync.status()).retries:
+            staying = {other.key for other in self.nodes if not other.gone}
+            if any(retry.peer in staying for retry in (await node.sync.status()).retries):
                 return False
         return len(held) == 1
 

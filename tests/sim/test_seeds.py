@@ -96,6 +96,14 @@ def test_seed_22_a_node_only_others_relate_is_never_left_without_the_tree() -> N
 
 def test_seed_110_a_retry_queued_after_the_nodes_agreed_is_not_a_leak() -> None:
     """Seed 110 (3 nodes, 40 steps): a push in flight when the nodes agreed failed
-    after, queueing one retry; the bound on retries is one per peer."""
+    after, queueing one retry: retries are bounded by the queue's cap, not zero."""
     outcome = run_seed(110, nodes=3, steps=40)
     assert outcome.settle_seconds < 1_800  # and every invariant held, retries bounded
+
+
+def test_seed_1504_retries_to_a_peer_gone_for_good_stay_bounded() -> None:
+    """Seed 1504 (3 nodes, 60 steps): n1 went for good and n2 kept a retry per push
+    to it, one for each write while it was away: the queue had no cap (now
+    ``MAX_QUEUED``), and the settling waits only for retries to staying nodes."""
+    outcome = run_seed(1504, nodes=3, steps=60)
+    assert any("n1 goes away for good" in line for line in outcome.trace)

@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 
 MAX_DELAY = 64.0
 
+MAX_QUEUED = 4096
+"""Pushes queued at once. Each failed push of a local write queues one, so a node
+that writes fast while a peer is away would queue without end; past this, a new
+failure is dropped at once, like one past its attempts: periodic sync repairs both."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetryItem:
@@ -53,15 +58,16 @@ class RetryQueue:
     def failed(self, item: RetryItem, now: float) -> RetryItem | None:
         """Record one more failure; the item as queued, or None if it was dropped."""
         item = replace(item, attempts=item.attempts + 1)
-        if item.attempts > self.max_attempts:
+        full = item.id not in self._due and len(self._due) >= MAX_QUEUED
+        if item.attempts > self.max_attempts or full:
             self.dropped += 1
             self._due.pop(item.id, None)
             log.warning(
-                "dropping push of %d entries of %s to %s after %d attempts",
+                "dropping push of %d entries of %s to %s %s; periodic sync will repair it",
                 len(item.entry_ids),
                 item.tree,
                 item.peer,
-                self.max_attempts,
+                f"with {MAX_QUEUED} queued" if full else f"after {self.max_attempts} attempts",
             )
             return None
         delay = backoff(item.attempts) * (1 + self._jitter * self._rng.random())
