@@ -122,7 +122,7 @@ class Instance:
         self.version = 0
         """Counts the batches this node has stored; see :meth:`changed`."""
         self._refusals_logged: OrderedDict[str, None] = OrderedDict()
-        self.liveness = Liveness(backend, self.voided)
+        self.liveness = Liveness(backend, self.judge)
         """Each tree's dead entries (voided, and nothing that counts builds on them),
         which this node keeps but does not offer when it syncs."""
         self._hooks: list[CommitHook] = []

@@ -12,15 +12,18 @@ So the node keeps a dead entry stored (nothing stored is lost, and an entry that
 counts may later build on it, which brings it and its ancestors back) but leaves it
 out of what it syncs: the tips it names, the entries it walks and sends, the tips
 its status compares. :class:`Liveness` works that out per tree and keeps it until
-the tree's tips move; a tree without revocations costs one look at its verdict.
+the tree's tips move. Every child of a dead entry is dead too (it cannot count, or
+its parent would have a descendant that counts), so a tree has dead entries only if
+one of its tips is dead: while every tip counts, which is the rule, the answer costs
+one verdict on the tips alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from eidetica.storage.backend import Backend
+from eidetica.storage.judge import Judge
 
 MAX_TREES = 256
 """Trees whose answer is kept at once; the oldest goes beyond."""
@@ -39,9 +42,9 @@ class Liveness:
     """Dead entries and live tips of a backend's trees, kept per tree until its tips
     move (a new entry is always a new tip, so any store moves them)."""
 
-    def __init__(self, backend: Backend, voided: Callable[[str], Mapping[str, str]]) -> None:
+    def __init__(self, backend: Backend, judge: Judge) -> None:
         self._backend = backend
-        self._voided = voided
+        self._judge = judge
         self._kept: dict[str, Live] = {}
 
     def of(self, tree: str) -> Live:
@@ -57,9 +60,10 @@ class Liveness:
         return live
 
     def _work_out(self, tree: str, at: tuple[str, ...]) -> Live:
-        voided = self._voided(tree)
-        if not voided:
+        held = [entry for entry in map(self._backend.get, at) if entry is not None]
+        if all(self._judge.counting(tree, held)):
             return Live(at, frozenset(), at)
+        voided = self._judge.voided(tree)
         # Every descendant of a voided entry, and every child of its parents, lies
         # above the lowest of those parents: walk only that part, newest first.
         metas = self._backend.meta(voided)
