@@ -1,18 +1,20 @@
 """A seeded simulation of N eidetica nodes on the sim network, under trio's MockClock.
 
-One node creates a tree, lets anyone read it and every other node write it; every
-node knows every other (``add_peer``, so links are redialled after faults and
-restarts) and syncs the tree with each — except, in half the seeds, a hub, which
-relates no tree itself and takes in the tree from whoever brings it
-(``accept_trees="any"``). Then a workload drawn from ``random.Random(seed)`` runs
-(:class:`~eidetica.testing.kinds.Workload`): commits on random nodes, syncs asked for,
-grants and revocations of write and admin by whichever node believes it may (a
+One node creates a tree, lets every other node write it (and anyone read it, when
+the workload revokes); every node knows every other (``add_peer``, so links are
+redialled after faults and restarts) and syncs the tree with each, except, in half
+the seeds, a hub, which relates no tree itself and takes the tree in under its policy
+(``"any"``, or a callable that takes it from the run's nodes).
+
+Then a workload drawn from ``random.Random(seed)`` runs
+(:class:`~eidetica.testing.kinds.Workload`): commits on random nodes, syncs asked
+for, grants and revocations of write and admin by whichever node believes it may (a
 refused one is part of the run), relations added and removed while the nodes stay
-connected; and faults (:class:`~eidetica.testing.kinds.Faults`) — partitions and
-heals, dropped, delayed and duplicated requests, slow nodes, crashes (a SQLite node's
-engine and storage cancelled at a checkpoint, then opened again from its file), clock
-jumps, a node that goes for good, and quiet spells. Last, every fault is healed and
-the timers run until the nodes agree (or a bound passes), and
+sound; and faults (:class:`~eidetica.testing.kinds.Faults`): partitions and heals,
+dropped, delayed and duplicated requests, slow nodes, crashes (a SQLite node's engine
+and storage cancelled at a checkpoint, then opened again from its file), clock jumps,
+a node that goes for good, and quiet spells. Last, every fault is healed and the
+timers run until the nodes agree (or a bound passes), and
 :mod:`eidetica.testing.invariants` checks what must hold.
 
 Everything a run does is drawn from the seed, in order, so a seed names a run: the
