@@ -55,8 +55,9 @@ from eidetica.storage.verify import BatchVerifier
 log = logging.getLogger(__name__)
 
 REFUSALS_REMEMBERED = 4096
-"""Entry ids whose refusal was logged, so an entry offered again (a revoked writer's
-node offers its refused entries at every sync) is logged once, not every time."""
+"""Entry ids whose refusal was logged, so an entry offered again and again (by a peer
+that resends what it was refused, or an older node that offers its dead entries) is
+logged once, not every time."""
 
 DATABASE_FILE = "eidetica.db"
 
