@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from eidetica.actors.engine.retries import MAX_QUEUED
 from eidetica.actors.engine.status import SyncStatus
 from eidetica.errors import EideticaError, Voided
-from eidetica.protocol.auth import Permission, permission_of
 from eidetica.protocol.entry import validate_entry
 from eidetica.storage.instance import Instance, open_instance
 
@@ -111,18 +110,22 @@ async def nothing_unauthorized(nodes: Mapping[str, Instance], tree: str) -> None
 
 
 async def nothing_held(nodes: Mapping[str, Instance], tree: str) -> None:
-    """No entry that could count still waits for its parents.
+    """No entry that counts on some node still waits for its parents on another.
 
-    What may wait is only the writes of a key that may not write now: a revoked
-    writer's chain, whose first entry every node that knows of the revocation refuses,
-    so the rest wait for it until the holding area's caps and age push them out. (The
-    revoked node offers that chain again at every sync: see the closing note of
-    issue 13.)"""
+    What may wait is a chain behind an entry that does not count: a revoked writer's
+    writes, pushed as they were made, whose first entry the node refused (it knew of
+    the revocation). Where the chain is stored it is dead (:mod:`eidetica.storage.live`)
+    and nobody offers it again, so the rest waits until the holding area's caps and
+    age push it out."""
+    voided = {name: inst.voided(tree) for name, inst in nodes.items()}
     for name, inst in nodes.items():
-        settings = await (await inst.open_tree(tree)).settings()
         for entry in inst.intake.waiting(tree):
-            if (permission_of(settings, entry.author) or 0) >= Permission.WRITE:
-                raise InvariantBroken(f"{name} still holds {entry.id}, waiting for its parents")
+            for other, stores in nodes.items():
+                if stores.backend.get(entry.id) is not None and entry.id not in voided[other]:
+                    raise InvariantBroken(
+                        f"{name} still holds {entry.id}, waiting for its parents,"
+                        f" which counts on {other}"
+                    )
 
 
 def memory_bounded(statuses: Mapping[str, SyncStatus], *, peers: int) -> None:

@@ -11,7 +11,6 @@ from typing import ClassVar
 
 import pytest
 
-from eidetica.protocol.auth import Permission, permission_of
 from eidetica.testing import Simulation, run_seed
 
 
@@ -45,44 +44,54 @@ def test_seed_2_of_five_nodes_reads_no_clock_of_the_machine(
 
 
 class _Revocations(Simulation):
-    """Notes, at the check, the entries some node holds and another lacks."""
+    """Notes, at the check, what a revocation race left: the entries some node holds
+    and another lacks, and the entries waiting for parents, each with whether it is
+    stored anywhere and whether it is dead wherever it is."""
 
     only_some: ClassVar[set[str]] = set()
-    waiting: ClassVar[list[tuple[str, bool]]] = []
+    waiting: ClassVar[list[tuple[bool, bool]]] = []
 
     async def check(self) -> None:
         nodes = self.instances()
         held = [frozenset(inst.backend.tree_ids(self.tree)) for inst in nodes.values()]
         type(self).only_some = set(frozenset().union(*held) - held[0].intersection(*held))
-        voided = set().union(*(inst.voided(self.tree) for inst in nodes.values()))
-        assert type(self).only_some <= voided
-        for inst in nodes.values():
-            settings = await (await inst.open_tree(self.tree)).settings()
-            type(self).waiting += [
-                (e.id, (permission_of(settings, e.author) or 0) >= Permission.WRITE)
-                for e in inst.intake.waiting(self.tree)
-            ]
+        dead = [inst.liveness.of(self.tree).dead for inst in nodes.values()]
+        for one, inst in enumerate(nodes.values()):
+            for entry in inst.intake.waiting(self.tree):
+                where = [n for n, ids in enumerate(held) if entry.id in ids]
+                stored = bool(where) and one not in where
+                type(self).waiting.append((stored, all(entry.id in dead[n] for n in where)))
         await super().check()
 
 
 def test_seed_2_a_write_concurrent_with_its_revocation_stays_with_its_author() -> None:
     """Seed 2 (3 nodes, 40 steps): n2 committed while n0 revoked it. Nodes that knew
-    of the revocation refuse that entry (remove wins) and n2 keeps it, so the nodes
-    never hold the same tips; the invariants compare the entries that count."""
+    of the revocation refuse that entry (remove wins) and n2 keeps it; before dead
+    entries were left out of sync, the nodes never named the same tips and n2 offered
+    it at every sync. The invariants compare the entries that count and the sync tips."""
     _Revocations.only_some = set()
     outcome = run_seed(2, nodes=3, steps=40, simulation=_Revocations)
     assert any(" revoke n2 " in line for line in outcome.trace)
     assert _Revocations.only_some, "some node holds a voided entry the others refused"
 
 
-def test_seed_32_a_revoked_writers_chain_waits_and_is_never_stored() -> None:
-    """Seed 32 (3 nodes, 40 steps): the revoked n2 offers its chain again at each
-    sync; its first entry is refused and the rest wait in n0's holding area (bounded
-    by its caps). Nothing of it is stored, and only a key that may not write waits."""
+def test_seed_32_a_revoked_writers_chain_waits_and_is_dead_where_stored() -> None:
+    """Seed 32 (3 nodes, 40 steps): the revoked n2 pushed a chain as it wrote it; n0
+    refused its first entry and holds the rest (bounded by the holding area's caps).
+    n2 offered the chain again at every sync until dead entries were left out."""
     _Revocations.waiting = []
     run_seed(32, nodes=3, steps=40, simulation=_Revocations)
     assert _Revocations.waiting, "the chain waits for its refused first entry"
-    assert not any(may_write for _, may_write in _Revocations.waiting)
+    assert all(dead for _, dead in _Revocations.waiting)
+
+
+def test_seed_10325_a_regranted_writers_dead_chain_may_wait() -> None:
+    """Seed 10325 (3 nodes, 60 steps): n1 was revoked, then granted write again; its
+    chain from before is dead on n1 and n2 and waits in n0's holding area. It counts
+    nowhere, so it may wait (the check once said only a key that may not write may)."""
+    _Revocations.waiting = []
+    run_seed(10325, nodes=3, steps=60, simulation=_Revocations)
+    assert any(stored and dead for stored, dead in _Revocations.waiting)
 
 
 def test_seed_22_a_node_only_others_relate_is_never_left_without_the_tree() -> None:
