@@ -9,6 +9,7 @@ import pytest
 import eidetica
 from eidetica.errors import EntryNotFound
 from eidetica.storage.instance import Instance
+from eidetica.storage.tree import Tree
 
 
 async def _send(source: Instance, target: Instance, tree: str) -> list[str]:
@@ -18,17 +19,23 @@ async def _send(source: Instance, target: Instance, tree: str) -> list[str]:
     return (await target.receive(tree, raws)).stored
 
 
+async def _revoked_after_writing(owner: Instance, writer: Instance) -> tuple[Tree, Tree, str]:
+    """The owner's tree, the writer's copy, and the id of a write the writer made
+    unaware that the owner revoked it at once."""
+    tree = await owner.create_tree(name="t")
+    await tree.grant(writer.public_key, "write")
+    await _send(owner, writer, tree.root_id)
+    mine = await writer.open_tree(tree.root_id)
+    async with mine.transaction() as op:
+        op.doc("doc").set("late", 1)
+    assert op.entry is not None
+    await tree.revoke(writer.public_key)
+    return tree, mine, op.entry.id
+
+
 async def test_a_revoked_writers_concurrent_writes_die_and_are_not_offered() -> None:
     async with eidetica.open_instance(None) as owner, eidetica.open_instance(None) as writer:
-        tree = await owner.create_tree(name="t")
-        await tree.grant(writer.public_key, "write")
-        await _send(owner, writer, tree.root_id)
-        mine = await writer.open_tree(tree.root_id)
-        async with mine.transaction() as op:  # unaware of what the owner does next
-            op.doc("doc").set("late", 1)
-        assert op.entry is not None
-        late = op.entry.id
-        await tree.revoke(writer.public_key)
+        tree, mine, late = await _revoked_after_writing(owner, writer)
 
         assert late not in await _send(writer, owner, tree.root_id)  # refused: voided
         await _send(owner, writer, tree.root_id)  # the writer learns of its revocation
@@ -45,15 +52,7 @@ async def test_a_revoked_writers_concurrent_writes_die_and_are_not_offered() -> 
 
 async def test_a_write_that_counts_brings_dead_entries_back() -> None:
     async with eidetica.open_instance(None) as owner, eidetica.open_instance(None) as writer:
-        tree = await owner.create_tree(name="t")
-        await tree.grant(writer.public_key, "write")
-        await _send(owner, writer, tree.root_id)
-        mine = await writer.open_tree(tree.root_id)
-        async with mine.transaction() as op:
-            op.doc("doc").set("late", 1)
-        assert op.entry is not None
-        late = op.entry.id
-        await tree.revoke(writer.public_key)
+        tree, mine, late = await _revoked_after_writing(owner, writer)
         await tree.grant(writer.public_key, "write")  # and back again
         await _send(owner, writer, tree.root_id)
         assert writer.liveness.of(tree.root_id).dead == {late}
