@@ -1,4 +1,5 @@
-"""Run every benchmark in turn (``python -m bench``) or one of them (``python -m bench NAME``)."""
+"""Run every benchmark in turn (``python -m bench``) or one of them (``python -m bench NAME``);
+``python -m bench compare`` prints one table of them all (:mod:`bench.compare`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from bench import (
     bulk_store,
     commits,
+    compare,
     doc_read,
     engine,
     events,
@@ -16,6 +18,7 @@ from bench import (
     hash_choice,
     hostile,
     latency,
+    limit,
     reconcile,
     revocation,
     sync_tree,
@@ -36,10 +39,14 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "sync_tree": sync_tree.main,
     "latency": latency.main,
     "events": events.main,
+    "limit": limit.main,
 }
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["compare"]:  # one table of everything, with options of its own
+        compare.main(argv[1:])
+        return 0
     names = argv or list(BENCHMARKS)
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:

@@ -23,7 +23,7 @@ WINDOW = 1_000
 TARGET_PER_SECOND = 5_000
 
 
-async def _commit_times(path: Path | None, count: int) -> list[float]:
+async def commit_times(path: Path | None, count: int) -> list[float]:
     """The ``perf_counter`` time at the start and after each of ``count`` commits."""
     async with eidetica.open_instance(path) as instance:
         tree = await instance.create_tree("bench")
@@ -51,8 +51,8 @@ def _row(label: str, times: list[float]) -> list[str]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eidetica-bench-") as directory:
-        sqlite_times = trio.run(_commit_times, Path(directory), COMMITS)
-    memory_times = trio.run(_commit_times, None, COMMITS)
+        sqlite_times = trio.run(commit_times, Path(directory), COMMITS)
+    memory_times = trio.run(commit_times, None, COMMITS)
     print_table(
         f"Local commits, one doc write each (target >= {TARGET_PER_SECOND:,}/s to SQLite)",
         ["backend", "commits", "seconds", "commits/s", f"last {WINDOW:,}/s", "µs/commit"],

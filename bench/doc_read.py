@@ -42,17 +42,17 @@ async def _write(tree: eidetica.Tree, first: int, count: int) -> None:
             op.doc("d").set(f"k{i}", i)
 
 
-async def _measure(directory: Path) -> dict[str, list[float]]:
-    """Read times in ms for each case, by case name."""
-    key = f"k{COMMITS - 1}"
+async def measure(directory: Path, commits: int = COMMITS) -> dict[str, list[float]]:
+    """Read times in ms for each case, by case name, after ``commits`` commits."""
+    key = f"k{commits - 1}"
     async with eidetica.open_instance(directory) as instance:
         tree = await instance.create_tree("bench")
         root_id = tree.root_id
-        await _write(tree, 0, COMMITS)
+        await _write(tree, 0, commits)
         first = [await _read_ms(tree, key)]
         cached = [await _read_ms(tree, key) for _ in range(READS)]
         after_commit = []
-        for i in range(COMMITS, COMMITS + AFTER_COMMIT_READS):
+        for i in range(commits, commits + AFTER_COMMIT_READS):
             await _write(tree, i, 1)
             after_commit.append(await _read_ms(tree, key))
     cold = []
@@ -75,7 +75,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eidetica-bench-") as directory:
-        results = trio.run(_measure, Path(directory))
+        results = trio.run(measure, Path(directory))
     rows = [
         [
             case,

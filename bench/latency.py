@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 import trio.testing
@@ -45,11 +46,14 @@ DIRECTIONS = ("A -> B", "B -> A")
 
 
 @asynccontextmanager
-async def _pair(scheme: str) -> AsyncIterator[tuple[eidetica.Tree, eidetica.Tree]]:
-    """A's tree and B's copy of it, B having dialled A over ``scheme``."""
+async def _pair(
+    scheme: str, directory: Path | None
+) -> AsyncIterator[tuple[eidetica.Tree, eidetica.Tree]]:
+    """A's tree and B's copy of it, B having dialled A over ``scheme``; both nodes
+    in memory, or on SQLite in ``directory``."""
     async with (
-        eidetica.open_instance(None) as a,
-        eidetica.open_instance(None) as b,
+        eidetica.open_instance(None if directory is None else directory / "a") as a,
+        eidetica.open_instance(None if directory is None else directory / "b") as b,
         open_sync(a, config=QUIET) as a_sync,
         open_sync(b, config=QUIET) as b_sync,
     ):
@@ -74,10 +78,13 @@ async def _visible(writer: eidetica.Tree, reader: eidetica.Tree, index: int) -> 
     return time.perf_counter() - began
 
 
-async def _latencies(scheme: str, count: int) -> dict[str, list[float]]:
-    """Per direction, the seconds each of ``count`` commits took to show."""
+async def latencies(
+    scheme: str, count: int, directory: Path | None = None
+) -> dict[str, list[float]]:
+    """Per direction, the seconds each of ``count`` commits took to show (nodes on
+    SQLite in ``directory``, if given)."""
     figures: dict[str, list[float]] = {direction: [] for direction in DIRECTIONS}
-    async with _pair(scheme) as (on_a, on_b):
+    async with _pair(scheme, directory) as (on_a, on_b):
         await trio.testing.wait_all_tasks_blocked()
         for index in range(count):
             figures["A -> B"].append(await _visible(on_a, on_b, index))
@@ -89,10 +96,10 @@ async def _latencies(scheme: str, count: int) -> dict[str, list[float]]:
 
 
 async def _all(count: int) -> dict[str, dict[str, list[float]]]:
-    return {scheme: await _latencies(scheme, count) for scheme in LISTEN}
+    return {scheme: await latencies(scheme, count) for scheme in LISTEN}
 
 
-def _p99(seconds: list[float]) -> float:
+def p99(seconds: list[float]) -> float:
     return statistics.quantiles(seconds, n=100, method="inclusive")[98]
 
 
@@ -111,7 +118,7 @@ def main() -> None:
                     f"{scheme} {direction}",
                     f"{len(seconds):,}",
                     _ms(statistics.median(seconds)),
-                    _ms(_p99(seconds)),
+                    _ms(p99(seconds)),
                     _ms(max(seconds)),
                 ]
             )
@@ -121,7 +128,7 @@ def main() -> None:
                 f"http/ws {direction}",
                 "",
                 f"{statistics.median(http) / statistics.median(ws):.2f}x",
-                f"{_p99(http) / _p99(ws):.2f}x",
+                f"{p99(http) / p99(ws):.2f}x",
                 f"{max(http) / max(ws):.2f}x",
             ]
         )

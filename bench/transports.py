@@ -119,7 +119,7 @@ async def _transport(scheme: str, network: SimNetwork, name: str) -> AsyncIterat
 
 
 @dataclass
-class _Initial:
+class Initial:
     """One initial sync: its seconds, and what went through B's transport."""
 
     seconds: float
@@ -131,7 +131,16 @@ class _Initial:
     """Body bytes both ways as they crossed the wire (compressed, over HTTP)."""
 
 
-async def _pull(a_address: str, scheme: str, network: SimNetwork, root_id: str) -> _Initial:
+async def _held_all(node: Instance, root_id: str, expected: int) -> None:
+    """Return once ``node`` holds ``expected`` entries of the tree."""
+    since = node.version
+    while len(list(node.backend.tree_ids(root_id))) < expected:
+        since = await node.changed(since)
+
+
+async def _pull(
+    a_address: str, scheme: str, network: SimNetwork, root_id: str, expected: int
+) -> Initial:
     """A fresh node B pulls the tree from A over ``scheme``; time the pull."""
     async with (
         eidetica.open_instance(None) as b,
@@ -142,15 +151,18 @@ async def _pull(a_address: str, scheme: str, network: SimNetwork, root_id: str) 
             b, network=network, name=f"b-{scheme}", config=QUIET, transports={scheme: counting}
         ) as b_sync:
             peer_a = await b_sync.connect(a_address)
-            await b_sync.add_tree_sync(peer_a, root_id)
             await trio.testing.wait_all_tasks_blocked()
             before = (counting.requests, counting.sent, counting.received, _wire(inner, counting))
             began = time.perf_counter()
+            # Relating the tree starts a sync of its own: time from there until B
+            # holds every entry, however many rounds that takes.
+            await b_sync.add_tree_sync(peer_a, root_id)
             with trio.fail_after(SYNC_WITHIN):
                 await b_sync.sync_with_peer(peer_a)
+                await _held_all(b, root_id, expected)
             seconds = time.perf_counter() - began
             pulled = len(await (await b.open_tree(root_id)).entries())
-            return _Initial(
+            return Initial(
                 seconds=seconds,
                 entries=pulled,
                 requests=counting.requests - before[0],
@@ -167,7 +179,7 @@ def _wire(inner: Transport, counting: _Counting) -> int:
     return counting.sent + counting.received
 
 
-async def _initial_syncs(key: SigningKey, raw: Sequence[bytes]) -> dict[str, _Initial]:
+async def initial_syncs(key: SigningKey, raw: Sequence[bytes]) -> dict[str, Initial]:
     """Fill A with ``raw`` (untimed), then pull it into a fresh B over each transport."""
     network = SimNetwork()
     a = Instance(MemoryBackend(), key)
@@ -176,11 +188,11 @@ async def _initial_syncs(key: SigningKey, raw: Sequence[bytes]) -> dict[str, _In
             await a.import_entries(raw[start : start + BATCH])
         root_id = (await a.trees())[0].root_id
         await (await a.open_tree(root_id)).grant("*", "read")
-        results: dict[str, _Initial] = {}
+        results: dict[str, Initial] = {}
         async with open_sync(a, network=network, name="a", config=QUIET) as a_sync:
             for scheme, listen in LISTEN.items():
                 address = await a_sync.start_server(listen.format(name="a"))
-                results[scheme] = await _pull(address, scheme, network, root_id)
+                results[scheme] = await _pull(address, scheme, network, root_id, len(raw))
         return results
     finally:
         a.close()
@@ -248,7 +260,7 @@ def main() -> None:
         f"setup: built {ENTRIES:,} entries (mean {mean_bytes:.0f} B canonical) "
         f"in {time.perf_counter() - began:.1f} s"
     )
-    initial = trio.run(_initial_syncs, key, raw)
+    initial = trio.run(initial_syncs, key, raw)
     for scheme, figures in initial.items():
         # The tree B pulled: the built entries and A's grant.
         if figures.entries != ENTRIES + 1:

@@ -122,3 +122,22 @@ def build_entries(count: int, key: SigningKey | None = None) -> list[Entry]:
             entries.append(entry)
             tips = [entry]
     return entries
+
+
+def build_entries_by_many(
+    count: int, authors: int = 16, owner: SigningKey | None = None
+) -> list[Entry]:
+    """``count`` entries of one tree like :func:`build_entries`, but written by
+    ``authors`` keys in turn: the owner's root, one settings entry granting them
+    write, then the chain."""
+    owner = owner or SigningKey.generate()
+    keys = [SigningKey.generate() for _ in range(authors)]
+    root = root_entry(owner)
+    grants = settings_on_root(owner, root, [SetOp(("auth", k.public_key), "write") for k in keys])
+    entries, tips = [root, grants], [grants]
+    while len(entries) < count:
+        index = len(entries)
+        entry = child_entry(keys[index % authors], root, tips, f"k{index}", index)
+        entries.append(entry)
+        tips = [entry]
+    return entries

@@ -1,0 +1,105 @@
+"""This machine's limit for taking in entries: the unavoidable work, done directly.
+
+What a node must do with each entry a peer sends, at the least: decode its bytes,
+hash them (the id), check its signature, and insert it, in batches of
+:data:`BATCH`, into a fresh SQLite file. No engine, no tree checks, no messages. The
+entries are those of the initial sync (:func:`tests.builders.build_entries`).
+
+- *One core*: all of it in this process, one batch after the other.
+- *Both cores*: the checks (decode, hash, signature: ``validate_entry``) run in
+  worker processes, one per core, a batch at a time; this process decodes each
+  checked batch again (without a signature check) and inserts it while the workers
+  check the next ones. Inserts stay in one process, as SQLite has one writer.
+
+The figure is entries per second; ``bench compare`` divides the engine's by it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from bench._table import print_table
+from eidetica.protocol.entry import load_entry, validate_entry
+from eidetica.storage.backend import Record
+from eidetica.storage.sqlite import SqliteBackend
+from tests.builders import build_entries
+
+BATCH = 1_000
+ENTRIES = 100_000
+
+
+def _check(batch: Sequence[bytes]) -> int:
+    """Decode, hash and check the signature of each entry; how many passed."""
+    return sum(1 for raw in batch if validate_entry(raw) is not None)
+
+
+def _insert(backend: SqliteBackend, batch: Sequence[bytes], root: str) -> None:
+    backend.put([Record(load_entry(raw), (root,)) for raw in batch])
+
+
+def _batches(raw: Sequence[bytes]) -> list[Sequence[bytes]]:
+    return [raw[start : start + BATCH] for start in range(0, len(raw), BATCH)]
+
+
+def one_core(raw: Sequence[bytes], directory: Path) -> float:
+    """Entries per second, everything in this process."""
+    root = validate_entry(raw[0]).id
+    backend = SqliteBackend(directory / "one.db")
+    try:
+        began = time.perf_counter()
+        for batch in _batches(raw):
+            entries = [validate_entry(item) for item in batch]
+            backend.put([Record(entry, (root,)) for entry in entries])
+        return len(raw) / (time.perf_counter() - began)
+    finally:
+        backend.close()
+
+
+def every_core(raw: Sequence[bytes], directory: Path, workers: int | None = None) -> float:
+    """Entries per second, the checks in one worker process per core."""
+    root = validate_entry(raw[0]).id
+    backend = SqliteBackend(directory / "all.db")
+    try:
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            pool.submit(_check, raw[:1]).result()  # workers started outside the timing
+            began = time.perf_counter()
+            batches = _batches(raw)
+            for batch, passed in zip(batches, pool.map(_check, batches), strict=True):
+                if passed != len(batch):
+                    raise RuntimeError("an entry failed its checks")
+                _insert(backend, batch, root)
+            return len(raw) / (time.perf_counter() - began)
+    finally:
+        backend.close()
+
+
+def measure(raw: Sequence[bytes]) -> dict[str, float]:
+    """Both limits for ``raw`` (a tree's entries, parents first)."""
+    with tempfile.TemporaryDirectory(prefix="eidetica-limit-") as directory:
+        return {
+            "one_core_per_s": one_core(raw, Path(directory)),
+            "every_core_per_s": every_core(raw, Path(directory)),
+            "cores": float(os.cpu_count() or 1),
+        }
+
+
+def main() -> None:
+    raw = [entry.raw for entry in build_entries(ENTRIES)]
+    figures = measure(raw)
+    print_table(
+        f"The limit: decode, hash, check and insert {ENTRIES:,} entries",
+        ["where", "entries/s"],
+        [
+            ["one core", f"{figures['one_core_per_s']:,.0f}"],
+            [f"{figures['cores']:.0f} cores", f"{figures['every_core_per_s']:,.0f}"],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
