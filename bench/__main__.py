@@ -16,6 +16,7 @@ from bench import (
     hash_choice,
     hostile,
     latency,
+    peer,
     reconcile,
     revocation,
     sync_tree,
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "sync_tree": sync_tree.main,
     "latency": latency.main,
     "events": events.main,
+    "peer": peer.main,
 }
 
 
