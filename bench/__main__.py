@@ -19,6 +19,7 @@ from bench import (
     hostile,
     latency,
     limit,
+    peer,
     reconcile,
     revocation,
     sync_tree,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "latency": latency.main,
     "events": events.main,
     "limit": limit.main,
+    "peer": peer.main,
 }
 
 
