@@ -44,7 +44,7 @@ from pathlib import Path
 import trio
 
 import eidetica
-from bench import commits, doc_read, latency, limit, transports
+from bench import commits, doc_read, latency, limit, peer, transports
 from bench._table import print_table
 from eidetica.protocol.keys import SigningKey
 from tests.builders import build_entries, build_entries_by_many
@@ -130,6 +130,29 @@ def limit_rows(sizes: Sizes, context: Context) -> list[Row]:
         ),
         Row("limit", f"decode+hash+check+insert, {cores}", context.limit_per_s, "entries/s", 1.0),
     ]
+
+
+def peer_rows(sizes: Sizes, context: Context) -> list[Row]:
+    """The peer first: later sections divide by its figures."""
+    rows, context.peer_per_s = [], {}
+    for writes in sizes.peer:
+        figures = peer.measure(writes, sizes.visible)
+        context.peer_per_s[writes] = figures["replicate_writes_per_s"]
+        rows.append(
+            Row(
+                "peer",
+                f"pycrdt-websocket, {writes:,} writes to a fresh replica",
+                figures["replicate_writes_per_s"],
+                "writes/s",
+                _ratio(figures["replicate_writes_per_s"], context.limit_per_s),
+            )
+        )
+    both = [figures["visible_p50_ms"], figures["visible_back_p50_ms"]]
+    tails = [figures["visible_p99_ms"], figures["visible_back_p99_ms"]]
+    context.peer_visible_ms = (statistics.mean(both), max(tails))
+    rows.append(Row("peer", "write -> visible, p50", context.peer_visible_ms[0], "ms"))
+    rows.append(Row("peer", "write -> visible, p99", context.peer_visible_ms[1], "ms"))
+    return rows
 
 
 def initial_rows(sizes: Sizes, context: Context) -> list[Row]:
@@ -268,6 +291,7 @@ Section = Callable[[Sizes, Context], list[Row]]
 
 SECTIONS: list[tuple[str, Section]] = [
     ("limit", limit_rows),
+    ("peer", peer_rows),
     ("initial", initial_rows),
     ("visible", visible_rows),
     ("commits", commit_rows),
