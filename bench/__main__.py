@@ -15,6 +15,7 @@ from bench import (
     handshake,
     hash_choice,
     hostile,
+    incremental,
     latency,
     reconcile,
     revocation,
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "sync_tree": sync_tree.main,
     "latency": latency.main,
     "events": events.main,
+    "incremental": incremental.main,
 }
 
 
