@@ -17,6 +17,7 @@ from bench import (
     handshake,
     hash_choice,
     hostile,
+    incremental,
     latency,
     limit,
     peer,
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "events": events.main,
     "limit": limit.main,
     "peer": peer.main,
+    "incremental": incremental.main,
 }
 
 
