@@ -44,7 +44,7 @@ from pathlib import Path
 import trio
 
 import eidetica
-from bench import commits, doc_read, latency, limit, peer, transports
+from bench import commits, doc_read, incremental, latency, limit, peer, transports
 from bench._table import print_table
 from eidetica.protocol.keys import SigningKey
 from tests.builders import build_entries, build_entries_by_many
@@ -190,6 +190,25 @@ def _initial_row(authors: int, size: int, scheme: str, rate: float, context: Con
     )
 
 
+def incremental_rows(sizes: Sizes, context: Context) -> list[Row]:
+    rows = []
+    for figures in incremental.measure(sizes.incremental_tree, sizes.deltas):
+        d, trips, wire = int(figures["d"]), figures["round_trips"], figures["bytes_on_wire"]
+        where = f"d = {d:,} in {sizes.incremental_tree:,}"
+        rows += [
+            Row("incremental", f"{where}: round trips", trips, "", target="<= 2", met=trips <= 2),
+            Row(
+                "incremental",
+                f"{where}: wire / new bytes",
+                figures["ratio"],
+                "x",
+                target=f"<= {figures['limit_bytes']:,.0f} B",
+                met=wire <= figures["limit_bytes"],
+            ),
+        ]
+    return rows
+
+
 def visible_rows(sizes: Sizes, context: Context) -> list[Row]:
     rows = []
     for scheme in ("ws", "http"):
@@ -293,6 +312,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("limit", limit_rows),
     ("peer", peer_rows),
     ("initial", initial_rows),
+    ("incremental", incremental_rows),
     ("visible", visible_rows),
     ("commits", commit_rows),
     ("reads", read_rows),
