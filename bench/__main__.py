@@ -12,12 +12,14 @@ from bench import (
     doc_read,
     engine,
     events,
+    fanout,
     handshake,
     hash_choice,
     hostile,
     latency,
     reconcile,
     revocation,
+    stalls,
     sync_tree,
     transports,
 )
@@ -36,6 +38,8 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "sync_tree": sync_tree.main,
     "latency": latency.main,
     "events": events.main,
+    "fanout": fanout.main,
+    "stalls": stalls.main,
 }
 
 
