@@ -14,6 +14,7 @@ from bench import (
     doc_read,
     engine,
     events,
+    fanout,
     handshake,
     hash_choice,
     hostile,
@@ -23,6 +24,7 @@ from bench import (
     peer,
     reconcile,
     revocation,
+    stalls,
     sync_tree,
     transports,
 )
@@ -44,6 +46,8 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "limit": limit.main,
     "peer": peer.main,
     "incremental": incremental.main,
+    "fanout": fanout.main,
+    "stalls": stalls.main,
 }
 
 
