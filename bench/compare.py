@@ -44,7 +44,17 @@ from pathlib import Path
 import trio
 
 import eidetica
-from bench import commits, doc_read, incremental, latency, limit, peer, transports
+from bench import (
+    commits,
+    doc_read,
+    fanout,
+    incremental,
+    latency,
+    limit,
+    peer,
+    stalls,
+    transports,
+)
 from bench._table import print_table
 from eidetica.protocol.keys import SigningKey
 from tests.builders import build_entries, build_entries_by_many
@@ -306,6 +316,59 @@ def read_rows(sizes: Sizes, context: Context) -> list[Row]:
     ]
 
 
+def fanout_rows(sizes: Sizes, context: Context) -> list[Row]:
+    rows = []
+    for peers in sizes.fanout:
+        figures = fanout.measure(peers)
+        n = int(figures["peers"])
+        rows.append(
+            Row(
+                "fan-out",
+                f"one commit held by all {n:,} peers",
+                figures["visible_all_ms"],
+                "ms",
+                target="<= 250 ms" if n >= 1_000 else "",
+                met=figures["visible_all_ms"] <= 250 if n >= 1_000 else None,
+            )
+        )
+        idle = figures.get("bytes_per_idle_peer")
+        if idle is not None:
+            rows.append(
+                Row(
+                    "fan-out",
+                    f"memory per idle peer, {n:,} peers",
+                    idle / 1024,
+                    "KiB",
+                    target="<= 20 KB",
+                    met=idle <= 20_000,
+                )
+            )
+    return rows
+
+
+def stall_rows(sizes: Sizes, context: Context) -> list[Row]:
+    figures = stalls.measure(max(sizes.initial), sizes.commits // 5)
+    pull, commit = figures["pull_longest_stall_ms"], figures["commits_longest_stall_ms"]
+    return [
+        Row(
+            "loop stall",
+            f"longest, pull of {int(figures['pull_entries']):,} entries to SQLite",
+            pull,
+            "ms",
+            target="<= 2 ms",
+            met=pull <= 2.0,
+        ),
+        Row(
+            "loop stall",
+            f"longest, {int(figures['commits']):,} commits to SQLite",
+            commit,
+            "ms",
+            target="<= 2 ms",
+            met=commit <= 2.0,
+        ),
+    ]
+
+
 Section = Callable[[Sizes, Context], list[Row]]
 
 SECTIONS: list[tuple[str, Section]] = [
@@ -316,6 +379,8 @@ SECTIONS: list[tuple[str, Section]] = [
     ("visible", visible_rows),
     ("commits", commit_rows),
     ("reads", read_rows),
+    ("fanout", fanout_rows),
+    ("stalls", stall_rows),
 ]
 
 
