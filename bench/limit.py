@@ -2,8 +2,10 @@
 
 What a node must do with each entry a peer sends, at the least: decode its bytes,
 hash them (the id), check its signature, and insert it, in batches of
-:data:`BATCH`, into a fresh SQLite file. No engine, no tree checks, no messages. The
-entries are those of the initial sync (:func:`tests.builders.build_entries`).
+:data:`BATCH`, into a fresh backend of the kind the receiving node has: in memory, as
+in the initial syncs ``bench compare`` sets beside it (``SQLite`` is the other
+choice). No engine, no tree checks, no messages. The entries are those of the
+initial sync (:func:`tests.builders.build_entries`).
 
 - *One core*: all of it in this process, one batch after the other.
 - *Both cores*: the checks (decode, hash, signature: ``validate_entry``) run in
@@ -25,7 +27,8 @@ from pathlib import Path
 
 from bench._table import print_table
 from eidetica.protocol.entry import load_entry, validate_entry
-from eidetica.storage.backend import Record
+from eidetica.storage.backend import Backend, Record
+from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.sqlite import SqliteBackend
 from tests.builders import build_entries
 
@@ -38,7 +41,11 @@ def _check(batch: Sequence[bytes]) -> int:
     return sum(1 for raw in batch if validate_entry(raw) is not None)
 
 
-def _insert(backend: SqliteBackend, batch: Sequence[bytes], root: str) -> None:
+def _backend(directory: Path | None, name: str) -> Backend:
+    return MemoryBackend() if directory is None else SqliteBackend(directory / name)
+
+
+def _insert(backend: Backend, batch: Sequence[bytes], root: str) -> None:
     backend.put([Record(load_entry(raw), (root,)) for raw in batch])
 
 
@@ -46,10 +53,11 @@ def _batches(raw: Sequence[bytes]) -> list[Sequence[bytes]]:
     return [raw[start : start + BATCH] for start in range(0, len(raw), BATCH)]
 
 
-def one_core(raw: Sequence[bytes], directory: Path) -> float:
-    """Entries per second, everything in this process."""
+def one_core(raw: Sequence[bytes], directory: Path | None) -> float:
+    """Entries per second, everything in this process (SQLite in ``directory``, or
+    in memory)."""
     root = validate_entry(raw[0]).id
-    backend = SqliteBackend(directory / "one.db")
+    backend = _backend(directory, "one.db")
     try:
         began = time.perf_counter()
         for batch in _batches(raw):
@@ -60,10 +68,10 @@ def one_core(raw: Sequence[bytes], directory: Path) -> float:
         backend.close()
 
 
-def every_core(raw: Sequence[bytes], directory: Path, workers: int | None = None) -> float:
+def every_core(raw: Sequence[bytes], directory: Path | None, workers: int | None = None) -> float:
     """Entries per second, the checks in one worker process per core."""
     root = validate_entry(raw[0]).id
-    backend = SqliteBackend(directory / "all.db")
+    backend = _backend(directory, "all.db")
     try:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             pool.submit(_check, raw[:1]).result()  # workers started outside the timing
@@ -78,26 +86,32 @@ def every_core(raw: Sequence[bytes], directory: Path, workers: int | None = None
         backend.close()
 
 
-def measure(raw: Sequence[bytes]) -> dict[str, float]:
-    """Both limits for ``raw`` (a tree's entries, parents first)."""
+def measure(raw: Sequence[bytes], *, sqlite: bool = False) -> dict[str, float]:
+    """Both limits for ``raw`` (a tree's entries, parents first), inserting in memory
+    or into SQLite."""
     with tempfile.TemporaryDirectory(prefix="eidetica-limit-") as directory:
+        where = Path(directory) if sqlite else None
         return {
-            "one_core_per_s": one_core(raw, Path(directory)),
-            "every_core_per_s": every_core(raw, Path(directory)),
+            "one_core_per_s": one_core(raw, where),
+            "every_core_per_s": every_core(raw, where),
             "cores": float(os.cpu_count() or 1),
         }
 
 
 def main() -> None:
     raw = [entry.raw for entry in build_entries(ENTRIES)]
-    figures = measure(raw)
+    rows = []
+    for sqlite in (False, True):
+        figures = measure(raw, sqlite=sqlite)
+        into = "SQLite" if sqlite else "memory"
+        rows += [
+            [f"one core, into {into}", f"{figures['one_core_per_s']:,.0f}"],
+            [f"{figures['cores']:.0f} cores, into {into}", f"{figures['every_core_per_s']:,.0f}"],
+        ]
     print_table(
         f"The limit: decode, hash, check and insert {ENTRIES:,} entries",
         ["where", "entries/s"],
-        [
-            ["one core", f"{figures['one_core_per_s']:,.0f}"],
-            [f"{figures['cores']:.0f} cores", f"{figures['every_core_per_s']:,.0f}"],
-        ],
+        rows,
     )
 
 
