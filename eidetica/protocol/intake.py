@@ -45,6 +45,29 @@ encoding: a 64-character ``str`` is a 113-byte object (128 in the allocator's si
 class) and a pointer in a tuple."""
 
 
+def check(
+    tree: str, raws: Iterable[bytes], ids: Iterable[str | None] | None = None
+) -> tuple[list[Entry], list[Rejection]]:
+    """Validate each entry on its own (bytes, id, shape, signature) and that it belongs
+    to ``tree``: the valid entries, in order, and the rejections. ``ids``, if given,
+    are the ids the sender claimed, checked against the bytes. Pure, so it may run in
+    a worker thread."""
+    valid: list[Entry] = []
+    rejections: list[Rejection] = []
+    claims = list(ids) if ids is not None else None
+    for index, raw in enumerate(raws):
+        claimed = claims[index] if claims is not None else None
+        try:
+            entry = validate_entry(raw, claimed)
+            if entry.tree_id != tree:
+                raise WrongTree(f"entry {entry.id} belongs to tree {entry.tree_id}, not {tree}")
+        except InvalidEntry as exc:
+            rejections.append(Rejection(claimed if isinstance(exc, IdMismatch) else None, exc))
+            continue
+        valid.append(entry)
+    return valid, rejections
+
+
 def footprint(entry: Entry) -> int:
     """The memory, in bytes, that holding ``entry`` is counted as taking.
 
@@ -198,25 +221,19 @@ class Intake:
         *,
         source: Source = None,
     ) -> list[Rejection]:
-        """Validate entries ``source`` sent for ``tree`` and hold the valid ones until
-        :meth:`release`; return the rejections. ``ids``, if given, are the ids the
-        sender claimed, checked against the bytes. An entry already held stays where
-        it is, counted against whoever offered it first; offered again by that sender,
-        it counts as its newest."""
-        self._enforce_caps()
-        rejections: list[Rejection] = []
-        claims = list(ids) if ids is not None else None
-        for index, raw in enumerate(raws):
-            claimed = claims[index] if claims is not None else None
-            try:
-                entry = validate_entry(raw, claimed)
-                if entry.tree_id != tree:
-                    raise WrongTree(f"entry {entry.id} belongs to tree {entry.tree_id}, not {tree}")
-            except InvalidEntry as exc:
-                rejections.append(Rejection(claimed if isinstance(exc, IdMismatch) else None, exc))
-                continue
-            self._hold(entry, source)
+        """Validate entries ``source`` sent for ``tree`` (:func:`check`) and hold the
+        valid ones until :meth:`release`; return the rejections."""
+        valid, rejections = check(tree, raws, ids)
+        self.hold(valid, source)
         return rejections
+
+    def hold(self, entries: Iterable[Entry], source: Source = None) -> None:
+        """Hold entries :func:`check` passed until :meth:`release`. An entry already
+        held stays where it is, counted against whoever offered it first; offered again
+        by that sender, it counts as its newest."""
+        self._enforce_caps()
+        for entry in entries:
+            self._hold(entry, source)
 
     def release(self, tree: str, stored: StoredQuery) -> list[Entry]:
         """Entries of ``tree`` whose parents are stored or released with them, in

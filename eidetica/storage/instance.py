@@ -45,6 +45,7 @@ from eidetica.storage.guard import require_trio
 from eidetica.storage.judge import Judge
 from eidetica.storage.live import Liveness
 from eidetica.storage.memory import MemoryBackend
+from eidetica.storage.offload import check_entries
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
 from eidetica.storage.transaction import staged_entry
@@ -208,9 +209,15 @@ class Instance:
         ``source`` is the sender's proven key (None for unknown): what waits counts
         against that sender's quota in the holding area, so one peer's flood cannot
         push out what others sent.
+
+        Each entry's own checks run in worker threads (:mod:`eidetica.storage.offload`),
+        the rest in one step of the event loop, so batches received at once are held,
+        verified and stored one after the other.
         """
         require_trio()
-        rejected = self.intake.offer(tree, raws, ids, source=source)
+        claims = None if ids is None else list(ids)
+        valid, rejected = await check_entries(tree, list(raws), claims)
+        self.intake.hold(valid, source=source)
         ready = self.intake.release(tree, self.backend.has)
         verifier = self._verifier()
         records = []

@@ -1,0 +1,60 @@
+"""Checking received entries in worker threads gives what checking them in one piece
+gives, in the same order; under a MockClock it stays on the loop."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eidetica.protocol.entry import Entry
+from eidetica.protocol.intake import Rejection, check
+from eidetica.storage import offload
+from tests.builders import build_entries
+
+ENTRIES = build_entries(120)
+TREE = ENTRIES[1].tree_id
+OTHER = build_entries(3)[2]
+
+
+def _spoiled(entry: Entry, how: str) -> tuple[bytes, str | None]:
+    """An entry's bytes, spoiled ``how``, and the id a sender would claim."""
+    if how == "signature":
+        bad = msgspec.structs.replace(entry, signature=bytes(64))
+        return bad.raw, None
+    if how == "claim":
+        return entry.raw, OTHER.id
+    if how == "tree":
+        return OTHER.raw, None
+    return entry.raw, entry.id
+
+
+def _summary(result: tuple[list[Entry], list[Rejection]]) -> tuple[list[str], list[object]]:
+    valid, rejected = result
+    return [e.id for e in valid], [(r.id, type(r.error).__name__) for r in rejected]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["good", "signature", "claim", "tree"]), min_size=1, max_size=120))
+def test_threads_give_what_one_piece_gives(kinds: list[str]) -> None:
+    spoiled = [_spoiled(entry, kind) for entry, kind in zip(ENTRIES[1:], kinds, strict=False)]
+    raws, ids = [raw for raw, _ in spoiled], [claim for _, claim in spoiled]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(offload, "INLINE_BELOW", 1)
+        patch.setattr(offload, "WORKERS", 3)
+        threaded = trio.run(offload.check_entries, TREE, raws, ids)
+    assert _summary(threaded) == _summary(check(TREE, raws, ids))
+
+
+def test_a_mock_clock_keeps_the_checks_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_threads(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a thread was started under a MockClock")
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", no_threads)
+    raws = [entry.raw for entry in ENTRIES[1:]]
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    valid, rejected = trio.run(offload.check_entries, TREE, raws, None, clock=clock)
+    assert len(valid) == len(raws) and not rejected
