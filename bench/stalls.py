@@ -39,12 +39,10 @@ import trio.testing
 
 import eidetica
 from bench._table import print_table
-from bench.transports import BATCH, QUIET
+from bench.transports import QUIET, filled
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.sim import SimNetwork
 from eidetica.protocol.keys import SigningKey
-from eidetica.storage.instance import Instance
-from eidetica.storage.memory import MemoryBackend
 from tests.builders import build_entries
 
 ENTRIES = 100_000
@@ -107,12 +105,8 @@ async def _pull(key: SigningKey, raw: Sequence[bytes], directory: Path) -> tuple
     """Fill A with ``raw`` (untimed); a fresh SQLite node B pulls it over sim. The
     steps during the pull, and the entries B holds after it."""
     network = SimNetwork()
-    a = Instance(MemoryBackend(), key)
+    a, root_id = await filled(key, raw)
     try:
-        for start in range(0, len(raw), BATCH):
-            await a.import_entries(raw[start : start + BATCH])
-        root_id = (await a.trees())[0].root_id
-        await (await a.open_tree(root_id)).grant("*", "read")
         async with (
             open_sync(a, network=network, name="a", config=QUIET) as a_sync,
             eidetica.open_instance(directory / "b") as b,

@@ -179,15 +179,23 @@ def _wire(inner: Transport, counting: _Counting) -> int:
     return counting.sent + counting.received
 
 
+async def filled(key: SigningKey, raw: Sequence[bytes]) -> tuple[Instance, str]:
+    """An in-memory node A with device key ``key`` (the tree's owner) holding ``raw``,
+    imported :data:`BATCH` at a time, its tree readable by anyone; and the tree's root
+    id. The caller closes A."""
+    a = Instance(MemoryBackend(), key)
+    for start in range(0, len(raw), BATCH):
+        await a.import_entries(raw[start : start + BATCH])
+    root_id = (await a.trees())[0].root_id
+    await (await a.open_tree(root_id)).grant("*", "read")
+    return a, root_id
+
+
 async def initial_syncs(key: SigningKey, raw: Sequence[bytes]) -> dict[str, Initial]:
     """Fill A with ``raw`` (untimed), then pull it into a fresh B over each transport."""
     network = SimNetwork()
-    a = Instance(MemoryBackend(), key)
+    a, root_id = await filled(key, raw)
     try:
-        for start in range(0, len(raw), BATCH):
-            await a.import_entries(raw[start : start + BATCH])
-        root_id = (await a.trees())[0].root_id
-        await (await a.open_tree(root_id)).grant("*", "read")
         results: dict[str, Initial] = {}
         async with open_sync(a, network=network, name="a", config=QUIET) as a_sync:
             for scheme, listen in LISTEN.items():
