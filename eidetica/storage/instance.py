@@ -217,8 +217,10 @@ class Instance:
         require_trio()
         claims = None if ids is None else list(ids)
         valid, rejected = await check_entries(tree, list(raws), claims)
-        self.intake.hold(valid, source=source)
-        ready = self.intake.release(tree, self.backend.has)
+        ready = self._ready_at_once(tree, valid)
+        if ready is None:
+            self.intake.hold(valid, source=source)
+            ready = self.intake.release(tree, self.backend.has)
         verifier = self._verifier()
         records = []
         refused: set[str] = set()
@@ -247,6 +249,26 @@ class Instance:
             missing=sorted(self.intake.missing(tree, self.backend.has)),
             stored_bytes=stored_bytes,
         )
+
+    def _ready_at_once(self, tree: str, entries: Sequence[Entry]) -> list[Entry] | None:
+        """The new entries of a batch, parents first, if each one's parents are stored
+        or come earlier in it and nothing of ``tree`` waits in the holding area: then
+        the batch (a pull's page, in order) skips the holding area. None otherwise."""
+        if self.intake.held(tree):
+            return None
+        ordered = sorted({e.id: e for e in entries}.values(), key=lambda e: (e.height, e.id))
+        present = self.backend.has(
+            [e.id for e in ordered] + [p for e in ordered for p in e.parents]
+        )
+        fresh: list[Entry] = []
+        for entry in ordered:
+            if entry.id in present:
+                continue  # stored already
+            if not all(parent in present for parent in entry.parents):
+                return None
+            present.add(entry.id)
+            fresh.append(entry)
+        return fresh
 
     def _log_refusals(self, tree: str, rejected: Sequence[Rejection]) -> None:
         """One warning per refused entry; again only at debug level, while remembered."""

@@ -3,6 +3,8 @@ gives, in the same order; under a MockClock it stays on the loop."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 import pytest
 import trio
@@ -10,6 +12,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import eidetica
 from eidetica.protocol.entry import Entry
 from eidetica.protocol.intake import Rejection, check
 from eidetica.storage import offload
@@ -58,3 +61,26 @@ def test_a_mock_clock_keeps_the_checks_on_the_loop(monkeypatch: pytest.MonkeyPat
     clock = trio.testing.MockClock(autojump_threshold=0)
     valid, rejected = trio.run(offload.check_entries, TREE, raws, None, clock=clock)
     assert len(valid) == len(raws) and not rejected
+
+
+async def test_a_batch_in_order_skips_the_holding_area_and_one_out_of_order_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pull's pages come parents first: they need no holding. A batch whose parents
+    are missing still waits, and is stored when they come."""
+    raws = [entry.raw for entry in ENTRIES]
+    async with eidetica.open_instance(None) as inst:
+        holds: list[int] = []
+        hold = inst.intake.hold
+
+        def counted(entries: Iterable[Entry], source: str | None = None) -> None:
+            holds.append(1)
+            hold(entries, source)
+
+        monkeypatch.setattr(inst.intake, "hold", counted)
+        first = await inst.receive(TREE, raws[:50])
+        assert len(first.stored) == 50 and holds == []
+        late = await inst.receive(TREE, raws[80:])  # parents 50..79 not here yet
+        assert late.stored == [] and late.held == len(raws) - 80 and holds == [1]
+        rest = await inst.receive(TREE, raws[50:80])
+        assert len(rest.stored) == len(raws) - 50 and rest.held == 0
