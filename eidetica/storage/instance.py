@@ -45,6 +45,7 @@ from eidetica.storage.guard import require_trio
 from eidetica.storage.judge import Judge
 from eidetica.storage.live import Liveness
 from eidetica.storage.memory import MemoryBackend
+from eidetica.storage.offload import WORKERS as OFFLOAD_WORKERS
 from eidetica.storage.offload import check_entries
 from eidetica.storage.settings import SettingsIndex
 from eidetica.storage.sqlite import SqliteBackend
@@ -125,6 +126,8 @@ class Instance:
         """Counts the batches this node has stored; see :meth:`changed`."""
         self._refusals_logged: OrderedDict[str, None] = OrderedDict()
         self.liveness = Liveness(backend, self.judge)
+        self._checkers = trio.CapacityLimiter(OFFLOAD_WORKERS)
+        """Threads checking received entries at once, for all peers: one per core."""
         """Each tree's dead entries (voided, and nothing that counts builds on them),
         which this node keeps but does not offer when it syncs."""
         self._hooks: list[CommitHook] = []
@@ -216,7 +219,7 @@ class Instance:
         """
         require_trio()
         claims = None if ids is None else list(ids)
-        valid, rejected = await check_entries(tree, list(raws), claims)
+        valid, rejected = await check_entries(tree, list(raws), claims, limiter=self._checkers)
         ready = self._ready_at_once(tree, valid)
         if ready is None:
             self.intake.hold(valid, source=source)

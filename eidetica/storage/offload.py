@@ -33,9 +33,16 @@ WORKERS = max(1, os.cpu_count() or 1)
 
 
 async def check_entries(
-    tree: str, raws: Sequence[bytes], ids: Sequence[str | None] | None = None
+    tree: str,
+    raws: Sequence[bytes],
+    ids: Sequence[str | None] | None = None,
+    *,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> tuple[list[Entry], list[Rejection]]:
-    """What :func:`check` gives for the batch, worked out in worker threads."""
+    """What :func:`check` gives for the batch, worked out in worker threads; at most
+    ``limiter``'s tokens of them at once, across every batch that shares it (a node
+    shares one, one token per core, so batches from many peers do not start more
+    threads than there are cores)."""
     if len(raws) < INLINE_BELOW or isinstance(
         trio.lowlevel.current_clock(), trio.testing.MockClock
     ):
@@ -47,7 +54,7 @@ async def check_entries(
     async def one(slot: int, start: int) -> None:
         claims = None if ids is None else ids[start : start + step]
         results[slot] = await trio.to_thread.run_sync(
-            check, tree, raws[start : start + step], claims
+            check, tree, raws[start : start + step], claims, limiter=limiter
         )
 
     async with trio.open_nursery() as nursery:

@@ -3,6 +3,8 @@ gives, in the same order; under a MockClock it stays on the loop."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 
 import msgspec
@@ -84,3 +86,30 @@ async def test_a_batch_in_order_skips_the_holding_area_and_one_out_of_order_wait
         assert late.stored == [] and late.held == len(raws) - 80 and holds == [1]
         rest = await inst.receive(TREE, raws[50:80])
         assert len(rest.stored) == len(raws) - 50 and rest.held == 0
+
+
+async def test_batches_from_many_peers_share_one_thread_per_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four batches at once start no more checking threads at a time than the node's
+    limiter has tokens (one per core)."""
+    running, most, lock = [0], [0], threading.Lock()
+
+    def slow_check(*args: object) -> tuple[list[Entry], list[Rejection]]:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # holds its thread, so that checks overlap if they may
+        with lock:
+            running[0] -= 1
+        return [], []
+
+    monkeypatch.setattr(offload, "check", slow_check)
+    raws = [entry.raw for entry in ENTRIES]
+    async with eidetica.open_instance(None) as inst:
+        assert inst._checkers.total_tokens == offload.WORKERS
+        inst._checkers.total_tokens = 2  # as on a two-core machine, whatever this one has
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(inst.receive, TREE, raws)
+    assert most[0] == 2
