@@ -259,10 +259,10 @@ class Instance:
         the batch (a pull's page, in order) skips the holding area. None otherwise."""
         if self.intake.held(tree):
             return None
-        ordered = sorted({e.id: e for e in entries}.values(), key=lambda e: (e.height, e.id))
-        present = self.backend.has(
-            [e.id for e in ordered] + [p for e in ordered for p in e.parents]
-        )
+        batch = {e.id: e for e in entries}
+        ordered = sorted(batch.values(), key=lambda e: (e.height, e.id))
+        outside = {p for e in ordered for p in e.parents if p not in batch}
+        present = set(self.backend.has([*batch, *outside]))  # ours to add to
         fresh: list[Entry] = []
         for entry in ordered:
             if entry.id in present:
