@@ -342,7 +342,7 @@ class Instance:
     def settings_tips(self, parents: Iterable[EntryMeta]) -> tuple[str, ...]:
         """The settings tips of an entry with these (stored) parents."""
         lookup = self._verifier().lookup
-        return self.settings_index.tips_as_of((m.settings_head for m in parents), lookup)
+        return self.settings_index.tips_as_of([m.settings_head for m in parents], lookup)
 
     def store_local(self, tree: Tree, entry: Entry) -> None:
         """Verify and store an entry this node just signed. Its signature is not checked

@@ -19,7 +19,11 @@ class _OrderedIds:
         self.keys: list[OrderKey] = []
 
     def add(self, key: OrderKey) -> None:
-        bisect.insort(self.keys, key)
+        keys = self.keys
+        if not keys or keys[-1] < key:
+            keys.append(key)  # in order, as a pull's pages and commits come: no shift
+        else:
+            bisect.insort(keys, key)
 
     def from_height(self, height: int) -> Iterator[str]:
         start = bisect.bisect_left(self.keys, (height, ""))

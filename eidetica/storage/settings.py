@@ -12,7 +12,7 @@ store parents, so the settings DAG mirrors the tree's ancestry.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.crdt import Document, apply_ops, decode_ops
@@ -55,8 +55,11 @@ class SettingsIndex:
         self._states: OrderedDict[frozenset[str], Document] = OrderedDict()
         self._max_states = max_states
 
-    def tips_as_of(self, heads: Iterable[tuple[str, ...]], lookup: Lookup) -> tuple[str, ...]:
+    def tips_as_of(self, heads: Sequence[tuple[str, ...]], lookup: Lookup) -> tuple[str, ...]:
         """The settings tips of an entry whose parents have these settings heads."""
+        first = heads[0] if heads else ()
+        if len(first) == 1 and all(head == first for head in heads):
+            return first  # the common case, one settings tip shared by every parent
         candidates = set().union(*heads)
         if len(candidates) > 1:
             candidates = {
