@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """An entry as the DAG walks see it."""
+
+class Node(msgspec.Struct, frozen=True, gc=False):
+    """An entry as the DAG walks see it (a struct: a walk makes one per entry)."""
 
     height: int
     parents: tuple[str, ...]
