@@ -36,7 +36,7 @@ from eidetica.actors.engine.status import Health
 from eidetica.actors.link import Link, RoundResult
 from eidetica.actors.watch import run_watch, watched
 from eidetica.errors import EideticaError, RemoteError, SyncError, TreeNotFound
-from eidetica.protocol.auth import Permission, permission_of
+from eidetica.protocol.auth import Permission
 from eidetica.protocol.messages import Ack, SendEntries
 from eidetica.storage.instance import Instance
 
@@ -304,10 +304,9 @@ class PeerActor:
         """Whether the tree's settings let this peer read it (a tree we do not hold
         has nothing to leak: syncing can only pull it in)."""
         try:
-            settings = await (await self.instance.open_tree(tree)).settings()
+            level = await (await self.instance.open_tree(tree)).permission(self.key)
         except TreeNotFound:
             return True
-        level = permission_of(settings, self.key)
         return level is not None and level >= Permission.READ
 
     def _tell(

@@ -37,7 +37,7 @@ from eidetica.errors import (
     TreeUnavailable,
     Unauthenticated,
 )
-from eidetica.protocol.auth import Permission, permission_of
+from eidetica.protocol.auth import Permission
 from eidetica.protocol.codec import Codec
 from eidetica.protocol.handshake import Responder as HandshakeResponder
 from eidetica.protocol.mac import answer_mac, matches, request_mac
@@ -313,10 +313,9 @@ class SyncService:
         """Whether ``peer`` may read ``tree``, which this node holds (a watch of a tree
         it does not hold, or may not read, is never answered for that tree)."""
         try:
-            settings = await (await self._instance.open_tree(tree)).settings()
+            level = await (await self._instance.open_tree(tree)).permission(peer)
         except TreeNotFound:
             return False
-        level = permission_of(settings, peer)
         return level is not None and level >= Permission.READ
 
     async def _readable(self, tree: str, peer: str) -> tuple[TreeView, bool]:
@@ -329,14 +328,13 @@ class SyncService:
         """
         view = self._instance.sync_view(tree)
         try:
-            settings = await (await self._instance.open_tree(tree)).settings()
+            level = await (await self._instance.open_tree(tree)).permission(peer)
         except TreeNotFound:
             if self._view().relates(peer, tree):  # the operator's choice, or learned
                 return view, False
             if await self._admits(peer, tree):
                 return view, True
-            settings = {}
-        level = permission_of(settings, peer)
+            level = None
         if level is None or level < Permission.READ:
             raise TreeUnavailable(f"no tree {tree} for this peer")
         return view, False

@@ -8,7 +8,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from eidetica.errors import EntryNotFound
-from eidetica.protocol.auth import parse_permission
+from eidetica.protocol.auth import Permission, parse_permission, permission_of
 from eidetica.protocol.entry import SETTINGS_STORE, Entry, check_store_name
 from eidetica.protocol.keys import check_public_key
 from eidetica.storage.changes import TreeChanges
@@ -48,6 +48,13 @@ class Tree:
             self.instance.doc_states.state(self.root_id, SETTINGS_STORE)
         )
         return result
+
+    async def permission(self, key: str) -> Permission | None:
+        """The strongest permission ``key`` holds in this tree as of its tips, by name
+        or through ``*``; None if it holds none. Reads the settings in place, without
+        the copy :meth:`settings` makes: every push and every sync request asks this."""
+        require_trio()
+        return permission_of(self.instance.doc_states.state(self.root_id, SETTINGS_STORE), key)
 
     async def entry(self, entry_id: str) -> Entry:
         """One entry of this tree, or :class:`EntryNotFound`."""

@@ -16,6 +16,7 @@ from eidetica.errors import (
     ShapeError,
     WrongTree,
 )
+from eidetica.protocol.auth import Permission
 from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry
 from eidetica.storage.crdt import SetOp, encode_ops
 from tests.builders import settings_on_root
@@ -208,3 +209,17 @@ async def test_heights_and_trees_of_parents_are_checked(inst: eidetica.Instance)
     with pytest.raises(WrongTree):
         await inst.import_entries([entry([other_root.id], 1)])
     assert await tree.tips() == [root.id]
+
+
+async def test_permission_reads_the_settings_as_of_the_tips(
+    inst: eidetica.Instance, other: eidetica.Instance
+) -> None:
+    tree = await inst.create_tree(name="t")
+    assert await tree.permission(inst.public_key) == Permission.ADMIN
+    assert await tree.permission(other.public_key) is None
+    await tree.grant("*", "read")
+    assert await tree.permission(other.public_key) == Permission.READ
+    await tree.grant(other.public_key, "write")
+    assert await tree.permission(other.public_key) == Permission.WRITE
+    await tree.revoke(other.public_key)
+    assert await tree.permission(other.public_key) == Permission.READ  # still through "*"
