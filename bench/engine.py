@@ -289,6 +289,19 @@ def _size(snapshot: tracemalloc.Snapshot) -> int:
     return sum(trace.size for trace in snapshot.traces)
 
 
+def hub_bytes_per_peer(count: int, budget: float = BUILD_BUDGET) -> tuple[int, float, float]:
+    """How many peers took part, and the bytes A holds per idle registered peer: its
+    engine state alone, and with the sync-tree records it writes for each peer (which
+    an in-memory A keeps in memory; on SQLite they go to disk). What a hub pays for
+    each peer linked to it, apart from the peers' own nodes."""
+    traced = trio.run(functools.partial(_idle_peers, count, budget, traced=True))
+    assert traced.snapshots is not None
+    _, after = traced.snapshots
+    a_side = after.filter_traces([tracemalloc.Filter(True, _SUPERVISOR_FILE, all_frames=True)])
+    engine = a_side.filter_traces([tracemalloc.Filter(False, _STATE_FILE, all_frames=True)])
+    return traced.peers, _size(engine) / traced.peers, _size(a_side) / traced.peers
+
+
 def _memory_row(label: str, size: int, peers: int) -> list[str]:
     return [label, f"{size / peers:,.0f}", f"{size / 2**20:.1f}"]
 
