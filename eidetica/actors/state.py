@@ -59,6 +59,8 @@ REMOVED_KEY = "sync_removed_peers"
 """The backend-local key holding the peers the operator removed (a JSON list): not
 registered again by their own requests, across restarts too."""
 DEFAULT_MAX_HISTORY = 100
+FLUSH_EVERY = 1.0
+"""Seconds a written cursor, count or history record may wait to reach storage."""
 
 PEERS = "peers"
 SYNC_STATE = "sync_state"
@@ -194,6 +196,11 @@ class SyncState:
         self._backend = tree.instance.backend
         self.max_history = max_history
         self._lock = trio.Lock()
+        self._documents: dict[str, dict[str, Any]] = {}
+        """The node-local documents as last read or written, decoded once."""
+        self._dirty: set[str] = set()
+        """Kinds written to ``_documents`` and not yet to storage (see :meth:`flush`)."""
+        self._flushed_at = -math.inf
 
     @classmethod
     async def open(cls, instance: Instance, *, max_history: int = DEFAULT_MAX_HISTORY) -> SyncState:
@@ -223,13 +230,45 @@ class SyncState:
             yield op
 
     def _local(self, kind: str) -> dict[str, Any]:
-        """The node-local document of one kind of record (empty if none was written)."""
-        raw = self._backend.get_local(_LOCAL[kind])
-        loaded: dict[str, Any] = json.loads(raw) if raw else {}
-        return loaded
+        """The node-local document of one kind of record (empty if none was written).
+        Read from storage once, then kept: this node alone writes it."""
+        document = self._documents.get(kind)
+        if document is None:
+            raw = self._backend.get_local(_LOCAL[kind])
+            document = self._documents[kind] = json.loads(raw) if raw else {}
+        return document
 
-    def _put_local(self, kind: str, document: dict[str, Any]) -> None:
-        self._backend.set_local(_LOCAL[kind], json.dumps(document, sort_keys=True))
+    def _put_local(self, kind: str, document: dict[str, Any], *, soon: bool = False) -> None:
+        """Replace one kind's document: in storage at once, or, with ``soon``, at the
+        latest :data:`FLUSH_EVERY` seconds after the last write (see :meth:`flush`)."""
+        self._documents[kind] = document
+        self._dirty.add(kind)
+        if not soon:
+            self.flush()
+
+    def flush_deadline(self) -> float:
+        """When what waits is due to be written (trio time; inf if nothing waits)."""
+        return self._flushed_at + FLUSH_EVERY if self._dirty else math.inf
+
+    def _flush_if_due(self) -> None:
+        """Write what waits if the last write was :data:`FLUSH_EVERY` seconds ago."""
+        if trio.current_time() - self._flushed_at >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every document changed since the last write.
+
+        Cursors, metadata and history are written "soon": each is a whole document
+        over every peer, so a hub with a thousand peers would otherwise encode and
+        write a thousand peers' records for every push and every sync. A burst
+        of them is written once; a node killed meanwhile loses at most the last
+        :data:`FLUSH_EVERY` seconds of counts and cursors (a lost cursor costs one
+        longer sync). Peers, relationships, removals and retries are written at once.
+        """
+        self._flushed_at = trio.current_time()  # after a failure, try again then
+        for kind in sorted(self._dirty):
+            self._backend.set_local(_LOCAL[kind], json.dumps(self._documents[kind], sort_keys=True))
+            self._dirty.discard(kind)
 
     async def _migrate(self) -> None:
         """Copy cursors, metadata, history and retries that an earlier version kept
@@ -355,7 +394,8 @@ class SyncState:
             total = 0 if previous is None else previous.total_synced_count
             cursor = Cursor(tuple(sorted(set(tips))), float(now), total + synced)
             cursors.setdefault(peer, {})[tree] = _dump(cursor)
-            self._put_local(_CURSORS, cursors)
+            self._put_local(_CURSORS, cursors, soon=True)
+            self._flush_if_due()
         return cursor
 
     async def cursor(self, peer: str, tree: str) -> Cursor | None:
@@ -392,6 +432,7 @@ class SyncState:
             self._add_history(
                 HistoryRecord(peer, ok, entries, duration_ms, tree, "pull", self._at(at))
             )
+            self._flush_if_due()
 
     async def record_push(self, peer: str, tree: str, entries: int) -> None:
         """Count a push of ``entries`` of ``tree`` that ``peer`` took."""
@@ -402,6 +443,7 @@ class SyncState:
             )
             self._put_metadata(peer, after)
             self._add_history(HistoryRecord(peer, True, entries, 0.0, tree, "push", self._at()))
+            self._flush_if_due()
 
     async def record_served(self, peer: str, tree: str) -> None:
         """Count a sync request for ``tree`` that ``peer`` started and this node answered."""
@@ -409,13 +451,16 @@ class SyncState:
             before = await self.metadata(peer)
             self._put_metadata(peer, replace(before, requests_served=before.requests_served + 1))
             self._add_history(HistoryRecord(peer, True, 0, 0.0, tree, "served", self._at()))
+            self._flush_if_due()
 
     def _at(self, at: float | None = None) -> float:
         """``at``, or now by the node's wall clock."""
         return self.tree.instance.wall_clock() if at is None else float(at)
 
     def _put_metadata(self, peer: str, metadata: SyncMetadata) -> None:
-        self._put_local(_METADATA, {**self._local(_METADATA), peer: _dump(metadata)})
+        metadata_by_peer = self._local(_METADATA)
+        metadata_by_peer[peer] = _dump(metadata)
+        self._put_local(_METADATA, metadata_by_peer, soon=True)
 
     def _add_history(self, record: HistoryRecord) -> None:
         history = self._local(_HISTORY)
@@ -424,7 +469,7 @@ class SyncState:
         history[f"{number:0{_HISTORY_ID_DIGITS}d}"] = _dump(record)
         for old in ids[: max(0, len(ids) + 1 - self.max_history)]:
             del history[old]
-        self._put_local(_HISTORY, history)
+        self._put_local(_HISTORY, history, soon=True)
 
     async def metadata(self, peer: str) -> SyncMetadata:
         """The running totals of syncs with ``peer`` (all zero if none was recorded)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -197,9 +198,19 @@ class Supervisor:
                 task_status.started()
                 await self._loop()
         finally:
+            self._flush_state()
             self.bus.close()
             for two_way in self._routes.two_way:
                 two_way.detach()
+
+    def _flush_state(self) -> None:
+        """Write the counts and cursors kept back for a moment (SyncState.flush)."""
+        if self._state is None:
+            return
+        try:
+            self._state.flush()
+        except EideticaError as exc:
+            log.error("could not record the last sync counts and cursors: %s", exc)
 
     async def _start_timers(self, nursery: trio.Nursery) -> None:
         schedules = [
@@ -226,11 +237,25 @@ class Supervisor:
 
     async def _loop(self) -> None:
         try:
-            async for command in self._commands:
+            while (command := await self._next_command()) is not None:
                 await self._take(command)
         finally:
             self._stop_taking_commands()
             self.stopped.set()
+
+    async def _next_command(self) -> cmd.Command | None:
+        """The next command, or None once the inbox is closed. While the sync state
+        holds writes back (counts, cursors), waiting for one is cut short to write
+        them at their deadline, so an idle node keeps nothing back for long."""
+        state = self._state
+        while True:
+            deadline = state.flush_deadline() if state is not None else math.inf
+            with trio.move_on_at(deadline):
+                try:
+                    return await self._commands.receive()
+                except trio.EndOfChannel:
+                    return None
+            self._flush_state()
 
     def _stop_taking_commands(self) -> None:
         """Close the inbox and fail the replies of commands still in it, so no caller

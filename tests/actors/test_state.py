@@ -3,13 +3,16 @@ sync tree, read back after the node restarts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import eidetica
 from eidetica.actors.state import (
+    FLUSH_EVERY,
     SYNC_TREE_KEY,
     SYNC_TREE_NAME,
     Cursor,
@@ -227,6 +230,7 @@ async def test_history_keeps_the_newest_max_history(inst: eidetica.Instance) -> 
     assert [record.entries for record in await state.history()] == [2, 3, 4]
     assert (await state.metadata(ALICE)).successful_sync_count == 5
 
+    state.flush()  # history is written "soon": another reader sees it once written
     smaller = SyncState(state.tree, max_history=2)
     await smaller.record_sync(BOB, ok=False, entries=9, duration_ms=1.0)
     assert [(r.peer, r.entries) for r in await smaller.history()] == [(ALICE, 4), (BOB, 9)]
@@ -284,3 +288,30 @@ async def test_history_says_when_which_tree_and_which_way(inst: eidetica.Instanc
     alice = await state.metadata(ALICE)
     assert (alice.successful_sync_count, alice.pushes, alice.entries_pushed) == (1, 1, 3)
     assert (await state.metadata(BOB)).requests_served == 1
+
+
+async def test_counts_and_cursors_of_a_burst_are_written_once_then_on_flush(
+    inst: eidetica.Instance, autojump_clock: trio.testing.MockClock
+) -> None:
+    state = await SyncState.open(inst)
+    writes: list[str] = []
+    set_local = inst.backend.set_local
+
+    def counted(key: str, value: str) -> None:
+        writes.append(key)
+        set_local(key, value)
+
+    inst.backend.set_local = counted  # type: ignore[method-assign]
+    await state.record_push(ALICE, TREE_A, 1)  # the first of a burst goes at once
+    for _ in range(100):
+        await state.record_push(ALICE, TREE_A, 1)
+        await state.set_cursor(ALICE, TREE_A, ["t"], 1.0, 1)
+    assert sorted(writes) == ["sync/history", "sync/metadata"]
+    assert (await state.metadata(ALICE)).pushes == 101  # the reader sees them at once
+    await trio.sleep(FLUSH_EVERY)
+    await state.record_push(ALICE, TREE_A, 1)  # a write after the wait goes out
+    assert sorted(writes[2:]) == ["sync/cursors", "sync/history", "sync/metadata"]
+    stored = json.loads(inst.backend.get_local("sync/metadata") or "{}")
+    assert stored[ALICE]["pushes"] == 102
+    await state.put_retry("r1", RetryRecord(ALICE, TREE_A, ("e1",), 1))
+    assert writes[-1] == "sync/retry"  # retries are written at once

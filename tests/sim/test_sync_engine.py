@@ -13,7 +13,7 @@ import trio.testing
 
 import eidetica
 from eidetica.actors.engine.breaker import BreakerConfig
-from eidetica.actors.state import SyncState
+from eidetica.actors.state import FLUSH_EVERY, SyncState
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
 from eidetica.actors.transports.sim import SimNetwork
@@ -91,7 +91,10 @@ async def test_a_commit_is_pushed_to_related_peers(autojump_clock: trio.testing.
             await trio.testing.wait_all_tasks_blocked()
             assert (await theirs.doc("d")).get("pushed") is True
             assert trio.current_time() < 1  # the push needed no timer
-            # both sides count what the other side started, as well as their own syncs
+            # both sides count what the other side started, as well as their own
+            # syncs; counts reach storage within FLUSH_EVERY
+            await trio.sleep(FLUSH_EVERY)
+            await trio.testing.wait_all_tasks_blocked()
             assert (await (await SyncState.open(a.inst)).metadata(peer_b)).pushes == 1
             served = await (await SyncState.open(b.inst)).metadata(a.inst.public_key)
             assert served.requests_served >= 1
