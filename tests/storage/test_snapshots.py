@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,51 +78,67 @@ async def deliver(entries: list[Entry], root_id: str, seed: int, node: eidetica.
         node.doc_states.state(root_id, "d")
 
 
+async def history(script: list[Step]) -> list[Entry]:
+    """The entries of a tree that four nodes wrote, granted and revoked in by ``script``,
+    parents first."""
+    async with (
+        eidetica.open_instance(None) as n0,
+        eidetica.open_instance(None) as n1,
+        eidetica.open_instance(None) as n2,
+        eidetica.open_instance(None) as n3,
+    ):
+        nodes = [n0, n1, n2, n3]
+        root = await n0.create_tree(name="t")
+        root_entry = (await root.entries())[0]
+        for node in nodes[1:]:
+            await node.import_entries([root_entry])
+        trees = [await node.open_tree(root.root_id) for node in nodes]
+        keys = [node.public_key for node in nodes]
+        for target, level in ((1, "admin"), (2, "admin"), (3, "write")):
+            await root.grant(keys[target], level)
+        for target in range(1, ACTORS):
+            await act(Share(0, target), trees, keys)
+        for step in script:
+            await act(step, trees, keys)
+        union = {e.id: e for tree in trees for e in await tree.entries()}
+        return sorted(union.values(), key=lambda e: e.key)
+
+
+def check_cold_reads(backend: Backend, root_id: str) -> None:
+    """A fresh cache over ``backend`` reads what a fold from nothing reads."""
+    kept = backend.get_snapshot(root_id, "d") is not None
+    event(f"snapshot of d kept: {kept}")
+    calls = resumed_after(backend, "d")
+    cold = DocStates(backend)
+    read = {store: cold.state(root_id, store) for store in ("d", SETTINGS_STORE)}
+    event(f"the cold read of d resumed after a snapshot: {calls[0] is not None}")
+    for store, state in read.items():
+        assert state == refolded(backend, root_id, store)
+
+
 @settings(max_examples=60, deadline=None)
-@given(script=steps, seed=st.integers(0, 2**32))
+@given(script=steps, seed=st.integers(0, 2**32), on_disk=st.booleans())
 async def test_a_cold_read_from_any_snapshot_equals_a_full_refold(
-    script: list[Step], seed: int
+    script: list[Step], seed: int, on_disk: bool
 ) -> None:
     """Histories of writes, grants and revocations by several keys, received in a
     random order with reads between, so snapshots are written, dropped by late
     arrivals, and outdated by revocations; a fresh cache over the same storage then
-    reads what a fold from nothing reads."""
-    with pytest.MonkeyPatch.context() as patch:
+    reads what a fold from nothing reads. On disk, the node is closed (which writes
+    snapshots of what it read) and reopened first."""
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as directory:
         patch.setattr(docstate, "SNAPSHOT_EVERY", 1)
         patch.setattr(docstate, "CHECKPOINT_EVERY", 2)
-        async with (
-            eidetica.open_instance(None) as n0,
-            eidetica.open_instance(None) as n1,
-            eidetica.open_instance(None) as n2,
-            eidetica.open_instance(None) as n3,
-            eidetica.open_instance(None) as reader,
-        ):
-            nodes = [n0, n1, n2, n3]
-            root = await n0.create_tree(name="t")
-            root_entry = (await root.entries())[0]
-            for node in nodes[1:]:
-                await node.import_entries([root_entry])
-            trees = [await node.open_tree(root.root_id) for node in nodes]
-            keys = [node.public_key for node in nodes]
-            for target, level in ((1, "admin"), (2, "admin"), (3, "write")):
-                await root.grant(keys[target], level)
-            for target in range(1, ACTORS):
-                await act(Share(0, target), trees, keys)
-            for step in script:
-                await act(step, trees, keys)
-            union = sorted(
-                {e.id: e for tree in trees for e in await tree.entries()}.values(),
-                key=lambda e: e.key,
-            )
-            await deliver(union, root.root_id, seed, reader)
-            kept = reader.backend.get_snapshot(root.root_id, "d") is not None
-            event(f"snapshot of d kept: {kept}")
-            calls = resumed_after(reader.backend, "d")
-            cold = DocStates(reader.backend)
-            read = {store: cold.state(root.root_id, store) for store in ("d", SETTINGS_STORE)}
-            event(f"the cold read of d resumed after a snapshot: {calls[0] is not None}")
-            for store, state in read.items():
-                assert state == refolded(reader.backend, root.root_id, store)
+        entries = await history(script)
+        root_id = entries[0].id
+        path = Path(directory) / "reader" if on_disk else None
+        async with eidetica.open_instance(path) as reader:
+            await deliver(entries, root_id, seed, reader)
+            if path is None:
+                check_cold_reads(reader.backend, root_id)
+        if path is not None:
+            async with eidetica.open_instance(path) as reopened:
+                check_cold_reads(reopened.backend, root_id)
 
 
 def test_a_snapshot_made_stale_by_a_late_entry_is_not_used_after_a_crash(
