@@ -10,6 +10,7 @@ cancellation can never interrupt a write half-way.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
@@ -59,6 +60,22 @@ class EntryMeta(msgspec.Struct, frozen=True, gc=False):
 
 OrderKey = tuple[int, str]
 """(height, id): the order entries are folded and listed in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A store's folded state as of one entry, kept so a reopened node need not refold.
+
+    ``last`` is the key of the last entry folded in; ``data`` is opaque to the backend
+    (:mod:`eidetica.storage.docstate` encodes and checks it). The backend's one duty
+    is to drop the snapshot when it stores an entry writing that store whose key sorts
+    at or before ``last``, in the same transaction: such an entry would have been
+    folded in before the ones after it, so the snapshot no longer says what the store
+    holds up to ``last``.
+    """
+
+    last: OrderKey
+    data: bytes
 
 
 class Backend(Protocol):
@@ -120,6 +137,21 @@ class Backend(Protocol):
 
     def set_local(self, key: str, value: str) -> None:
         """Store ``value`` under ``key``, replacing any earlier value; durable at once."""
+        ...
+
+    def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> None:
+        """Keep ``snapshot`` as the snapshot of ``store``, replacing any; durable at once.
+
+        The caller vouches that it folds every stored entry of the store up to
+        ``snapshot.last`` and none after. From then on, :meth:`put` drops it in the
+        transaction that stores an entry writing ``store`` with a key at or before
+        ``snapshot.last`` (a late arrival from a concurrent branch), so a snapshot
+        that is read back is never stale, whenever the process stops.
+        """
+        ...
+
+    def get_snapshot(self, tree: str, store: str) -> Snapshot | None:
+        """The snapshot of ``store`` that is still valid, or None."""
         ...
 
     def healthy(self) -> bool:

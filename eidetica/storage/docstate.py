@@ -14,22 +14,66 @@ afterwards (copy-on-write), so a write after a read costs the path, not the docu
 Entries that do not count (see :mod:`eidetica.storage.revocation`) are passed over.
 What counts changes only when a settings entry arrives; a fold made under another
 verdict is started again from nothing.
+
+Folds are also persisted, so a reopened node does not refold a long history: after a
+read has folded :data:`SNAPSHOT_EVERY` entries since the last snapshot of that store,
+and at :meth:`DocStates.persist` (when the instance closes), the fold goes to the
+backend as a :class:`~eidetica.storage.backend.Snapshot`: its state, the key of its
+last entry, how many entries it applied, and a digest of the verdict it was folded
+under. A fold that starts from nothing starts from the snapshot instead when its
+digest matches the verdict now; the backend has dropped any snapshot that an
+earlier-sorting entry stored since made stale, in the same transaction. A lost or
+unreadable snapshot costs a refold, never a wrong read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgspec
+
+from eidetica.errors import StorageError
 from eidetica.protocol.entry import Entry
-from eidetica.storage.backend import Backend, OrderKey
+from eidetica.storage.backend import Backend, OrderKey, Snapshot
 from eidetica.storage.crdt import Document, Owned, apply_ops, decode_ops
 from eidetica.storage.judge import Judge
 from eidetica.storage.revocation import Fingerprint
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 1024
 REPLAY_CHUNK = 512
 MAX_PENDING = 4096
 """Past this many unread new entries, the cache stops holding them and replays from storage."""
+SNAPSHOT_EVERY = 4096
+"""Entries a read folds past a store's last snapshot before it writes another: a
+snapshot costs the whole document's encoding, so this spreads it over many entries."""
+MAX_SNAPSHOT_BYTES = 32 * 1024 * 1024
+"""A document whose snapshot would be larger is refolded on a cold read instead."""
+_FORMAT = 1
+
+
+class _Persisted(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """What a snapshot's data holds, beside the key the backend keeps."""
+
+    format: int
+    applied: int
+    verdict: bytes
+    state: dict[str, Any]
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(_Persisted)
+
+
+def verdict_digest(fingerprint: Fingerprint) -> bytes:
+    """A digest of a verdict's fingerprint that is the same in every process."""
+    voided, revocations, ranks = fingerprint
+    encoded = _ENCODER.encode([sorted(voided), list(revocations), list(ranks)])
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 @dataclass
@@ -46,6 +90,8 @@ class _Fold:
     """Dicts of ``state`` that no snapshot or checkpoint shares (see ``apply_ops``)."""
     verdict: Fingerprint | None = None
     """The fingerprint of the verdict on what counts that this fold was made under."""
+    persisted: int = 0
+    """``applied`` as of the last snapshot written or read (or tried)."""
 
 
 class DocStates:
@@ -77,6 +123,7 @@ class DocStates:
         verdict = self._judge.of_tree(tree).fingerprint
         if fold is None or fold.verdict != verdict:
             fold = self._folds[tree, store] = _Fold(verdict=verdict)
+            self._resume(tree, store, fold, verdict)
             self._replay(tree, store, fold)
         elif fold.rewind_to is not None:
             self._rewind(fold, fold.rewind_to)
@@ -88,7 +135,51 @@ class DocStates:
             self._apply(tree, store, fold, fold.pending)
             fold.pending.clear()
         fold.owned.clear()  # the reader shares the state from now on
+        if fold.applied - fold.persisted >= SNAPSHOT_EVERY:
+            self._persist(tree, store, fold)
         return fold.state
+
+    def persist(self) -> None:
+        """Write a snapshot of every fold that applied entries since its last one, so
+        the next process to open the backend reads them without refolding. A fold that
+        must rewind is not up to date, and is left out."""
+        for (tree, store), fold in self._folds.items():
+            if fold.applied > fold.persisted and fold.rewind_to is None:
+                self._persist(tree, store, fold)
+
+    def _persist(self, tree: str, store: str, fold: _Fold) -> None:
+        fold.persisted = fold.applied
+        if fold.last is None or fold.verdict is None:
+            return
+        persisted = _Persisted(_FORMAT, fold.applied, verdict_digest(fold.verdict), fold.state)
+        data = _ENCODER.encode(persisted)
+        if len(data) > MAX_SNAPSHOT_BYTES:
+            log.info("document %r of tree %s is too large to snapshot", store, tree)
+            return
+        try:
+            self._backend.put_snapshot(tree, store, Snapshot(fold.last, data))
+        except StorageError as exc:  # a lost snapshot costs a refold, no more
+            log.warning("snapshot of %r in tree %s not stored: %s", store, tree, exc)
+
+    def _resume(self, tree: str, store: str, fold: _Fold, verdict: Fingerprint) -> None:
+        """Start ``fold`` from the store's snapshot, if it was folded under ``verdict``."""
+        try:
+            snapshot = self._backend.get_snapshot(tree, store)
+            if snapshot is None:
+                return
+            persisted = _DECODER.decode(snapshot.data)
+        except (msgspec.DecodeError, StorageError) as exc:
+            log.warning("snapshot of %r in tree %s is unreadable, refolding: %s", store, tree, exc)
+            return
+        if (
+            persisted.format != _FORMAT
+            or persisted.applied < 1
+            or persisted.verdict != verdict_digest(verdict)
+        ):
+            return
+        fold.state, fold.last = persisted.state, snapshot.last
+        fold.applied = fold.persisted = persisted.applied
+        fold.checkpoints.append((snapshot.last, fold.applied, fold.state))
 
     def _rewind(self, fold: _Fold, before: OrderKey) -> None:
         while fold.checkpoints and fold.checkpoints[-1][0] >= before:

@@ -464,7 +464,12 @@ class Instance:
         return self.backend.healthy()
 
     def close(self) -> None:
-        self.backend.close()
+        """Snapshot the documents read since their last snapshot, then close storage:
+        the next open reads them without refolding their history."""
+        try:
+            self.doc_states.persist()
+        finally:
+            self.backend.close()
 
 
 @asynccontextmanager

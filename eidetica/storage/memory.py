@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
 from eidetica.protocol.entry import Entry
-from eidetica.storage.backend import EntryMeta, OrderKey, Record
+from eidetica.storage.backend import EntryMeta, OrderKey, Record, Snapshot
 
 
 class _OrderedIds:
@@ -63,6 +63,7 @@ class MemoryBackend:
         self._stores: dict[tuple[str, str], _Dag] = defaultdict(_Dag)
         self._roots: set[str] = set()
         self._local: dict[str, str] = {}
+        self._snapshots: dict[tuple[str, str], Snapshot] = {}
         self._closed = False
 
     def put(self, records: Sequence[Record]) -> list[str]:
@@ -76,6 +77,9 @@ class MemoryBackend:
             self._trees[entry.tree_id].add(entry.id, entry.key, entry.parents)
             for write in entry.stores:
                 self._stores[entry.tree_id, write.name].add(entry.id, entry.key, write.parents)
+                snapshot = self._snapshots.get((entry.tree_id, write.name))
+                if snapshot is not None and entry.key <= snapshot.last:
+                    del self._snapshots[entry.tree_id, write.name]
             if entry.is_root:
                 self._roots.add(entry.id)
             added.append(entry.id)
@@ -120,6 +124,12 @@ class MemoryBackend:
 
     def set_local(self, key: str, value: str) -> None:
         self._local[key] = value
+
+    def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> None:
+        self._snapshots[tree, store] = snapshot
+
+    def get_snapshot(self, tree: str, store: str) -> Snapshot | None:
+        return self._snapshots.get((tree, store))
 
     def healthy(self) -> bool:
         return not self._closed

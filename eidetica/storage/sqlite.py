@@ -15,6 +15,12 @@ A "DAG" here is a tree (store ``""``) or one store in a tree; each gets a number
 ``dags``. Tips are kept per DAG on every insert. An entry that names a parent not yet
 stored leaves a row in ``dangling``, so the parent does not become a tip when it comes.
 
+``snapshots`` holds at most one folded document state per DAG (see
+:class:`~eidetica.storage.backend.Snapshot`); the insert that stores an entry sorting
+at or before a snapshot's key deletes it in the same transaction, so a kill at any
+point leaves no stale snapshot behind. The keys of the snapshots are kept in memory,
+so inserts ask no query to check them.
+
 The file holds every tree the node keeps, so it is owner-only (mode 0600), and so are
 the ``-wal``, ``-shm`` and ``-journal`` files beside it (see :func:`_owner_only`).
 """
@@ -32,11 +38,18 @@ from pathlib import Path
 
 from eidetica.errors import MalformedEntry, StorageError
 from eidetica.protocol.entry import Entry, load_entry
-from eidetica.storage.backend import EntryMeta, OrderKey, Record
+from eidetica.storage.backend import EntryMeta, OrderKey, Record, Snapshot
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+UPGRADES = {
+    2: "a table of document snapshots (created by the schema script); a version 2 build"
+    " would store entries without dropping the snapshots they make stale, so it must"
+    " not open the file any more",
+}
+"""What each older schema version lacks, by version. Upgrading runs the schema script
+(every table is ``IF NOT EXISTS``) and then records the new version."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -66,6 +79,9 @@ CREATE TABLE IF NOT EXISTS tips (
 CREATE TABLE IF NOT EXISTS dangling (
     dag INTEGER NOT NULL, id BLOB NOT NULL, PRIMARY KEY (dag, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    dag INTEGER PRIMARY KEY, height INTEGER NOT NULL, id BLOB NOT NULL, data BLOB NOT NULL
+);
 """
 
 _ID_BYTES = 32
@@ -148,6 +164,7 @@ class SqliteBackend:
         self._tip_sets: dict[int, set[str]] = {}
         self._recent: OrderedDict[str, EntryMeta] = OrderedDict()
         self._dangling = self._db.execute("SELECT count(*) FROM dangling").fetchone()[0]
+        self._snapshot_keys = self._load_snapshot_keys()
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -156,7 +173,12 @@ class SqliteBackend:
                 "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
         elif row[0] != str(SCHEMA_VERSION):
-            raise StorageError(f"database schema {row[0]} is not {SCHEMA_VERSION}")
+            if not row[0].isdigit() or int(row[0]) not in UPGRADES:
+                raise StorageError(f"database schema {row[0]} is not {SCHEMA_VERSION}")
+            log.info("upgrading database schema %s to %s", row[0], SCHEMA_VERSION)
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+            )
 
     def _dag(self, tree: str, store: str, *, create: bool = False) -> int | None:
         """The number of a DAG; made on first use when ``create``."""
@@ -201,6 +223,11 @@ class SqliteBackend:
         self._tip_sets.clear()
         self._recent.clear()
         self._dangling = self._db.execute("SELECT count(*) FROM dangling").fetchone()[0]
+        self._snapshot_keys = self._load_snapshot_keys()
+
+    def _load_snapshot_keys(self) -> dict[int, OrderKey]:
+        rows = self._db.execute("SELECT dag, height, id FROM snapshots")
+        return {dag: (height, raw_id.hex()) for dag, height, raw_id in rows}
 
     def _remember(self, meta: EntryMeta) -> None:
         if len(self._recent) >= _RECENT_METAS:
@@ -241,6 +268,10 @@ class SqliteBackend:
         raw_id = bytes.fromhex(entry_id)
         tips = self._dag_tips(dag)
         db.execute("INSERT INTO ordered VALUES (?, ?, ?, ?)", (dag, height, raw_id, number))
+        snapshot_key = self._snapshot_keys.get(dag)
+        if snapshot_key is not None and (height, entry_id) <= snapshot_key:
+            db.execute("DELETE FROM snapshots WHERE dag = ?", (dag,))
+            del self._snapshot_keys[dag]
         for parent in parents:
             raw_parent = bytes.fromhex(parent)
             if parent in tips:
@@ -368,6 +399,27 @@ class SqliteBackend:
             )
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"storing local value {key!r} failed: {exc}") from exc
+
+    def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> None:
+        height, entry_id = snapshot.last
+        try:
+            dag = self._dag(tree, store, create=True)
+            self._db.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?) ON CONFLICT (dag) DO UPDATE"
+                " SET height = excluded.height, id = excluded.id, data = excluded.data",
+                (dag, height, bytes.fromhex(entry_id), snapshot.data),
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"storing a snapshot of {store!r} failed: {exc}") from exc
+        assert dag is not None, "made on first use"
+        self._snapshot_keys[dag] = snapshot.last
+
+    def get_snapshot(self, tree: str, store: str) -> Snapshot | None:
+        dag = self._dag(tree, store)
+        if dag is None or dag not in self._snapshot_keys:
+            return None
+        row = self._db.execute("SELECT data FROM snapshots WHERE dag = ?", (dag,)).fetchone()
+        return None if row is None else Snapshot(self._snapshot_keys[dag], bytes(row[0]))
 
     def backup(self, path: Path) -> None:
         """Copy the database as it is now to a new file at ``path`` (mode 0600), with

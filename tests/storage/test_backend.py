@@ -14,14 +14,17 @@ from eidetica.errors import StorageError
 from eidetica.protocol.dagview import walk
 from eidetica.protocol.entry import Entry
 from eidetica.protocol.keys import SigningKey
-from eidetica.storage.backend import Backend, Record
+from eidetica.storage.backend import Backend, Record, Snapshot
 from eidetica.storage.memory import MemoryBackend
-from eidetica.storage.sqlite import SqliteBackend
+from eidetica.storage.sqlite import SCHEMA_VERSION, SqliteBackend
 from eidetica.storage.treeview import TreeView
 from tests.builders import STORE, build_dag, dag_shapes, expected_tips
 
 KEY = SigningKey(bytes(range(32)))
 SHAPE = [[0], [1], [1], [2, 3], [4], [4]]  # a fork after 1, merged at 4, forked again
+CHAIN_AND_LATE_BRANCH = [[0], [1], [2], [3], [1]]
+"""A chain to height 4, then entry 5, a branch off entry 1 at height 2: it sorts before
+entries 3 and 4 though it is stored after them."""
 
 
 def records(entries: list[Entry]) -> list[Record]:
@@ -204,3 +207,109 @@ def test_a_backend_is_healthy_until_closed(backend: Backend) -> None:
     assert backend.healthy()
     backend.close()
     assert not backend.healthy()
+
+
+def test_a_snapshot_is_kept_until_an_entry_sorting_at_or_before_it_is_stored(
+    backend: Backend,
+) -> None:
+    entries = build_dag(KEY, [*CHAIN_AND_LATE_BRANCH, [4]])
+    root = entries[0].id
+    backend.put(records(entries[:4]))
+    assert backend.get_snapshot(root, STORE) is None
+    snapshot = Snapshot(entries[3].key, b"state at 3")
+    backend.put_snapshot(root, STORE, snapshot)
+    backend.put_snapshot(root, "other", Snapshot(entries[1].key, b"another store"))
+    assert backend.get_snapshot(root, STORE) == snapshot
+    backend.put(records([entries[4], entries[6]]))  # both sort after entry 3
+    assert backend.get_snapshot(root, STORE) == snapshot
+    replaced = Snapshot(entries[6].key, b"state at 6")
+    backend.put_snapshot(root, STORE, replaced)
+    assert backend.get_snapshot(root, STORE) == replaced
+    backend.put(records([entries[5]]))  # height 2: sorts before entries 3, 4 and 6
+    assert backend.get_snapshot(root, STORE) is None
+    assert backend.get_snapshot(root, "other") == Snapshot(entries[1].key, b"another store")
+
+
+def test_sqlite_snapshots_and_their_dropping_survive_reopen(tmp_path: Path) -> None:
+    entries = build_dag(KEY, CHAIN_AND_LATE_BRANCH)
+    root = entries[0].id
+    backend = SqliteBackend(tmp_path / "b.db")
+    backend.put(records(entries[:5]))
+    backend.put_snapshot(root, STORE, Snapshot(entries[4].key, b"state at 4"))
+    backend.close()
+    reopened = SqliteBackend(tmp_path / "b.db")
+    assert reopened.get_snapshot(root, STORE) == Snapshot(entries[4].key, b"state at 4")
+    reopened.put(records(entries[5:]))  # the late branch: the snapshot is stale
+    reopened.close()
+    again = SqliteBackend(tmp_path / "b.db")
+    assert again.get_snapshot(root, STORE) is None
+    again.close()
+
+
+def test_sqlite_a_rolled_back_batch_keeps_the_snapshot_it_would_have_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = build_dag(KEY, [*CHAIN_AND_LATE_BRANCH, [5]])
+    root = entries[0].id
+    backend = SqliteBackend(tmp_path / "b.db")
+    backend.put(records(entries[:5]))
+    snapshot = Snapshot(entries[4].key, b"state at 4")
+    backend.put_snapshot(root, STORE, snapshot)
+    insert = SqliteBackend._insert
+
+    def fail_after_the_branch(self: SqliteBackend, record: Record) -> bool:
+        if record.entry.id == entries[6].id:
+            raise sqlite3.OperationalError("disk full")
+        return insert(self, record)
+
+    monkeypatch.setattr(SqliteBackend, "_insert", fail_after_the_branch)
+    with pytest.raises(StorageError):
+        backend.put(records(entries[5:]))  # entry 5 drops the snapshot, then the batch fails
+    monkeypatch.undo()
+    assert backend.get_snapshot(root, STORE) == snapshot
+    backend.put(records(entries[5:6]))  # the cache of snapshot keys is still true
+    assert backend.get_snapshot(root, STORE) is None
+    backend.close()
+
+
+def _downgrade_to_schema_2(path: Path) -> None:
+    """Make ``path`` look like a file a version 2 build wrote: no snapshots table."""
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DROP TABLE snapshots")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    db.close()
+
+
+def test_sqlite_a_schema_2_file_opens_and_is_upgraded(tmp_path: Path) -> None:
+    entries = build_dag(KEY, CHAIN_AND_LATE_BRANCH)
+    root = entries[0].id
+    backend = SqliteBackend(tmp_path / "b.db")
+    backend.put(records(entries[:5]))
+    backend.set_local("sync_tree", root)
+    backend.close()
+    _downgrade_to_schema_2(tmp_path / "b.db")
+    upgraded = SqliteBackend(tmp_path / "b.db")
+    assert upgraded.tips(root) == [entries[4].id]
+    assert upgraded.get_local("sync_tree") == root
+    assert upgraded.get_snapshot(root, STORE) is None
+    upgraded.put_snapshot(root, STORE, Snapshot(entries[4].key, b"state at 4"))
+    upgraded.put(records(entries[5:]))
+    assert upgraded.get_snapshot(root, STORE) is None
+    upgraded.close()
+    db = sqlite3.connect(tmp_path / "b.db")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
+    db.close()
+
+
+@pytest.mark.parametrize("version", ["1", "99", "x"])
+def test_sqlite_a_schema_it_cannot_upgrade_is_refused(tmp_path: Path, version: str) -> None:
+    SqliteBackend(tmp_path / "b.db").close()
+    db = sqlite3.connect(tmp_path / "b.db")
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
+    db.close()
+    with pytest.raises(StorageError, match=f"schema {version} is not {SCHEMA_VERSION}"):
+        SqliteBackend(tmp_path / "b.db")
