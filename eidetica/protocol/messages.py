@@ -26,6 +26,7 @@ Ephemeral = Annotated[
 Ids = Annotated[tuple[EntryId, ...], msgspec.Meta(max_length=limits.MAX_IDS_PER_MESSAGE)]
 RawEntry = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_ENTRY_BYTES)]
 RawEntries = Annotated[tuple[RawEntry, ...], msgspec.Meta(max_length=limits.MAX_ENTRIES_PER_BATCH)]
+PageEntries = Annotated[tuple[RawEntry, ...], msgspec.Meta(max_length=limits.MAX_ENTRIES_PER_PAGE)]
 Text = Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT_CHARS)]
 
 
@@ -114,7 +115,9 @@ class SyncResponse(_Message, frozen=True, tag="sync_response"):
 
     tree: EntryId
     tips: Ids
-    entries: RawEntries
+    entries: PageEntries
+    """At most :data:`~eidetica.protocol.limits.MAX_ENTRIES_PER_PAGE` entries, and at
+    most ``reconcile.PAGE_BYTES`` of them."""
     more: bool
     """More entries follow: ask again (with the new tips) for the next page."""
     summary: Summary | None = None

@@ -187,7 +187,7 @@ class Responder:
         self,
         *,
         max_plans: int = 64,
-        max_entries: int = limits.MAX_ENTRIES_PER_BATCH,
+        max_entries: int = limits.MAX_ENTRIES_PER_PAGE,
         random_bytes: RandomBytes = os.urandom,
     ):
         self._random_bytes = random_bytes

@@ -119,6 +119,12 @@ def test_limits_hold_in_decoding() -> None:
     too_many = SendEntries(tree=ID, entries=(b"",) * (limits.MAX_ENTRIES_PER_BATCH + 1))
     with pytest.raises(MalformedMessage, match="length"):
         MSGPACK.decode(MSGPACK.encode(too_many))
+    page = (b"",) * limits.MAX_ENTRIES_PER_PAGE
+    big = SyncResponse(tree=ID, tips=(), entries=page, more=False)
+    assert MSGPACK.decode(MSGPACK.encode(big)).body == big  # a page may hold more
+    over = SyncResponse(tree=ID, tips=(), entries=(*page, b""), more=False)
+    with pytest.raises(MalformedMessage, match="length"):
+        MSGPACK.decode(MSGPACK.encode(over))
     long_text = ErrorReply(code="x", message="y" * (limits.MAX_TEXT_CHARS + 1))
     with pytest.raises(MalformedMessage):
         JSON.decode(JSON.encode(long_text))

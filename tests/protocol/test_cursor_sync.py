@@ -127,6 +127,16 @@ def test_a_responder_that_asks_twice_for_a_summary_ends_the_round() -> None:
     assert not round_.complete
 
 
+def test_a_cursor_page_carries_thousands_of_entries_in_one_message() -> None:
+    shared = _chain(10)
+    new = grow(shared, [[len(shared) - 1 + n] for n in range(3000)], "n")
+    behind, ahead = Side(shared[0].id, shared), Side(shared[0].id, shared + new)
+    stats = sync(behind, ahead, cursor=_tips(shared))
+    assert behind.ids() == ahead.ids()
+    assert stats.round_trips == 1 and stats.messages == ["SyncRequest", "SyncResponse"]
+    assert stats.bytes_sent <= 1.2 * sum(len(e.raw) for e in new) + 2048
+
+
 # Property: whatever the cursor, both sides end with the union.
 
 
