@@ -164,7 +164,8 @@ class Link:
             answer = await self.call(message, expect)
             missing: list[str] = []
             # A page may hold up to MAX_ENTRIES_PER_PAGE entries; storage takes them a
-            # batch at a time, so one page is no longer a step of the loop than before.
+            # batch at a time, so checking and storing a page take no longer loop
+            # steps than a page of MAX_ENTRIES_PER_BATCH did.
             for start in range(0, max(len(answer.entries), 1), MAX_ENTRIES_PER_BATCH):
                 batch = answer.entries[start : start + MAX_ENTRIES_PER_BATCH]
                 receipt = await instance.receive(tree, batch, source=self.peer_key)

@@ -93,7 +93,8 @@ class SyncRequest(_Message, frozen=True, tag="sync"):
 
     With a ``cursor`` and no ``summary``, what I hold is said by the cursor alone: I
     hold the ancestors of my tips you know and of the cursor, which we both held
-    after our last sync; if you do not hold the cursor, answer ``ask_summary``."""
+    after our last sync. If you hold neither all of the cursor nor all of my tips,
+    answer ``ask_summary``."""
 
     tree: EntryId
     tips: Ids

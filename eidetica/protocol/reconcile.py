@@ -126,8 +126,8 @@ def cursor_request(
 
 
 def beyond_cursor(view: DagView, tips: Sequence[str], cursor: Sequence[str]) -> list[str] | None:
-    """Ids of entries this side holds that are ancestors of neither the peer's
-    ``tips`` this side knows nor its ``cursor``, parents first: what a peer that
+    """Ids of the entries reachable from this side's tips and from none of the peer's
+    ``tips`` this side knows nor of its ``cursor``, parents first: what a peer that
     sent them lacks, save entries both got elsewhere since the cursor.
 
     None when this side cannot tell: some of the cursor is not held here and some of
@@ -265,14 +265,19 @@ def _merge(view: DagView, ids: list[str], extra: Iterable[str]) -> list[str]:
 
 
 def _take(view: DagView, ids: list[str], max_entries: int) -> tuple[tuple[bytes, ...], list[str]]:
-    """The bytes of the first page of ``ids`` (by count and bytes), and the ids left."""
+    """The bytes of the first page of ``ids`` (by count and bytes), and the ids left.
+
+    Read a batch at a time, so a page the byte cap cuts short reads few entries it
+    does not send."""
     page: list[bytes] = []
     size = 0
-    for raw in view.raw(ids[:max_entries]):
-        if page and size + len(raw) > PAGE_BYTES:
-            break
-        page.append(raw)
-        size += len(raw)
+    end = min(len(ids), max_entries)
+    for start in range(0, end, limits.MAX_ENTRIES_PER_BATCH):
+        for raw in view.raw(ids[start : min(end, start + limits.MAX_ENTRIES_PER_BATCH)]):
+            if page and size + len(raw) > PAGE_BYTES:
+                return tuple(page), ids[len(page) :]
+            page.append(raw)
+            size += len(raw)
     return tuple(page), ids[len(page) :]
 
 
