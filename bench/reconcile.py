@@ -262,6 +262,8 @@ def _repeat_row(case: Case, outcomes: Sequence[Outcome]) -> list[str]:
 
 def _summary_line(case: Case, request: SyncRequest) -> str:
     summary = request.summary
+    if summary is None:
+        return f"{case.label}, d={case.difference:,}: first request from a cursor, no summary"
     return (
         f"{case.label}, d={case.difference:,}: first request's summary "
         f"{len(summary.bits):,} B of bits (from height {summary.min_height:,}, "

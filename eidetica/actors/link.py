@@ -20,6 +20,7 @@ from eidetica.actors.transports.base import Transport
 from eidetica.errors import BadMac, RemoteError, UnknownMessage
 from eidetica.protocol.codec import Codec
 from eidetica.protocol.handshake import Initiator, Proven
+from eidetica.protocol.limits import MAX_ENTRIES_PER_BATCH
 from eidetica.protocol.mac import answer_mac, matches, request_mac
 from eidetica.protocol.messages import (
     Ack,
@@ -161,12 +162,20 @@ class Link:
                 sent += len(message.entries)
                 sent_bytes += sum(map(len, message.entries))
             answer = await self.call(message, expect)
-            receipt = await instance.receive(tree, answer.entries, source=self.peer_key)
-            stored += receipt.stored
-            got += receipt.stored_bytes
-            if progress is not None and answer.entries:
-                progress(len(stored), got, _expected(len(stored), answer))
-            message = round_.next(answer, receipt.missing)
+            missing: list[str] = []
+            # A page may hold up to MAX_ENTRIES_PER_PAGE entries; storage takes them a
+            # batch at a time, so checking and storing a page take no longer loop
+            # steps than a page of MAX_ENTRIES_PER_BATCH did.
+            for start in range(0, max(len(answer.entries), 1), MAX_ENTRIES_PER_BATCH):
+                batch = answer.entries[start : start + MAX_ENTRIES_PER_BATCH]
+                receipt = await instance.receive(tree, batch, source=self.peer_key)
+                stored += receipt.stored
+                got += receipt.stored_bytes
+                missing = receipt.missing
+                if progress is not None and batch:
+                    left = len(answer.entries) - start - len(batch)
+                    progress(len(stored), got, _expected(len(stored) + left, answer))
+            message = round_.next(answer, missing)
         tips = tuple(instance.sync_tips(tree))
         return RoundResult(
             tree,

@@ -28,7 +28,14 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """One encoded message, in either codec; checked before decoding starts."""
 
 MAX_ENTRIES_PER_BATCH = 1024
-"""Entries in one message (a page of a larger transfer)."""
+"""Entries in one message that asks nothing (``send_entries``, ``ack``, ``changed``):
+what one peer can make a node check and store in one go without being asked."""
+
+MAX_ENTRIES_PER_PAGE = 32 * 1024
+"""Entries in one page of a pull (``sync_response``), the answer to a request of the
+node's own. With the page's byte cap (8 MiB) the bytes bind first for any entry over
+256 bytes, so a catch-up of tens of thousands of small entries takes one round trip;
+the receiver stores a page ``MAX_ENTRIES_PER_BATCH`` entries at a time."""
 
 MAX_IDS_PER_MESSAGE = 4096
 """Ids in one list of a message (tips, needs)."""

@@ -14,7 +14,7 @@ import msgspec
 
 from eidetica.protocol import limits
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 EntryId = Annotated[str, msgspec.Meta(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
 PublicKey = Annotated[str, msgspec.Meta(max_length=limits.MAX_KEY_CHARS)]
@@ -26,6 +26,7 @@ Ephemeral = Annotated[
 Ids = Annotated[tuple[EntryId, ...], msgspec.Meta(max_length=limits.MAX_IDS_PER_MESSAGE)]
 RawEntry = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_ENTRY_BYTES)]
 RawEntries = Annotated[tuple[RawEntry, ...], msgspec.Meta(max_length=limits.MAX_ENTRIES_PER_BATCH)]
+PageEntries = Annotated[tuple[RawEntry, ...], msgspec.Meta(max_length=limits.MAX_ENTRIES_PER_PAGE)]
 Text = Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT_CHARS)]
 
 
@@ -88,13 +89,22 @@ class Summary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class SyncRequest(_Message, frozen=True, tag="sync"):
     """Initiator -> responder: my tips of ``tree`` and what I hold near them; send me
-    what I lack, and tell me what you lack."""
+    what I lack, and tell me what you lack.
+
+    With a ``cursor`` and no ``summary``, what I hold is said by the cursor alone: I
+    hold the ancestors of my tips you know and of the cursor, which we both held
+    after our last sync. If you hold neither all of the cursor nor all of my tips,
+    answer ``ask_summary``."""
 
     tree: EntryId
     tips: Ids
-    summary: Summary
+    summary: Summary | None
+    """What the initiator holds near its tips; None when it relies on ``cursor``."""
     haves: Ids = ()
     """Entries the initiator holds below the summary (and ones it believes common)."""
+    cursor: Ids = ()
+    """Entries both sides held after their last complete sync (the initiator's
+    belief): with no summary, the responder walks down to them and no further."""
     need: Ids = ()
     """Ids the initiator learned it lacks (parents of entries it received)."""
     resume: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
@@ -106,7 +116,9 @@ class SyncResponse(_Message, frozen=True, tag="sync_response"):
 
     tree: EntryId
     tips: Ids
-    entries: RawEntries
+    entries: PageEntries
+    """At most :data:`~eidetica.protocol.limits.MAX_ENTRIES_PER_PAGE` entries, and at
+    most ``reconcile.PAGE_BYTES`` of them."""
     more: bool
     """More entries follow: ask again (with the new tips) for the next page."""
     summary: Summary | None = None
@@ -118,6 +130,9 @@ class SyncResponse(_Message, frozen=True, tag="sync_response"):
     remaining: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = 0
     """Entries the responder plans to send after this page: a hint for showing
     progress, never trusted for anything else (older nodes leave it 0)."""
+    ask_summary: bool = False
+    """The request had no summary and its cursor named entries the responder does not
+    hold (nor did it hold every tip): nothing was sent; ask again with a summary."""
 
 
 class SendEntries(_Message, frozen=True, tag="send_entries"):

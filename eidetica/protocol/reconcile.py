@@ -15,6 +15,11 @@ between its tips and theirs. Otherwise the walk stops at entries the other side'
 summary or haves say it holds. A summary's false positive makes a side send too
 little, never too much, and ``need`` repairs it.
 
+A sync with a **cursor** (the tips both sides held after their last complete sync)
+sends no summary: the responder walks down to the initiator's tips it knows and to
+the cursor, and the initiator, once it holds the responder's tips, knows exactly what
+the responder lacks. A side that does not hold the cursor falls back to summaries.
+
 Everything here is pure: it reads a :class:`DagView` and returns messages.
 """
 
@@ -96,6 +101,47 @@ def make_request(
     )
 
 
+def cursor_request(
+    view: DagView,
+    tree: str,
+    cursor: Iterable[str],
+    *,
+    need: Iterable[str] = (),
+    resume: bytes = b"",
+) -> SyncRequest | None:
+    """The initiator's request when it has a cursor: my tips and the cursor, no
+    summary. None when the cursor is empty or names an entry this side does not hold
+    (it lost data, or the entry is dead here): then only a summary says what it holds."""
+    cursor = tuple(sorted(set(cursor)))[: limits.MAX_IDS_PER_MESSAGE]
+    if not cursor or len(view.nodes(cursor)) < len(cursor):
+        return None
+    return SyncRequest(
+        tree=tree,
+        tips=tuple(view.tips()),
+        summary=None,
+        cursor=cursor,
+        need=tuple(sorted(set(need)))[: limits.MAX_IDS_PER_MESSAGE],
+        resume=resume,
+    )
+
+
+def beyond_cursor(view: DagView, tips: Sequence[str], cursor: Sequence[str]) -> list[str] | None:
+    """Ids of the entries reachable from this side's tips and from none of the peer's
+    ``tips`` this side knows nor of its ``cursor``, parents first: what a peer that
+    sent them lacks, save entries both got elsewhere since the cursor.
+
+    None when this side cannot tell: some of the cursor is not held here and some of
+    the tips are unknown (a walk to the known ones alone could send the whole tree).
+    The walk stops at whatever the peer names, so a peer that names what it does not
+    hold only gets less than it needs; it is no longer than a walk of this side's tree.
+    """
+    known = view.nodes(tips)
+    held = view.nodes(cursor)
+    if len(held) < len(cursor) and len(known) < len(tips):
+        return None
+    return walk(view, view.tips(), stop=[*known, *held])
+
+
 def lacking(
     view: DagView, tips: Sequence[str], summary: Summary | None, haves: Sequence[str] = ()
 ) -> list[str]:
@@ -141,7 +187,7 @@ class Responder:
         self,
         *,
         max_plans: int = 64,
-        max_entries: int = limits.MAX_ENTRIES_PER_BATCH,
+        max_entries: int = limits.MAX_ENTRIES_PER_PAGE,
         random_bytes: RandomBytes = os.urandom,
     ):
         self._random_bytes = random_bytes
@@ -153,7 +199,16 @@ class Responder:
         """The response to one request from ``peer`` (a proven key)."""
         plan = self._plans.pop(request.resume, None) if request.resume else None
         if plan is None or plan.peer != peer or plan.tree != request.tree:
-            plan = _Plan(peer, request.tree, self._plan(view, request))
+            ids = self._plan(view, request)
+            if ids is None:
+                return SyncResponse(
+                    tree=request.tree,
+                    tips=tuple(view.tips()),
+                    entries=(),
+                    more=False,
+                    ask_summary=True,
+                )
+            plan = _Plan(peer, request.tree, ids)
         elif request.need:
             plan.remaining = _merge(view, plan.remaining, request.need)
         page, remaining = _take(view, plan.remaining, self._max_entries)
@@ -167,7 +222,11 @@ class Responder:
         known_tips = view.nodes(request.tips)
         summary = None
         haves: tuple[str, ...] = ()
-        if not remaining and len(known_tips) < len(request.tips):
+        if request.summary is None:
+            # A cursor's sync: after the last page the initiator holds our tips, so it
+            # knows exactly what we lack. Should it not, it walks down to the cursor.
+            haves = tuple(view.nodes(request.cursor))
+        elif not remaining and len(known_tips) < len(request.tips):
             # The initiator has entries we lack; it reads our summary after the last page.
             floor = summary_floor(view)
             summary = summarize(view, min_height=floor, salt=self._random_bytes(SALT_BYTES))
@@ -183,8 +242,14 @@ class Responder:
             remaining=len(remaining),
         )
 
-    def _plan(self, view: DagView, request: SyncRequest) -> list[str]:
-        ids = lacking(view, request.tips, request.summary, request.haves)
+    def _plan(self, view: DagView, request: SyncRequest) -> list[str] | None:
+        """What the initiator lacks, or None if a cursor request cannot tell."""
+        if request.summary is None:
+            ids = beyond_cursor(view, request.tips, request.cursor)
+            if ids is None:
+                return None
+        else:
+            ids = lacking(view, request.tips, request.summary, request.haves)
         return _merge(view, ids, request.need) if request.need else ids
 
 
@@ -200,14 +265,19 @@ def _merge(view: DagView, ids: list[str], extra: Iterable[str]) -> list[str]:
 
 
 def _take(view: DagView, ids: list[str], max_entries: int) -> tuple[tuple[bytes, ...], list[str]]:
-    """The bytes of the first page of ``ids`` (by count and bytes), and the ids left."""
+    """The bytes of the first page of ``ids`` (by count and bytes), and the ids left.
+
+    Read a batch at a time, so a page the byte cap cuts short reads few entries it
+    does not send."""
     page: list[bytes] = []
     size = 0
-    for raw in view.raw(ids[:max_entries]):
-        if page and size + len(raw) > PAGE_BYTES:
-            break
-        page.append(raw)
-        size += len(raw)
+    end = min(len(ids), max_entries)
+    for start in range(0, end, limits.MAX_ENTRIES_PER_BATCH):
+        for raw in view.raw(ids[start : min(end, start + limits.MAX_ENTRIES_PER_BATCH)]):
+            if page and size + len(raw) > PAGE_BYTES:
+                return tuple(page), ids[len(page) :]
+            page.append(raw)
+            size += len(raw)
     return tuple(page), ids[len(page) :]
 
 
@@ -253,10 +323,15 @@ class SyncRound:
         self.peer_tips: tuple[str, ...] = ()
 
     def first(self) -> SyncRequest:
-        """The opening request."""
+        """The opening request: the cursor's if this side holds it, else a summary's."""
         self.round_trips = 1
-        self._opening = make_request(self._view, self._tree, common=self._common, salt=self._salt)
+        self._opening = cursor_request(self._view, self._tree, self._common)
+        if self._opening is None:
+            self._opening = self._summary_request(need=())
         return self._opening
+
+    def _summary_request(self, need: Sequence[str]) -> SyncRequest:
+        return make_request(self._view, self._tree, common=self._common, need=need, salt=self._salt)
 
     def next(
         self, answer: SyncResponse | Ack, missing: Iterable[str]
@@ -275,6 +350,13 @@ class SyncRound:
         self, answer: SyncResponse, missing: list[str]
     ) -> SyncRequest | SendEntries | None:
         self.peer_tips = answer.tips
+        if answer.ask_summary:
+            # The peer does not hold our cursor: say what we hold with a summary, once.
+            assert self._opening is not None, "first() opens the round"
+            if self._opening.summary is not None:
+                return None  # it asked for what it had: the round ends incomplete
+            self._opening = self._summary_request(need=missing)
+            return self._opening
         if answer.more:
             # The responder follows its plan; the opening summary still describes what
             # we held, so it is sent again rather than rebuilt for every page.

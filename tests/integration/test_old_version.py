@@ -34,7 +34,7 @@ def version_1_init() -> dict[str, object]:
 def assert_unknown_version(answer: object) -> None:
     assert isinstance(answer, ErrorReply), answer
     assert answer.code == "unknown-version"
-    assert answer.message == "protocol version 1 is not 2"
+    assert answer.message == "protocol version 1 is not 3"
 
 
 @pytest.mark.parametrize("scheme", ["http", "ws"])

@@ -382,7 +382,7 @@ async def test_bad_requests_get_error_frames_and_the_server_keeps_serving(
                 b"\xc1 this is not msgpack": "malformed",
                 anonymous[:-7]: "malformed",  # truncated
                 msgspec.msgpack.encode({"v": 99, "body": {"type": "sync"}}): "unknown-version",
-                msgspec.msgpack.encode({"v": 2, "body": {"type": "launch"}}): "unknown-message",
+                msgspec.msgpack.encode({"v": 3, "body": {"type": "launch"}}): "unknown-message",
                 anonymous: "unauthenticated",  # valid, but no session
             }
             caplog.clear()

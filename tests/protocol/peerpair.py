@@ -59,6 +59,10 @@ class Stats:
     complete: bool = False
     repairs: int = 0
     messages: list[str] = field(default_factory=list)
+    summaries: int = 0
+    """Messages that carried a summary (either way)."""
+    page_bytes: list[int] = field(default_factory=list)
+    """Entry bytes of each ``SyncResponse``, in order."""
 
 
 def carry(message: Message, stats: Stats) -> Message:
@@ -68,15 +72,24 @@ def carry(message: Message, stats: Stats) -> Message:
     stats.messages.append(type(message).__name__)
     body = MSGPACK.decode(data).body
     entries = getattr(body, "entries", ())
+    stats.summaries += getattr(body, "summary", None) is not None
     stats.entry_bytes += sum(len(raw) for raw in entries)
     return body
 
 
-def sync(initiator: Side, responder: Side, *, max_messages: int = 10_000) -> Stats:
-    """One full sync, ``initiator`` asking ``responder``; returns its figures."""
+def sync(
+    initiator: Side,
+    responder: Side,
+    *,
+    cursor: Iterable[str] = (),
+    serving: Responder | None = None,
+    max_messages: int = 10_000,
+) -> Stats:
+    """One full sync, ``initiator`` asking ``responder`` (with ``serving``'s plans, a
+    fresh :class:`Responder` by default) from ``cursor``; returns its figures."""
     stats = Stats()
-    serving = Responder()
-    round_ = SyncRound(initiator.view, initiator.tree)
+    serving = Responder() if serving is None else serving
+    round_ = SyncRound(initiator.view, initiator.tree, common=cursor)
     message: SyncRequest | SendEntries | None = round_.first()
     for _ in range(max_messages):
         if message is None:
@@ -92,6 +105,8 @@ def sync(initiator: Side, responder: Side, *, max_messages: int = 10_000) -> Sta
                 responder.view, request, stored=0, rejected=0, held=0, missing=missing
             )
         answer = carry(answer, stats)  # type: ignore[assignment]
+        if isinstance(answer, SyncResponse):
+            stats.page_bytes.append(sum(map(len, answer.entries)))
         message = round_.next(answer, initiator.receive(answer.entries))
     stats.round_trips = round_.round_trips
     stats.complete = round_.complete

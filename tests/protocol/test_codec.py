@@ -47,7 +47,9 @@ EXAMPLES: list[Message] = [
     HandshakeFinish(signature=b"s" * 64, challenge=b"d" * 32),
     HandshakeDone(session=b"x" * 32),
     SyncRequest(tree=ID, tips=(ID,), summary=SUMMARY, haves=(ID,), need=(ID,), resume=b"r"),
+    SyncRequest(tree=ID, tips=(ID,), summary=None, cursor=(ID,)),
     SyncResponse(tree=ID, tips=(ID,), entries=(b"\x93\x01",), more=True, summary=SUMMARY),
+    SyncResponse(tree=ID, tips=(ID,), entries=(), more=False, ask_summary=True),
     SendEntries(tree=ID, entries=(b"e" * 10,), need=(ID,)),
     Ack(stored=1, rejected=2, held=3, need=(ID,), entries=(b"e",)),
     Watch(trees=(WatchedTree(tree=ID, tips=(ID,)),), wait=20),
@@ -79,18 +81,18 @@ def test_a_session_and_mac_round_trip_and_an_empty_mac_is_left_out(codec: Codec)
 def test_unknown_version_is_typed(codec: Codec, version: int) -> None:
     data = (
         codec.encode(EXAMPLES[-1])
-        .replace(b'"v":2', b'"v":%d' % version)
-        .replace(b"\xa1v\x02", b"\xa1v" + bytes([version]))
+        .replace(b'"v":3', b'"v":%d' % version)
+        .replace(b"\xa1v\x03", b"\xa1v" + bytes([version]))
     )
-    with pytest.raises(UnknownVersion, match=f"version {version} is not 2"):
+    with pytest.raises(UnknownVersion, match=f"version {version} is not 3"):
         codec.decode(data)
 
 
 def test_unknown_message_type_is_typed() -> None:
     with pytest.raises(UnknownMessage, match="teleport"):
-        JSON.decode(b'{"v":2,"body":{"type":"teleport"}}')
+        JSON.decode(b'{"v":3,"body":{"type":"teleport"}}')
     with pytest.raises(UnknownMessage):
-        MSGPACK.decode(msgspec.msgpack.encode({"v": 2, "body": {"type": "teleport"}}))
+        MSGPACK.decode(msgspec.msgpack.encode({"v": 3, "body": {"type": "teleport"}}))
 
 
 @pytest.mark.parametrize(
@@ -98,10 +100,10 @@ def test_unknown_message_type_is_typed() -> None:
     [
         b"",
         b"not json",
-        b'{"v":2}',
-        b'{"v":2,"body":{"type":"ack","stored":-1,"rejected":0,"held":0}}',
-        b'{"v":2,"body":{"type":"ack","stored":1,"rejected":0,"held":0,"extra":1}}',
-        b'{"v":2,"body":{"type":"sync","tree":"xyz","tips":[],"summary":null}}',
+        b'{"v":3}',
+        b'{"v":3,"body":{"type":"ack","stored":-1,"rejected":0,"held":0}}',
+        b'{"v":3,"body":{"type":"ack","stored":1,"rejected":0,"held":0,"extra":1}}',
+        b'{"v":3,"body":{"type":"sync","tree":"xyz","tips":[],"summary":null}}',
         b'{"v":"2","body":{"type":"ack"}}',
     ],
     ids=["empty", "garbage", "no-body", "negative", "unknown-field", "bad-id", "string-version"],
@@ -117,6 +119,12 @@ def test_limits_hold_in_decoding() -> None:
     too_many = SendEntries(tree=ID, entries=(b"",) * (limits.MAX_ENTRIES_PER_BATCH + 1))
     with pytest.raises(MalformedMessage, match="length"):
         MSGPACK.decode(MSGPACK.encode(too_many))
+    page = (b"",) * limits.MAX_ENTRIES_PER_PAGE
+    big = SyncResponse(tree=ID, tips=(), entries=page, more=False)
+    assert MSGPACK.decode(MSGPACK.encode(big)).body == big  # a page may hold more
+    over = SyncResponse(tree=ID, tips=(), entries=(*page, b""), more=False)
+    with pytest.raises(MalformedMessage, match="length"):
+        MSGPACK.decode(MSGPACK.encode(over))
     long_text = ErrorReply(code="x", message="y" * (limits.MAX_TEXT_CHARS + 1))
     with pytest.raises(MalformedMessage):
         JSON.decode(JSON.encode(long_text))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eidetica.protocol import reconcile
 from eidetica.protocol.dagview import walk
 from eidetica.protocol.entry import Entry, StoreWrite, create_entry
 from eidetica.protocol.keys import SigningKey
@@ -94,11 +96,31 @@ def test_large_transfers_go_in_bounded_pages() -> None:
     entries = [root_entry(KEY)]
     entries += grow(entries, [[random.Random(i).randrange(i + 1)] for i in range(2500)], "x")
     full, empty = Side(entries[0].id, entries), Side(entries[0].id, [])
-    stats = sync(empty, full)
+    stats = sync(empty, full, serving=Responder(max_entries=1024))
     assert empty.ids() == full.ids()
     assert stats.messages.count("SyncResponse") == 3  # 1024 + 1024 + 453 entries
     assert empty.redundant == 0
     assert set(empty.held_after) == {0}  # every page came parents first
+
+
+def test_a_page_holds_up_to_its_byte_cap_whatever_the_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entries = [root_entry(KEY)]
+    entries += grow(entries, [[i] for i in range(2500)], "x")
+    full = Side(entries[0].id, entries)
+    one_page = Side(entries[0].id, [])
+    stats = sync(one_page, full)
+    assert one_page.ids() == full.ids()
+    assert stats.messages == ["SyncRequest", "SyncResponse"]  # 2,501 entries: one page
+    limit = 100 * max(len(entry.raw) for entry in entries)
+    monkeypatch.setattr(reconcile, "PAGE_BYTES", limit)
+    paged = Side(entries[0].id, [])
+    stats = sync(paged, full)
+    assert paged.ids() == full.ids()
+    assert sum(stats.page_bytes) == sum(len(entry.raw) for entry in entries)
+    assert len(stats.page_bytes) >= 25
+    assert max(stats.page_bytes) <= limit
 
 
 def test_a_walk_with_a_limit_gives_up_past_it() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import trio
@@ -195,12 +195,28 @@ async def test_status_shows_a_pull_under_way_with_its_progress(
 ) -> None:
     with trio.fail_after(300):
         async with linked(entries=2_500) as node:
-            node.network.delay(1.0)  # each page takes a second of mock time
+            # The pull is one page, stored 1,024 entries at a time: hold the second
+            # batch until the status has been read, so the pull is under way then.
+            read = trio.Event()
+            receive = node.client.receive
+            batches = 0
+
+            async def held(tree: str, raws: Any, *args: Any, **kwargs: Any) -> Any:
+                nonlocal batches
+                raws = list(raws)
+                if raws:
+                    batches += 1
+                    if batches == 2:
+                        await read.wait()
+                return await receive(tree, raws, *args, **kwargs)
+
+            node.client.receive = held  # type: ignore[method-assign]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(node.client_sync.sync_with_peer, node.host_key)
                 progress = await next_of(node.events, news.SyncProgress)
                 assert isinstance(progress, news.SyncProgress)
                 syncing = (await node.client_sync.status()).syncing
+                read.set()
                 assert [(s.peer, s.tree, s.entries) for s in syncing] == [
                     (node.host_key, node.tree.root_id, progress.entries)
                 ]
