@@ -4,12 +4,14 @@ A received page's own checks (decode, hash, shape, signature:
 :func:`eidetica.protocol.intake.check`) are most of what taking it in costs, and they
 need nothing but the bytes. PyNaCl's signature check runs in libsodium through cffi,
 which lets go of the GIL, so worker threads work on slices of a page at once while
-the event loop runs other tasks. It goes in two steps, so slicing never cuts an
-author's run: the slices are read (decoded, hashed, shape-checked) in threads and
-joined; the whole batch then decides which signatures to check
-(:class:`eidetica.protocol.hashchain.Authentication`: the heads of each author's
-runs), and threads check those, a slice each, round after round. The results are
-what :func:`check` in one piece gives, in the same order, so what follows (holding,
+the event loop runs other tasks. Slicing must not cut an author's run, whose head
+vouches for the rest (:mod:`eidetica.protocol.hashchain`): each thread reads its
+slice (decode, hash, shape) and checks the signatures of the slice's own heads
+(:func:`~eidetica.protocol.intake.read_slice`), a superset of the whole batch's
+heads, so one thread's reading overlaps another's signature checks as before; then
+the whole batch decides what those checks authenticate, and only if a head failed
+does it check more, in further rounds, a slice per thread. The results are what
+:func:`check` in one piece gives, in the same order, so what follows (holding,
 verifying against the tree, storing) cannot tell the difference.
 
 Small batches (a push of a few entries) and small rounds (a page of one author's run
@@ -31,7 +33,16 @@ import trio.testing
 from eidetica.errors import BadSignature
 from eidetica.protocol.entry import Entry
 from eidetica.protocol.hashchain import Authentication
-from eidetica.protocol.intake import Read, Rejection, Vouched, check, read, settle, signature_errors
+from eidetica.protocol.intake import (
+    Checked,
+    Read,
+    Rejection,
+    Vouched,
+    check,
+    read_slice,
+    settle,
+    signature_errors,
+)
 
 INLINE_BELOW = 64
 """Batches, and rounds of signature checks, smaller than this are checked on the loop."""
@@ -60,16 +71,18 @@ async def check_entries(
     ):
         return check(tree, raws, ids, vouched)
 
-    def read_slice(start: int, stop: int) -> Read:
+    def read_one(start: int, stop: int) -> tuple[Read, Checked]:
         claims = None if ids is None else ids[start:stop]
-        return read(tree, raws[start:stop], claims, start=start)
+        return read_slice(tree, raws[start:stop], claims, start=start)
 
-    parts = await _in_slices(len(raws), read_slice, limiter)
+    parts = await _in_slices(len(raws), read_one, limiter)
     batch = Read(
-        [item for part in parts for item in part.entries],
-        [item for part in parts for item in part.rejections],
+        [item for part, _ in parts for item in part.entries],
+        [item for part, _ in parts for item in part.rejections],
     )
     authentication = Authentication(entry for _, entry in batch.entries)
+    for _, checked in parts:
+        authentication.checked(checked)
     while pending := authentication.to_check():
         errors: list[BadSignature | None]
         if len(pending) < INLINE_BELOW:
