@@ -14,8 +14,8 @@ does it check more, in further rounds, a slice per thread. The results are what
 :func:`check` in one piece gives, in the same order, so what follows (holding,
 verifying against the tree, storing) cannot tell the difference.
 
-Small batches (a push of a few entries) and small rounds (a page of one author's run
-has one head) are checked inline: a thread costs more than it saves. So is every
+Small batches (a push of a few entries), and small later rounds, are checked inline:
+a thread costs more than it saves. So is every
 batch under trio's ``MockClock``: time a thread spends is real time, in which an
 autojumping clock would see every task blocked and skip ahead, firing timeouts no run
 would see, and a simulation would not replay.
