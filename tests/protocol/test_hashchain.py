@@ -4,19 +4,22 @@ author's run, and forgeries are still refused."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eidetica.errors import BadSignature
 from eidetica.protocol import intake as intake_module
 from eidetica.protocol.entry import Entry, StoreWrite, check_signature, create_entry
-from eidetica.protocol.hashchain import Authentication
+from eidetica.protocol.hashchain import Authentication, named
 from eidetica.protocol.intake import Intake, check, signature_errors
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.crdt import SetOp, encode_ops
-from tests.builders import child_entry, root_entry
+from tests.builders import child_entry, dag_shapes, root_entry
 
 OWNER = SigningKey(bytes(range(32)))
 WRITER = SigningKey(bytes(range(1, 33)))
@@ -191,3 +194,44 @@ def test_no_entry_is_checked_twice_whatever_fails() -> None:
     authentic = {e.id for e in batch if forward.is_authentic(e.id)}
     assert authentic == {e.id for e in batch if backward.is_authentic(e.id)}
     assert authentic == {e.id for e in batch} - {e.id for e in forged_chain}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    dag_shapes(max_entries=14),
+    st.lists(st.tuples(st.integers(0, 1), st.booleans()), min_size=14, max_size=14),
+    st.randoms(use_true_random=False),
+)
+def test_the_authentic_entries_are_the_closure_of_the_verified_ones(
+    shape: list[list[int]], marks: list[tuple[int, bool]], rng: random.Random
+) -> None:
+    """Whatever the entries, their authors and their spoiled signatures, and in any
+    order: the authentic entries are those whose signatures verify, closed under
+    "named by an authentic entry of the same author", each found with at most one
+    check per entry."""
+    entries = [ROOT]
+    for index, parents in enumerate(shape, start=1):
+        author, spoiled = marks[index - 1]
+        entry = child_entry(
+            [OWNER, WRITER][author], ROOT, [entries[i] for i in parents], "k", index
+        )
+        entries.append(badly_signed(entry) if spoiled else entry)
+    by_id = {e.id: e for e in entries}
+    errors = signature_errors(entries)
+    authentic = {e.id for e, error in zip(entries, errors, strict=True) if error is None}
+    grew = True
+    while grew:
+        before = len(authentic)
+        authentic |= {
+            other
+            for entry_id in authentic
+            for other in named(by_id[entry_id])
+            if other in by_id and by_id[other].author == by_id[entry_id].author
+        }
+        grew = len(authentic) > before
+    order = list(entries)
+    rng.shuffle(order)
+    authentication = authenticate(order)
+    assert {e.id for e in entries if authentication.is_authentic(e.id)} == authentic
+    assert set(authentication.failed) == set(by_id) - authentic
+    assert authentication.checks <= len(entries)
