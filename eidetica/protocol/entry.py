@@ -195,13 +195,29 @@ def validate_entry(raw: bytes, expected_id: str | None = None) -> Entry:
 
     This is every check that needs nothing but the entry itself. Checks against the
     tree (parents present, heights, permissions) are the store's, at insert time.
+    A batch of received entries may instead be authenticated through its hash chains
+    (:mod:`eidetica.protocol.hashchain`), which is :func:`read_entry` for each, and
+    :func:`check_signature` only for those no same-author entry vouches for.
     """
+    entry = read_entry(raw, expected_id)
+    check_signature(entry)
+    return entry
+
+
+def read_entry(raw: bytes, expected_id: str | None = None) -> Entry:
+    """The entry ``raw`` encodes, if its bytes, shape and id are valid: every check of
+    :func:`validate_entry` but the signature's."""
     entry = decode_entry(raw)
     if expected_id is not None and entry.id != expected_id:
         raise IdMismatch(f"entry claimed id {expected_id[:16]}... but hashes to {entry.id}")
     check_shape(entry)
-    verify(entry.author, ENTRY_DOMAIN, entry.unsigned_bytes(), entry.signature)
     return entry
+
+
+def check_signature(entry: Entry) -> None:
+    """Raise :class:`~eidetica.errors.BadSignature` unless the entry's signature
+    verifies under its author's key and :data:`ENTRY_DOMAIN`."""
+    verify(entry.author, ENTRY_DOMAIN, entry.unsigned_bytes(), entry.signature)
 
 
 def check_shape(entry: Entry) -> None:

@@ -1,10 +1,11 @@
 """Received entries on their way to storage: checked, then released parents first.
 
-Every received entry is validated on its own (bytes, id, signature, shape) and must
-belong to the tree it was sent for. One whose parents are not stored yet waits in a
-bounded holding area and is released once they are, so storage only ever sees
-entries whose parents it holds. Checks that need the tree's settings (permissions)
-are the store's, on what this releases.
+Every received entry is validated on its own (bytes, id, shape), must belong to the
+tree it was sent for, and must be authentic: its signature verifies, or an authentic
+entry by the same author names it (:mod:`eidetica.protocol.hashchain`). One whose
+parents are not stored yet waits in a bounded holding area and is released once they
+are, so storage only ever sees entries whose parents it holds. Checks that need the
+tree's settings (permissions) are the store's, on what this releases.
 
 The holding area is shared by every tree and every peer of a node, so it is bounded
 per sender as well as in total: a stranger who sends entries nobody can place (their
@@ -17,11 +18,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from eidetica.errors import IdMismatch, InvalidEntry, WrongTree
-from eidetica.protocol.entry import Entry, validate_entry
+from eidetica.errors import BadSignature, IdMismatch, InvalidEntry, WrongTree
+from eidetica.protocol.entry import Entry, check_signature, read_entry
+from eidetica.protocol.hashchain import Authentication, named
 
 MAX_HELD = 10_000
 """Entries held for missing parents, per node."""
@@ -46,26 +48,112 @@ class) and a pointer in a tuple."""
 
 
 def check(
-    tree: str, raws: Iterable[bytes], ids: Iterable[str | None] | None = None
+    tree: str,
+    raws: Iterable[bytes],
+    ids: Iterable[str | None] | None = None,
+    vouched: Vouched | None = None,
 ) -> tuple[list[Entry], list[Rejection]]:
-    """Validate each entry on its own (bytes, id, shape, signature) and that it belongs
-    to ``tree``: the valid entries, in order, and the rejections. ``ids``, if given,
-    are the ids the sender claimed, checked against the bytes. Pure, so it may run in
-    a worker thread."""
-    valid: list[Entry] = []
-    rejections: list[Rejection] = []
-    claims = list(ids) if ids is not None else None
-    for index, raw in enumerate(raws):
-        claimed = claims[index] if claims is not None else None
+    """Validate each entry on its own (bytes, id, shape) and that it belongs to
+    ``tree``, and authenticate them through their hash chains
+    (:mod:`eidetica.protocol.hashchain`): the valid entries, in order, and the
+    rejections, in order. ``ids``, if given, are the ids the sender claimed, checked
+    against the bytes; ``vouched`` names entries vouched for from outside the batch.
+    Pure, so it may run in a worker thread (with ``vouched`` pure too)."""
+    batch = read(tree, list(raws), None if ids is None else list(ids))
+    authentication = Authentication(entry for _, entry in batch.entries)
+    while pending := authentication.to_check():
+        authentication.checked(zip(pending, signature_errors(pending), strict=True))
+    return settle(batch, authentication, vouched)
+
+
+Vouched = Callable[[list[Entry]], Iterable[str]]
+"""Which of these entries (each failed its own signature check) something outside
+the batch vouches for: they are stored already, or a held entry by the same author
+names them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A batch's entries that passed every check but the signature's, and its
+    rejections so far, each with its place in the batch."""
+
+    entries: list[tuple[int, Entry]]
+    rejections: list[tuple[int, Rejection]]
+
+
+def read(
+    tree: str, raws: Sequence[bytes], ids: Sequence[str | None] | None = None, *, start: int = 0
+) -> Read:
+    """Decode each entry, check its id (against ``ids``, if given, the sender's claims)
+    and shape, and that it belongs to ``tree``; no signature checks. ``start`` is the
+    place of ``raws[0]`` in the whole batch, for a slice. Pure."""
+    batch = Read([], [])
+    for offset, raw in enumerate(raws):
+        claimed = ids[offset] if ids is not None else None
         try:
-            entry = validate_entry(raw, claimed)
+            entry = read_entry(raw, claimed)
             if entry.tree_id != tree:
                 raise WrongTree(f"entry {entry.id} belongs to tree {entry.tree_id}, not {tree}")
         except InvalidEntry as exc:
-            rejections.append(Rejection(claimed if isinstance(exc, IdMismatch) else None, exc))
+            rejection = Rejection(claimed if isinstance(exc, IdMismatch) else None, exc)
+            batch.rejections.append((start + offset, rejection))
             continue
-        valid.append(entry)
-    return valid, rejections
+        batch.entries.append((start + offset, entry))
+    return batch
+
+
+Checked = list[tuple[Entry, BadSignature | None]]
+"""Entries whose signatures were checked, each with its error (None: it verifies)."""
+
+
+def read_slice(
+    tree: str, raws: Sequence[bytes], ids: Sequence[str | None] | None = None, *, start: int = 0
+) -> tuple[Read, Checked]:
+    """:func:`read` a slice of a batch, and check the signatures of the slice's own
+    heads (the entries no same-author entry of the slice names). Every head of the
+    whole batch is a head of its slice, so a batch read in slices this way needs no
+    further checks unless one fails; the cost is a check or so more per author's run
+    per slice boundary, and each thread's reading overlaps another's signature checks,
+    which let go of the GIL. Pure."""
+    batch = read(tree, raws, ids, start=start)
+    heads = Authentication(entry for _, entry in batch.entries).to_check()
+    return batch, list(zip(heads, signature_errors(heads), strict=True))
+
+
+def signature_errors(entries: Sequence[Entry]) -> list[BadSignature | None]:
+    """Each entry's signature check: its error, or None if it verifies. Pure."""
+    errors: list[BadSignature | None] = []
+    for entry in entries:
+        try:
+            check_signature(entry)
+        except BadSignature as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
+
+
+def settle(
+    batch: Read, authentication: Authentication, vouched: Vouched | None = None
+) -> tuple[list[Entry], list[Rejection]]:
+    """The batch's authentic entries and its rejections, each in the batch's order,
+    once every entry is resolved: ``vouched`` is asked about those whose own check
+    failed, and what it names vouches for them and, through them, for the rest of
+    their chains in the batch."""
+    failed = authentication.failed_entries()
+    if failed and vouched is not None:
+        authentication.vouch(vouched(failed))
+    errors = authentication.failed
+    valid: list[Entry] = []
+    rejections = list(batch.rejections)
+    for place, entry in batch.entries:
+        error = errors.get(entry.id)
+        if error is None:
+            valid.append(entry)
+        else:
+            rejections.append((place, Rejection(None, error)))
+    rejections.sort(key=lambda item: item[0])
+    return valid, [rejection for _, rejection in rejections]
 
 
 def footprint(entry: Entry) -> int:
@@ -221,9 +309,10 @@ class Intake:
         *,
         source: Source = None,
     ) -> list[Rejection]:
-        """Validate entries ``source`` sent for ``tree`` (:func:`check`) and hold the
-        valid ones until :meth:`release`; return the rejections."""
-        valid, rejections = check(tree, raws, ids)
+        """Validate entries ``source`` sent for ``tree`` (:func:`check`, where held
+        entries vouch too) and hold the valid ones until :meth:`release`; return the
+        rejections."""
+        valid, rejections = check(tree, raws, ids, lambda failed: self.vouched(tree, failed))
         self.hold(valid, source)
         return rejections
 
@@ -260,9 +349,22 @@ class Intake:
                 self._take(entry.id)
         return released
 
+    def vouched(self, tree: str, entries: Iterable[Entry]) -> set[str]:
+        """The ids of ``entries`` that a held entry of ``tree`` by the same author
+        names: held entries are authentic, so these are too (however their own
+        signatures fare). One pass over the tree's held entries."""
+        wanted = {entry.id: entry.author for entry in entries}
+        if not wanted:
+            return set()
+        found: set[str] = set()
+        for entry_id in self._trees.get(tree, ()):
+            held = self._held[entry_id].entry
+            found.update(i for i in named(held) if wanted.get(i) == held.author)
+        return found
+
     def waiting(self, tree: str) -> list[Entry]:
         """The entries of ``tree`` held until their parents arrive (unverified beyond
-        their own bytes and signature)."""
+        their own bytes and their authenticity)."""
         return [self._held[i].entry for i in self._trees.get(tree, ())]
 
     def missing(self, tree: str, stored: StoredQuery) -> set[str]:

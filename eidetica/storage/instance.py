@@ -31,9 +31,10 @@ from eidetica.protocol.entry import (
     StoreWrite,
     create_entry,
     is_entry_id,
-    validate_entry,
+    read_entry,
 )
-from eidetica.protocol.intake import Intake, Rejection
+from eidetica.protocol.hashchain import Authentication
+from eidetica.protocol.intake import Intake, Rejection, signature_errors
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
 from eidetica.protocol.randomness import Randomness
@@ -182,11 +183,21 @@ class Instance:
     async def import_entries(self, items: Iterable[bytes | Entry]) -> list[str]:
         """Verify entries from elsewhere and store them in one batch; return new ids.
 
-        Every entry is checked in full (bytes, signature, parents, permissions) first;
-        if any fails, its typed error is raised and none of the batch is stored.
+        Every entry is checked in full (bytes, authenticity, parents, permissions)
+        first; if any fails, its typed error is raised and none of the batch is stored.
+        An entry is authentic as :meth:`receive` has it (its signature verifies, or an
+        authentic entry by its author in the batch, or stored, names it).
         """
         require_trio()
-        entries = [validate_entry(i.raw if isinstance(i, Entry) else i) for i in items]
+        entries = [read_entry(i.raw if isinstance(i, Entry) else i) for i in items]
+        authentication = Authentication(entries)
+        while pending := authentication.to_check():
+            authentication.checked(zip(pending, signature_errors(pending), strict=True))
+        failed = authentication.failed_entries()
+        if failed:
+            authentication.vouch(self.backend.has(entry.id for entry in failed))
+            for error in authentication.failed.values():
+                raise error
         records = self._verifier().verify(entries)
         added = self.backend.put(records)
         for record in records:
@@ -219,7 +230,13 @@ class Instance:
         """
         require_trio()
         claims = None if ids is None else list(ids)
-        valid, rejected = await check_entries(tree, list(raws), claims, limiter=self._checkers)
+        valid, rejected = await check_entries(
+            tree,
+            list(raws),
+            claims,
+            limiter=self._checkers,
+            vouched=lambda failed: self._vouched(tree, failed),
+        )
         ready = self._ready_at_once(tree, valid)
         if ready is None:
             self.intake.hold(valid, source=source)
@@ -252,6 +269,13 @@ class Instance:
             missing=sorted(self.intake.missing(tree, self.backend.has)),
             stored_bytes=stored_bytes,
         )
+
+    def _vouched(self, tree: str, failed: Sequence[Entry]) -> set[str]:
+        """Which received entries, each failing its own signature check, are authentic
+        anyway: stored already (the same bytes were accepted before), or named by a
+        held entry of ``tree`` by the same author. So an entry refused alone is taken
+        when it comes again after its child (whose missing parent it is)."""
+        return self.backend.has(entry.id for entry in failed) | self.intake.vouched(tree, failed)
 
     def _ready_at_once(self, tree: str, entries: Sequence[Entry]) -> list[Entry] | None:
         """The new entries of a batch, parents first, if each one's parents are stored

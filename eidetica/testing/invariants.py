@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 
 from eidetica.actors.engine.retries import MAX_QUEUED
 from eidetica.actors.engine.status import SyncStatus
-from eidetica.errors import EideticaError, Voided
-from eidetica.protocol.entry import validate_entry
+from eidetica.errors import Voided
+from eidetica.protocol.intake import check
 from eidetica.storage.instance import Instance, open_instance
 
 Documents = tuple[object, ...]
@@ -76,13 +76,15 @@ def nothing_acknowledged_lost(
 
 
 def nothing_unverified(nodes: Mapping[str, Instance], tree: str) -> None:
-    """Every stored entry's bytes, id and signature check out."""
+    """Every stored entry's bytes and id check out, and it is authentic: its signature
+    verifies, or an authentic stored entry by the same author names it
+    (``docs/protocol.md``, section 5)."""
     for name, inst in nodes.items():
-        for entry in inst.backend.tree_entries(tree):
-            try:
-                validate_entry(entry.raw, entry.id)
-            except EideticaError as exc:
-                raise InvariantBroken(f"{name} stores {entry.id}, which fails: {exc}") from exc
+        entries = list(inst.backend.tree_entries(tree))
+        valid, rejected = check(tree, [e.raw for e in entries], [e.id for e in entries])
+        if rejected:
+            bad = sorted({e.id for e in entries} - {e.id for e in valid})
+            raise InvariantBroken(f"{name} stores {bad[:1]}, which fails: {rejected[0].reason}")
 
 
 async def nothing_unauthorized(nodes: Mapping[str, Instance], tree: str) -> None:

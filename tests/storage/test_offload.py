@@ -1,5 +1,6 @@
 """Checking received entries in worker threads gives what checking them in one piece
-gives, in the same order; under a MockClock it stays on the loop."""
+gives, in the same order, with a signature check for each run's heads only; under a
+MockClock it stays on the loop."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eidetica
-from eidetica.protocol.entry import Entry
-from eidetica.protocol.intake import Rejection, check
+from eidetica.protocol import intake as intake_module
+from eidetica.protocol.entry import Entry, check_signature
+from eidetica.protocol.intake import Checked, Read, Rejection, check
+from eidetica.protocol.keys import SigningKey
 from eidetica.storage import offload
-from tests.builders import build_entries
+from tests.builders import build_entries, child_entry, expected_tips, root_entry
 
 ENTRIES = build_entries(120)
 TREE = ENTRIES[1].tree_id
@@ -95,16 +98,16 @@ async def test_batches_from_many_peers_share_one_thread_per_core(
     limiter has tokens (one per core)."""
     running, most, lock = [0], [0], threading.Lock()
 
-    def slow_check(*args: object) -> tuple[list[Entry], list[Rejection]]:
+    def slow_read(*args: object, **kwargs: object) -> tuple[Read, Checked]:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
         time.sleep(0.02)  # holds its thread, so that checks overlap if they may
         with lock:
             running[0] -= 1
-        return [], []
+        return Read([], []), []
 
-    monkeypatch.setattr(offload, "check", slow_check)
+    monkeypatch.setattr(offload, "read_slice", slow_read)
     raws = [entry.raw for entry in ENTRIES]
     async with eidetica.open_instance(None) as inst:
         assert inst._checkers.total_tokens == offload.WORKERS
@@ -113,3 +116,45 @@ async def test_batches_from_many_peers_share_one_thread_per_core(
             for _ in range(4):
                 nursery.start_soon(inst.receive, TREE, raws)
     assert most[0] == 2
+
+
+def test_a_page_of_one_author_s_run_costs_its_heads_checks_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slicing a page among threads never cuts a run's vouching: the threads check their
+    slices' heads, and the whole page decides what those authenticate."""
+    page = build_entries(1025)[1:]  # without the root, whose author's run it starts
+    checked: list[str] = []
+    lock = threading.Lock()
+    real = check_signature
+
+    def counted(entry: Entry) -> None:
+        with lock:
+            checked.append(entry.id)
+        real(entry)
+
+    monkeypatch.setattr(intake_module, "check_signature", counted)
+    monkeypatch.setattr(offload, "WORKERS", 3)
+    valid, rejected = trio.run(offload.check_entries, page[0].tree_id, [e.raw for e in page])
+    assert len(valid) == len(page) and not rejected
+    # The page's tips are its one author's heads; each cut between slices may add the
+    # slice's own last entries (two at a fork), and no entry is checked twice.
+    assert set(expected_tips(page)) <= set(checked) and len(set(checked)) == len(checked)
+    assert len(checked) <= len(expected_tips(page)) + 2 * (3 - 1)
+
+
+def test_a_badly_signed_entry_and_its_vouching_child_in_other_slices() -> None:
+    key = SigningKey.generate()
+    root = root_entry(key)
+    run = [child_entry(key, root, [root], "k", 0)]
+    for value in range(1, 90):
+        run.append(child_entry(key, root, [run[-1]], "k", value))
+    signature = bytearray(run[0].signature)
+    signature[0] ^= 1
+    bad = msgspec.structs.replace(run[0], signature=bytes(signature))
+    child = child_entry(key, root, [bad], "k", 100)
+    raws = [bad.raw, *[e.raw for e in run[1:]], child.raw]  # first and last slices
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(offload, "WORKERS", 3)
+        valid, rejected = trio.run(offload.check_entries, root.id, raws)
+    assert {e.id for e in valid} >= {bad.id, child.id} and len(rejected) == 0
