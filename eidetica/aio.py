@@ -180,6 +180,7 @@ class Tree(Face):
     tips = _awaitable(trio_tree.Tree.tips)
     doc = _awaitable(trio_tree.Tree.doc)
     settings = _awaitable(trio_tree.Tree.settings)
+    permission = _awaitable(trio_tree.Tree.permission)
     entry = _awaitable(trio_tree.Tree.entry)
     voided = _awaitable(trio_tree.Tree.voided)
     entries = _awaitable(trio_tree.Tree.entries)

@@ -201,6 +201,7 @@ class Tree(Face):
     tips = _blocking(trio_tree.Tree.tips)
     doc = _blocking(trio_tree.Tree.doc)
     settings = _blocking(trio_tree.Tree.settings)
+    permission = _blocking(trio_tree.Tree.permission)
     entry = _blocking(trio_tree.Tree.entry)
     voided = _blocking(trio_tree.Tree.voided)
     entries = _blocking(trio_tree.Tree.entries)
