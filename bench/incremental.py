@@ -21,7 +21,7 @@ tree)``, one sync of that tree, and checks afterwards that B holds them all. The
 ``d`` run one after another on the same two nodes, so each sync starts from a tree
 the earlier ones grew (``tree_entries`` + 1 + the earlier ``d``).
 
-*Counting.* Both nodes' sim transports are wrapped (:class:`bench.transports._Counting`)
+*Counting.* Both nodes' sim transports are wrapped (:class:`tests.counting.Counting`)
 so every ``request()`` counts the bytes of its request and of its answer (the
 envelopes). Round trips are the ``request()`` calls made during the timed sync and
 bytes on the wire the bytes both ways, over both nodes' transports (A sends none in
@@ -43,7 +43,7 @@ import trio
 import trio.testing
 
 from bench._table import print_table
-from bench.transports import BATCH, QUIET, _Counting
+from bench.transports import BATCH, QUIET
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.protocol.entry import Entry
@@ -51,6 +51,7 @@ from eidetica.protocol.keys import SigningKey
 from eidetica.storage.instance import Instance
 from eidetica.storage.memory import MemoryBackend
 from tests.builders import build_entries
+from tests.counting import Counting
 
 ENTRIES = 100_000
 """Entries of the tree A and B share before the first incremental sync, the root included."""
@@ -69,7 +70,7 @@ async def _import(instance: Instance, entries: Sequence[Entry]) -> None:
         await instance.import_entries([entry.raw for entry in entries[start : start + BATCH]])
 
 
-def _traffic(*transports: _Counting) -> tuple[int, int]:
+def _traffic(*transports: Counting) -> tuple[int, int]:
     """Requests sent so far through ``transports``, and bytes both ways."""
     requests = sum(t.requests for t in transports)
     return requests, sum(t.sent + t.received for t in transports)
@@ -89,7 +90,7 @@ async def _measure(
             SimTransport(network, name="a") as a_inner,
             SimTransport(network, name="b") as b_inner,
         ):
-            a_counting, b_counting = _Counting(a_inner), _Counting(b_inner)
+            a_counting, b_counting = Counting(a_inner), Counting(b_inner)
             async with (
                 open_sync(
                     a, network=network, name="a", config=QUIET, transports={"sim": a_counting}

@@ -40,7 +40,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 import trio.testing
@@ -49,7 +48,7 @@ import eidetica
 from bench._table import print_table
 from eidetica.actors.supervisor import SyncConfig
 from eidetica.actors.sync import Sync, open_sync
-from eidetica.actors.transports.base import Handler, Transport
+from eidetica.actors.transports.base import Transport
 from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.sim import SimNetwork, SimTransport
 from eidetica.actors.transports.ws import WebSocketTransport
@@ -57,6 +56,7 @@ from eidetica.protocol.keys import SigningKey
 from eidetica.storage.instance import Instance
 from eidetica.storage.memory import MemoryBackend
 from tests.builders import build_entries
+from tests.counting import Counting
 
 ENTRIES = 100_000
 """Entries of the tree B pulls in the initial sync, the root included."""
@@ -70,38 +70,6 @@ SYNC_WITHIN = 600.0
 LISTEN = {"sim": "sim://{name}", "http": "http://127.0.0.1:0", "ws": "ws://127.0.0.1:0"}
 """Where a node listens, by transport; the order of the tables' rows."""
 QUIET = SyncConfig(periodic_sync=86_400.0, connection_check=86_400.0, retry_sweep=86_400.0)
-
-
-class _Counting:
-    """A transport that counts the bytes of the requests it sends through another
-    transport and of the answers it gets back. Anything else (a two-way transport's
-    ``attach``, ``reply_scheme``, ...) is the other transport's."""
-
-    def __init__(self, inner: Transport) -> None:
-        self.scheme = inner.scheme
-        self._inner = inner
-        self.requests = 0
-        self.sent = 0
-        self.received = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def serve(
-        self,
-        address: str,
-        handler: Handler,
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        await self._inner.serve(address, handler, task_status=task_status)
-
-    async def request(self, address: str, data: bytes) -> bytes:
-        answer = await self._inner.request(address, data)
-        self.requests += 1
-        self.sent += len(data)
-        self.received += len(answer)
-        return answer
 
 
 @asynccontextmanager
@@ -148,7 +116,7 @@ async def _pull(
         eidetica.open_instance(None) as b,
         _transport(scheme, network, f"b-{scheme}") as inner,
     ):
-        counting = _Counting(inner)
+        counting = Counting(inner)
         async with open_sync(
             b, network=network, name=f"b-{scheme}", config=QUIET, transports={scheme: counting}
         ) as b_sync:
@@ -174,7 +142,7 @@ async def _pull(
             )
 
 
-def _wire(inner: Transport, counting: _Counting) -> int:
+def _wire(inner: Transport, counting: Counting) -> int:
     """Body bytes both ways on the wire so far: HTTP's own count, else the envelopes."""
     if isinstance(inner, HttpTransport):
         return inner.wire_sent + inner.wire_received

@@ -17,7 +17,6 @@ import trio.testing
 
 from eidetica.actors.config import SyncConfig
 from eidetica.actors.sync import open_sync
-from eidetica.actors.transports.base import Handler, Transport
 from eidetica.actors.transports.http import HttpTransport
 from eidetica.actors.transports.ws import WebSocketTransport
 from eidetica.protocol.entry import Entry
@@ -26,41 +25,11 @@ from eidetica.protocol.limits import MAX_ENTRIES_PER_BATCH
 from eidetica.storage.instance import Instance, Receipt
 from eidetica.storage.memory import MemoryBackend
 from tests.builders import build_entries
+from tests.counting import Counting
 
 QUIET = SyncConfig(periodic_sync=86_400.0, connection_check=86_400.0, retry_sweep=86_400.0)
 TREE = 3_000
 DELTAS = (1, 100, 3_000)
-
-
-class _Counting:
-    """B's transport, counting its requests and the bytes both ways; it asks for no
-    long poll, so over HTTP no watch brings A's entries before the sync does."""
-
-    long_poll = False
-
-    def __init__(self, inner: Transport) -> None:
-        self.scheme = inner.scheme
-        self._inner = inner
-        self.requests = 0
-        self.bytes = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def serve(
-        self,
-        address: str,
-        handler: Handler,
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        await self._inner.serve(address, handler, task_status=task_status)
-
-    async def request(self, address: str, data: bytes) -> bytes:
-        answer = await self._inner.request(address, data)
-        self.requests += 1
-        self.bytes += len(data) + len(answer)
-        return answer
 
 
 async def _import(instance: Instance, entries: Sequence[Entry]) -> None:
@@ -89,7 +58,7 @@ async def test_an_incremental_sync_sends_the_new_entries_in_one_round_trip(schem
     batches: list[int] = []
     _recording(b, batches)
     inner = HttpTransport() if scheme == "http" else WebSocketTransport()
-    counting = _Counting(inner)
+    counting = Counting(inner, long_poll=False)
     try:
         await _import(a, entries[:TREE])
         root_id = entries[0].id
@@ -110,7 +79,7 @@ async def test_an_incremental_sync_sends_the_new_entries_in_one_round_trip(schem
                     start += d
                     await _import(a, new)
                     await trio.testing.wait_all_tasks_blocked(0.01)
-                    requests, sent = counting.requests, counting.bytes
+                    requests, sent = counting.requests, counting.both_ways
                     batches.clear()
                     await b_sync.sync_with_peer(peer_a, root_id)
                     ids = [entry.id for entry in new]
@@ -120,7 +89,7 @@ async def test_an_incremental_sync_sends_the_new_entries_in_one_round_trip(schem
                     # The target is 1.2 x the new bytes + 2 KB, in MessagePack (ws);
                     # HTTP's JSON carries entries as base64, 4/3 of their bytes.
                     expansion = 4 / 3 if scheme == "http" else 1.0
-                    assert counting.bytes - sent <= expansion * 1.2 * new_bytes + 2048, d
+                    assert counting.both_ways - sent <= expansion * 1.2 * new_bytes + 2048, d
                     # One page, stored a batch at a time.
                     assert max(batches) <= MAX_ENTRIES_PER_BATCH
                     assert sum(batches) == d
