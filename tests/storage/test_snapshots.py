@@ -23,7 +23,7 @@ from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.sqlite import SqliteBackend
 from tests.builders import STORE, build_dag, topological_order
 from tests.storage.test_backend import CHAIN_AND_LATE_BRANCH
-from tests.storage.test_revocation_convergence import ACTORS, Share, Step, act, steps
+from tests.storage.test_revocation_convergence import Step, history, steps
 
 KEY = SigningKey(bytes(range(32)))
 
@@ -76,32 +76,6 @@ async def deliver(entries: list[Entry], root_id: str, seed: int, node: eidetica.
             break
     if rng.random() < 0.5:
         node.doc_states.state(root_id, "d")
-
-
-async def history(script: list[Step]) -> list[Entry]:
-    """The entries of a tree that four nodes wrote, granted and revoked in by ``script``,
-    parents first."""
-    async with (
-        eidetica.open_instance(None) as n0,
-        eidetica.open_instance(None) as n1,
-        eidetica.open_instance(None) as n2,
-        eidetica.open_instance(None) as n3,
-    ):
-        nodes = [n0, n1, n2, n3]
-        root = await n0.create_tree(name="t")
-        root_entry = (await root.entries())[0]
-        for node in nodes[1:]:
-            await node.import_entries([root_entry])
-        trees = [await node.open_tree(root.root_id) for node in nodes]
-        keys = [node.public_key for node in nodes]
-        for target, level in ((1, "admin"), (2, "admin"), (3, "write")):
-            await root.grant(keys[target], level)
-        for target in range(1, ACTORS):
-            await act(Share(0, target), trees, keys)
-        for step in script:
-            await act(step, trees, keys)
-        union = {e.id: e for tree in trees for e in await tree.entries()}
-        return sorted(union.values(), key=lambda e: e.key)
 
 
 def check_cold_reads(backend: Backend, root_id: str) -> None:
