@@ -261,3 +261,24 @@ def _vouched_by_a_good_signature(entries: Sequence[Entry], entry: Entry) -> bool
                 reached.add(other.id)
                 frontier.append(other.id)
     return False
+
+
+# The writer's child of BAD with a wrong height: its signature verifies, but the tree
+# refuses it, so it should vouch for nothing stored.
+REFUSED_CHILD = create_entry(
+    WRITER,
+    tree=TREE,
+    parents=[BAD.id],
+    height=7,
+    stores=[StoreWrite("d", (BAD.id,), encode_ops([SetOp(("b",), 2)]))],
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (issue 14's note): a voucher the tree then refuses still vouches",
+)
+async def test_a_voucher_the_tree_refuses_vouches_for_nothing() -> None:
+    async with eidetica.open_instance(None) as inst:
+        await inst.receive(TREE, [e.raw for e in (ROOT, BAD, REFUSED_CHILD)])
+        assert inst.backend.has([BAD.id, REFUSED_CHILD.id]) == set()
