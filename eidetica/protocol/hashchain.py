@@ -33,14 +33,64 @@ its entries would.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from eidetica.errors import BadSignature
-from eidetica.protocol.entry import Entry
+from eidetica.protocol.entry import Entry, check_signature
 
 NARROW_ROUNDS = 2
 """Rounds that check only the entries no unresolved entry names; the next checks all
 that are left, so a batch takes at most this many rounds plus one."""
+
+
+_VERIFIED = "signature_verified"
+"""Where an entry object notes that its own signature was seen to verify."""
+
+
+def mark_verified(entry: Entry) -> None:
+    """Note on ``entry`` that its own signature verifies (it travels with the entry,
+    through the holding area too)."""
+    entry.__dict__[_VERIFIED] = True
+
+
+def signature_verified(entry: Entry) -> bool:
+    """Whether ``entry``'s own signature was seen to verify."""
+    return bool(entry.__dict__.get(_VERIFIED, False))
+
+
+def unauthentic(entries: Sequence[Entry]) -> dict[str, BadSignature]:
+    """Of ``entries``, about to be stored together (parents first), those that are not
+    authentic within them: their own signature fails and no authentic entry of theirs
+    by the same author names them. With their errors.
+
+    A batch was authenticated as it arrived, but an entry vouched for only by others
+    of its batch (or by held ones) is authentic only if one of those is stored with
+    it: a voucher that the tree then refused, or that still waits, vouches for
+    nothing stored. So storage confirms it: children first, an entry counts if its
+    own signature was seen to verify, or a same-author entry counted here names it,
+    and otherwise its signature is checked now. In a batch with nothing refused this
+    checks nothing: each author's heads were checked on arrival.
+    """
+    by_id = {entry.id: entry for entry in entries}
+    namers: dict[str, list[str]] = {}
+    for entry in entries:
+        for other in set(named(entry)):
+            if other in by_id and by_id[other].author == entry.author:
+                namers.setdefault(other, []).append(entry.id)
+    authentic: set[str] = set()
+    failed: dict[str, BadSignature] = {}
+    for entry in reversed(entries):
+        if signature_verified(entry) or any(n in authentic for n in namers.get(entry.id, ())):
+            authentic.add(entry.id)
+            continue
+        try:
+            check_signature(entry)
+        except BadSignature as exc:
+            failed[entry.id] = exc
+            continue
+        mark_verified(entry)
+        authentic.add(entry.id)
+    return failed
 
 
 def named(entry: Entry) -> Iterator[str]:
@@ -110,6 +160,7 @@ class Authentication:
         for entry, error in results:
             self.checks += 1
             if error is None:
+                mark_verified(entry)
                 self._vouch_from(entry.id)
             elif entry.id not in self._authentic:
                 self._failed[entry.id] = error

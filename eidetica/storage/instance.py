@@ -33,7 +33,7 @@ from eidetica.protocol.entry import (
     is_entry_id,
     read_entry,
 )
-from eidetica.protocol.hashchain import Authentication
+from eidetica.protocol.hashchain import Authentication, named, unauthentic
 from eidetica.protocol.intake import Intake, Rejection, signature_errors
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.limits import ENTROPY_BYTES
@@ -253,6 +253,7 @@ class Instance:
                 refused.add(entry.id)
                 rejected.append(Rejection(entry.id, exc))
         records = self._without_spam(tree, verifier, records, rejected)
+        records = self._authentic_as_stored(tree, records, rejected, source)
         stored = self.backend.put(records)
         for record in records:
             self.doc_states.stored(record.entry)
@@ -269,6 +270,42 @@ class Instance:
             missing=sorted(self.intake.missing(tree, self.backend.has)),
             stored_bytes=stored_bytes,
         )
+
+    def _authentic_as_stored(
+        self, tree: str, records: list[Record], rejected: list[Rejection], source: str | None
+    ) -> list[Record]:
+        """The records, less any that would be stored unauthentic
+        (:func:`~eidetica.protocol.hashchain.unauthentic`): vouched for on arrival only
+        by entries not stored with them, with a signature that fails. One that a held
+        entry still vouches for goes back to the holding area, to be stored with its
+        voucher; any other is refused. What builds on it waits or is refused with it.
+        Dropping an entry drops what it vouched for through what builds on it, so this
+        goes on until nothing drops."""
+        while failed := unauthentic([record.entry for record in records]):
+            failing = [record.entry for record in records if record.entry.id in failed]
+            held_voucher = self.intake.vouched(tree, failing)
+            waits: set[str] = set()
+            refused: set[str] = set()
+            kept: list[Record] = []
+            for record in records:
+                entry = record.entry
+                names = set(named(entry))
+                if entry.id in failed and entry.id in held_voucher:
+                    waits.add(entry.id)
+                elif entry.id in failed:
+                    refused.add(entry.id)
+                    rejected.append(Rejection(entry.id, failed[entry.id]))
+                elif refused & names:
+                    refused.add(entry.id)
+                    reason = f"entry {entry.id} builds on a refused entry"
+                    rejected.append(Rejection(entry.id, MissingParents(reason, frozenset())))
+                elif waits & names:
+                    waits.add(entry.id)
+                else:
+                    kept.append(record)
+            self.intake.hold([r.entry for r in records if r.entry.id in waits], source=source)
+            records = kept
+        return records
 
     def _vouched(self, tree: str, failed: Sequence[Entry]) -> set[str]:
         """Which received entries, each failing its own signature check, are authentic
