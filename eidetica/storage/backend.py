@@ -9,9 +9,9 @@ cancellation can never interrupt a write half-way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -139,7 +139,7 @@ class Backend(Protocol):
         """Store ``value`` under ``key``, replacing any earlier value; durable at once."""
         ...
 
-    def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> None:
+    def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> bool:
         """Keep ``snapshot`` as the snapshot of ``store``, replacing any; durable at once.
 
         The caller vouches that it folds every stored entry of the store up to
@@ -147,6 +147,10 @@ class Backend(Protocol):
         transaction that stores an entry writing ``store`` with a key at or before
         ``snapshot.last`` (a late arrival from a concurrent branch), so a snapshot
         that is read back is never stale, whenever the process stops.
+
+        False, and nothing kept, while a write runs in a worker thread
+        (:class:`ThreadedWrites`): that write may store what the fold did not see, and
+        could not drop a snapshot it does not know of. The caller tries again later.
         """
         ...
 
@@ -161,3 +165,31 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the backend's resources; it is not used afterwards."""
         ...
+
+
+@runtime_checkable
+class ThreadedWrites(Protocol):
+    """A backend whose writes can run in a worker thread while the event loop reads.
+
+    SQLite's writes cost most of a received page's storing and stall the loop; this
+    is how :class:`~eidetica.storage.writer.Writer` takes them off it. One write at a
+    time, in this order, the loop's parts on the loop:
+
+    1. :meth:`pin` (loop): from now on the loop's reads see what is stored now, and
+       go on doing so while the write runs;
+    2. :meth:`write` (a worker thread): store the records in one transaction and
+       return the function that settles it; no cache the loop reads changes yet;
+    3. that function (loop): make what was stored visible to the loop's reads (its
+       caches and indexes), and return the ids that were new, as :meth:`Backend.put`
+       does;
+    4. :meth:`unpin` (loop), in the same step as 3, so the loop never sees the
+       stored rows and the caches disagree.
+
+    A write that raises has stored nothing and changed no cache; the loop unpins.
+    """
+
+    def pin(self) -> None: ...
+
+    def write(self, records: Sequence[Record]) -> Callable[[], list[str]]: ...
+
+    def unpin(self) -> None: ...

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +98,18 @@ class _Fold:
 class DocStates:
     """Folded document states of every store a reader has asked for."""
 
-    def __init__(self, backend: Backend, judge: Judge | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        judge: Judge | None = None,
+        *,
+        busy: Callable[[], bool] | None = None,
+    ) -> None:
         self._backend = backend
         self._judge = judge or Judge(backend)
+        self._busy = busy or (lambda: False)
+        """Whether a write is under way in a worker thread: then the backend refuses a
+        snapshot (see :meth:`Backend.put_snapshot`), so none is encoded."""
         self._folds: dict[tuple[str, str], _Fold] = {}
 
     def stored(self, entry: Entry) -> None:
@@ -148,17 +158,22 @@ class DocStates:
                 self._persist(tree, store, fold)
 
     def _persist(self, tree: str, store: str, fold: _Fold) -> None:
-        fold.persisted = fold.applied
+        if self._busy():
+            return  # a later read tries again
         if fold.last is None or fold.verdict is None:
+            fold.persisted = fold.applied
             return
         persisted = _Persisted(_FORMAT, fold.applied, verdict_digest(fold.verdict), fold.state)
         data = _ENCODER.encode(persisted)
         if len(data) > MAX_SNAPSHOT_BYTES:
             log.info("document %r of tree %s is too large to snapshot", store, tree)
+            fold.persisted = fold.applied
             return
         try:
-            self._backend.put_snapshot(tree, store, Snapshot(fold.last, data))
+            if self._backend.put_snapshot(tree, store, Snapshot(fold.last, data)):
+                fold.persisted = fold.applied  # else a write is under way: a later read tries
         except StorageError as exc:  # a lost snapshot costs a refold, no more
+            fold.persisted = fold.applied
             log.warning("snapshot of %r in tree %s not stored: %s", store, tree, exc)
 
     def _resume(self, tree: str, store: str, fold: _Fold, verdict: Fingerprint) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -54,6 +55,7 @@ from eidetica.storage.transaction import staged_entry
 from eidetica.storage.tree import Tree
 from eidetica.storage.treeview import TreeView
 from eidetica.storage.verify import BatchVerifier
+from eidetica.storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,9 @@ class Instance:
         engine records (``time.time`` unless a simulation gives one that follows trio's
         ``MockClock``, so a run replays whatever the machine's load)."""
         self.judge = Judge(backend)
-        self.doc_states = DocStates(backend, self.judge)
+        self.writer = Writer(backend)
+        """Where every put runs: big batches in a worker thread, one write at a time."""
+        self.doc_states = DocStates(backend, self.judge, busy=self.writer.busy)
         self.settings_index = SettingsIndex()
         self.intake = Intake()
         self._changed = trio.Event()
@@ -160,7 +164,7 @@ class Instance:
             entropy=self.randomness.random_bytes(ENTROPY_BYTES),
         )
         tree = Tree(self, root.id)
-        self.store_local(tree, root)
+        await self._store_local(tree, root)
         self.run_hooks(tree, root)
         return tree
 
@@ -198,13 +202,11 @@ class Instance:
             authentication.vouch(self.backend.has(entry.id for entry in failed))
             for error in authentication.failed.values():
                 raise error
-        records = self._verifier().verify(entries)
-        added = self.backend.put(records)
-        for record in records:
-            self.doc_states.stored(record.entry)
-        if added:
-            self._stored({record.entry.tree_id for record in records})
-        return added
+        async with contextlib.AsyncExitStack() as locks:
+            for tree in sorted({entry.tree_id for entry in entries}):  # one order: no deadlock
+                await locks.enter_async_context(self.lock_for(tree))
+            records = self._verifier().verify(entries)
+            return await self.writer.put(records, self._on_stored)
 
     async def receive(
         self,
@@ -224,9 +226,10 @@ class Instance:
         against that sender's quota in the holding area, so one peer's flood cannot
         push out what others sent.
 
-        Each entry's own checks run in worker threads (:mod:`eidetica.storage.offload`),
-        the rest in one step of the event loop, so batches received at once are held,
-        verified and stored one after the other.
+        Each entry's own checks run in worker threads (:mod:`eidetica.storage.offload`);
+        the rest runs under the tree's lock, so batches received at once for one tree,
+        and its local commits, are held, verified and stored one after the other.
+        Storing runs in the node's :class:`~eidetica.storage.writer.Writer`.
         """
         require_trio()
         claims = None if ids is None else list(ids)
@@ -237,6 +240,14 @@ class Instance:
             limiter=self._checkers,
             vouched=lambda failed: self._vouched(tree, failed),
         )
+        async with self.lock_for(tree):
+            return await self._take(tree, valid, rejected, source)
+
+    async def _take(
+        self, tree: str, valid: list[Entry], rejected: list[Rejection], source: str | None
+    ) -> Receipt:
+        """The rest of :meth:`receive`, under the tree's lock: hold, verify against the
+        tree, store."""
         ready = self._ready_at_once(tree, valid)
         if ready is None:
             self.intake.hold(valid, source=source)
@@ -254,13 +265,10 @@ class Instance:
                 rejected.append(Rejection(entry.id, exc))
         records = self._without_spam(tree, verifier, records, rejected)
         records = self._authentic_as_stored(tree, records, rejected, source)
-        stored = self.backend.put(records)
-        for record in records:
-            self.doc_states.stored(record.entry)
+        stored = await self.writer.put(records, self._on_stored)
         new = set(stored)
         stored_bytes = sum(len(r.entry.raw) for r in records if r.entry.id in new)
         if stored:
-            self._stored((tree,))
             self._run_receive_hooks(tree, source, len(stored), stored_bytes)
         self._log_refusals(tree, rejected)
         return Receipt(
@@ -405,15 +413,20 @@ class Instance:
         lookup = self._verifier().lookup
         return self.settings_index.tips_as_of([m.settings_head for m in parents], lookup)
 
-    def store_local(self, tree: Tree, entry: Entry) -> None:
+    async def _store_local(self, tree: Tree, entry: Entry) -> None:
         """Verify and store an entry this node just signed. Its signature is not checked
         again, so only this node's own entries may come this way."""
         if entry.author != self.public_key:
             raise PermissionDenied(f"{entry.author} is not this node's key; use receive()")
         record = self._verifier().check(entry, tree.root_id)
-        self.backend.put([record])
-        self.doc_states.stored(entry)
-        self._stored((tree.root_id,))
+        await self.writer.put([record], self._on_stored)
+
+    def _on_stored(self, records: Sequence[Record], added: list[str]) -> None:
+        """What the writer made visible: fold it into the documents, wake watchers."""
+        for record in records:
+            self.doc_states.stored(record.entry)
+        if added:
+            self._stored({record.entry.tree_id for record in records})
 
     async def commit(self, tree: Tree, staged: Mapping[str, Sequence[Op]]) -> Entry | None:
         """Sign ``staged`` (operations by store name) as one entry of ``tree`` on its
@@ -431,7 +444,7 @@ class Instance:
                 key=self.device_key,
                 settings_tips=self.settings_tips,
             )
-            self.store_local(tree, entry)
+            await self._store_local(tree, entry)
         self.run_hooks(tree, entry)
         return entry
 

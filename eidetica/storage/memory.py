@@ -125,8 +125,9 @@ class MemoryBackend:
     def set_local(self, key: str, value: str) -> None:
         self._local[key] = value
 
-    def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> None:
+    def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> bool:
         self._snapshots[tree, store] = snapshot
+        return True
 
     def get_snapshot(self, tree: str, store: str) -> Snapshot | None:
         return self._snapshots.get((tree, store))

@@ -85,12 +85,15 @@ def test_seed_32_a_revoked_writers_chain_waits_and_is_dead_where_stored() -> Non
     assert all(dead for _, dead in _Revocations.waiting)
 
 
-def test_seed_10325_a_regranted_writers_dead_chain_may_wait() -> None:
-    """Seed 10325 (3 nodes, 60 steps): n1 was revoked, then granted write again; its
-    chain from before is dead on n1 and n2 and waits in n0's holding area. It counts
-    nowhere, so it may wait (the check once said only a key that may not write may)."""
+def test_seed_10367_a_regranted_writers_dead_chain_may_wait() -> None:
+    """Seed 10367 (3 nodes, 60 steps): n0 revoked n1, granted it write again and
+    revoked it again; a chain of n1's is dead where it is stored and waits in another
+    node's holding area. It counts nowhere, so it may wait (the check once said only a
+    key that may not write may). Seed 10325 showed it until received batches took
+    their tree's lock, which moved the schedule."""
     _Revocations.waiting = []
-    run_seed(10325, nodes=3, steps=60, simulation=_Revocations)
+    outcome = run_seed(10367, nodes=3, steps=60, simulation=_Revocations)
+    assert sum(" revoke n1 " in line for line in outcome.trace) == 2
     assert any(stored and dead for stored, dead in _Revocations.waiting)
 
 

@@ -123,12 +123,12 @@ def test_sqlite_batch_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Mon
     insert = SqliteBackend._insert
     calls = 0
 
-    def failing_fourth_insert(self: SqliteBackend, record: Record) -> bool:
+    def failing_fourth_insert(self: SqliteBackend, batch: object, record: Record) -> None:
         nonlocal calls
         calls += 1
         if calls == 4:
             raise sqlite3.OperationalError("disk I/O error")
-        return insert(self, record)
+        insert(self, batch, record)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SqliteBackend, "_insert", failing_fourth_insert)
     with pytest.raises(StorageError, match="disk I/O error"):
@@ -157,18 +157,15 @@ def test_sqlite_rollback_of_a_batch_extending_a_dag_keeps_caches_true(
     root = entries[0].id
     tips, store_tips = backend.tips(root), backend.store_tips(root, STORE)
 
-    def failing_insert(self: SqliteBackend, record: Record) -> bool:
-        raise sqlite3.OperationalError("disk full")
-
     insert = SqliteBackend._insert
     calls = 0
 
-    def fail_on_second(self: SqliteBackend, record: Record) -> bool:
+    def fail_on_second(self: SqliteBackend, batch: object, record: Record) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
-            return failing_insert(self, record)
-        return insert(self, record)
+            raise sqlite3.OperationalError("disk full")
+        insert(self, batch, record)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SqliteBackend, "_insert", fail_on_second)
     with pytest.raises(StorageError):
@@ -257,10 +254,10 @@ def test_sqlite_a_rolled_back_batch_keeps_the_snapshot_it_would_have_dropped(
     backend.put_snapshot(root, STORE, snapshot)
     insert = SqliteBackend._insert
 
-    def fail_after_the_branch(self: SqliteBackend, record: Record) -> bool:
+    def fail_after_the_branch(self: SqliteBackend, batch: object, record: Record) -> None:
         if record.entry.id == entries[6].id:
             raise sqlite3.OperationalError("disk full")
-        return insert(self, record)
+        insert(self, batch, record)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SqliteBackend, "_insert", fail_after_the_branch)
     with pytest.raises(StorageError):

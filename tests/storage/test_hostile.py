@@ -74,7 +74,7 @@ async def test_hostile_entries_raise_only_typed_errors(
         assert isinstance(await tree.settings(), dict)
 
 
-async def test_store_local_takes_only_this_nodes_entries() -> None:
+async def test_storing_a_local_entry_takes_only_this_nodes_entries() -> None:
     async with eidetica.open_instance(None) as inst:
         await inst.import_entries([ROOT])
         foreign = create_entry(
@@ -85,4 +85,4 @@ async def test_store_local_takes_only_this_nodes_entries() -> None:
             stores=[StoreWrite("d", (), b"\x90")],
         )
         with pytest.raises(PermissionDenied, match="receive"):
-            inst.store_local(await inst.open_tree(ROOT.id), foreign)
+            await inst._store_local(await inst.open_tree(ROOT.id), foreign)
