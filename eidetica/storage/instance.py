@@ -66,6 +66,10 @@ logged once, not every time."""
 
 DATABASE_FILE = "eidetica.db"
 
+VERIFY_SLICE = 32
+"""Received entries verified against their tree in one step of the loop: about 1 ms.
+A 1,024-entry page verified in one step held the loop for 40 ms."""
+
 CommitHook = Callable[[Tree, Entry], None]
 """Called with the tree and the entry after every local commit. Hooks must be quick and
 must not block: a sync hook only posts a notice. An exception is logged and ignored."""
@@ -241,13 +245,16 @@ class Instance:
             vouched=lambda failed: self._vouched(tree, failed),
         )
         async with self.lock_for(tree):
-            return await self._take(tree, valid, rejected, source)
+            with trio.CancelScope(shield=True):  # what was released is stored or refused
+                return await self._take(tree, valid, rejected, source)
 
     async def _take(
         self, tree: str, valid: list[Entry], rejected: list[Rejection], source: str | None
     ) -> Receipt:
         """The rest of :meth:`receive`, under the tree's lock: hold, verify against the
-        tree, store."""
+        tree (letting the loop run other tasks every :data:`VERIFY_SLICE` entries),
+        store. Shielded from cancellation: entries taken out of the holding area must
+        not be dropped half-way, and the work is bounded by a page."""
         ready = self._ready_at_once(tree, valid)
         if ready is None:
             self.intake.hold(valid, source=source)
@@ -255,7 +262,9 @@ class Instance:
         verifier = self._verifier()
         records = []
         refused: set[str] = set()
-        for entry in ready:
+        for index, entry in enumerate(ready):
+            if index % VERIFY_SLICE == VERIFY_SLICE - 1:
+                await trio.lowlevel.checkpoint()
             try:
                 if refused.intersection(entry.parents):
                     raise MissingParents(f"entry {entry.id} builds on a refused entry", frozenset())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import trio
+import trio.testing
+
 import eidetica
 from eidetica.errors import (
     BadSignature,
@@ -14,7 +17,8 @@ from eidetica.protocol.entry import Entry, StoreWrite, create_entry
 from eidetica.protocol.intake import Intake
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.crdt import SetOp, encode_ops
-from tests.builders import child_entry
+from eidetica.storage.instance import VERIFY_SLICE
+from tests.builders import build_entries, child_entry
 
 
 async def chain(inst: eidetica.Instance, length: int) -> tuple[eidetica.Tree, list[Entry]]:
@@ -132,3 +136,37 @@ async def test_a_strangers_orphans_do_not_push_out_a_peers_waiting_entries(
         )
         assert receipt.stored == [e.id for e in entries[1:]]
         assert receipt.held == 5 and peer.intake.held_by("ed25519:friend") == 0
+
+
+async def test_a_big_batch_is_verified_a_slice_at_a_time_and_cannot_be_cut_short(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Other tasks run between slices of a page's verification (under a MockClock the
+    checks and the write are inline, so the slices are the only steps), and cancelling
+    the receiver once it has begun still stores the whole page."""
+    entries = build_entries(10 * VERIFY_SLICE)
+    ticks = 0
+    async with eidetica.open_instance(None) as inst:
+        await inst.import_entries(entries[:1])
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            with trio.CancelScope() as scope:
+                nursery.start_soon(cancel_soon, scope)
+                await inst.receive(entries[0].id, [e.raw for e in entries[1:]])
+            nursery.cancel_scope.cancel()
+        assert ticks >= 9
+        tree = await inst.open_tree(entries[0].id)
+        assert await tree.tips() == [entries[-1].id]
+
+
+async def cancel_soon(scope: trio.CancelScope) -> None:
+    await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint()
+    scope.cancel()
