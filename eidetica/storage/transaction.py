@@ -20,7 +20,7 @@ from eidetica.protocol.entry import (
     Entry,
     StoreWrite,
     check_store_name,
-    create_entry,
+    create_commit_entry,
 )
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.backend import Backend, EntryMeta
@@ -132,7 +132,8 @@ def staged_entry(
                 if meta.height < height
             )
         writes.append(StoreWrite(name, store_parents, encode_ops(ops)))
-    return create_entry(
+    # the root, the parents and the store parents are ids the backend holds
+    return create_commit_entry(
         key, tree=root, parents=[meta.id for meta in parents], height=height, stores=writes
     )
 
