@@ -47,7 +47,6 @@ class BatchVerifier:
         self._accepted: dict[str, Record] = {}
         self._metas: dict[str, EntryMeta] = {}
         self._tree_tips: dict[str, tuple[str, ...]] = {}
-        self._allowed: set[tuple[tuple[str, ...], str, bool]] = set()
         self.voided: dict[str, str] = {}
         """Entries accepted that do not count, with the reason."""
 
@@ -93,18 +92,18 @@ class BatchVerifier:
             raise ShapeError(f"entry {entry.id} has height {entry.height}, not {expected}")
         tips = self._settings.tips_as_of([m.settings_head for m in parents], self.lookup)
         verdict = self._verdict(entry.tree_id)
-        plain = self._settings.state(tips, self.lookup)
         changes_settings = entry.store(SETTINGS_STORE) is not None
         if not verdict.trivial:
+            plain = self._settings.state(tips, self.lookup)
             governing = verdict.state(tips)
             self._check_permission(entry, changes_settings, governing, plain)
             return tips, verdict, governing, plain
-        # Where everything counts, the settings at ``tips`` decide alone: an author
-        # allowed there once in this batch is allowed for every entry with those tips.
-        allowed = (tips, entry.author, changes_settings)
-        if allowed not in self._allowed:
-            self._check_permission(entry, changes_settings, plain, plain)
-            self._allowed.add(allowed)
+        # Where everything counts, the settings at ``tips`` decide alone, and the
+        # settings index remembers who they allow: an author's every entry on the same
+        # settings tips, in this batch or a later one, is checked once.
+        plain = self._settings.check_write(
+            tips, entry.author, changes_settings=changes_settings, lookup=self.lookup
+        )
         return tips, verdict, plain, plain
 
     def _judge_new(self, record: Record, tips: tuple[str, ...], still_trivial: bool) -> None:
