@@ -144,4 +144,7 @@ def _newest(metas: Iterable[EntryMeta]) -> list[EntryMeta]:
     A commit merges every tip it can; past the limit it merges the newest, and the
     next commit merges more, so no number of concurrent branches blocks writing.
     """
+    metas = list(metas)
+    if len(metas) <= limits.MAX_PARENTS:
+        return metas  # all of them: the order is the entry's to make
     return sorted(metas, key=lambda meta: (meta.height, meta.id))[-limits.MAX_PARENTS :]

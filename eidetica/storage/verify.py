@@ -74,10 +74,14 @@ class BatchVerifier:
                 for meta in self._parent_metas(entry, write.parents, f"{write.name} parents"):
                     if write.name not in meta.stores or meta.height >= entry.height:
                         raise ShapeError(f"{meta.id} cannot be a {write.name!r} store parent")
-        record = Record(entry, (entry.id,) if entry.store(SETTINGS_STORE) else tips)
+        changes_settings = entry.store(SETTINGS_STORE) is not None
+        record = Record(entry, (entry.id,) if changes_settings else tips)
         self._accepted[entry.id] = record
         self._metas[entry.id] = EntryMeta.of(record)
-        self._judge_new(record, tips, verdict is None or (verdict.trivial and not lowers))
+        if changes_settings or verdict is None:
+            self._judge_new(record, tips, verdict is None or (verdict.trivial and not lowers))
+        else:  # the tree's settings tips, and so its verdict, are as _governing found them
+            self._judge_counts(entry, tips, verdict)
         return record
 
     def _governing(self, entry: Entry) -> _Governing:
@@ -121,8 +125,12 @@ class BatchVerifier:
                 self._judge.assume(new_tips, Verdict.of_history_without_revocations())
             elif (grown := self._judge.verdict(old_tips, self.lookup).extended(entry)) is not None:
                 self._judge.assume(new_tips, grown)
+        self._judge_counts(entry, tips, self._verdict(entry.tree_id))
+
+    def _judge_counts(self, entry: Entry, tips: tuple[str, ...], verdict: Verdict) -> None:
+        """Note in :attr:`voided` why a new entry does not count, if it does not."""
         # a new entry is no stored entry's ancestor, so it is never one of a revocation's
-        reason = self._verdict(entry.tree_id).reason(entry, tips, lambda _e, _r: False)
+        reason = verdict.reason(entry, tips, _never_ancestor)
         if reason is not None:
             self.voided[entry.id] = reason
 
@@ -173,14 +181,23 @@ class BatchVerifier:
         return tips
 
     def _parent_metas(self, entry: Entry, ids: Sequence[str], what: str) -> list[EntryMeta]:
-        metas = [self._metas[i] for i in ids if i in self._metas]
-        if len(metas) < len(ids):
-            metas += self._backend.meta(i for i in ids if i not in self._metas).values()
+        accepted = self._metas
+        metas: list[EntryMeta] = []
+        unknown: list[str] = []
+        for entry_id in ids:
+            meta = accepted.get(entry_id)
+            if meta is None:
+                unknown.append(entry_id)
+            else:
+                metas.append(meta)
+        if unknown:
+            metas += self._backend.meta(unknown).values()
         if len(metas) < len(ids):
             missing = frozenset(ids) - {meta.id for meta in metas}
             raise MissingParents(f"entry {entry.id} lacks {what} {sorted(missing)}", missing)
+        tree = entry.tree_id
         for meta in metas:
-            if meta.tree != entry.tree_id:
+            if meta.tree != tree:
                 raise WrongTree(f"entry {entry.id} names {meta.id} of another tree")
         return metas
 
@@ -193,3 +210,7 @@ class BatchVerifier:
         if entry is None:
             raise MissingParents(f"settings entry {entry_id} is not stored", frozenset())
         return entry
+
+
+def _never_ancestor(_entry: Entry, _revocation: str) -> bool:
+    return False
