@@ -157,10 +157,10 @@ def create_commit_entry(
     """A signed non-root entry made of parts its caller already holds checked: what
     :func:`create_entry` makes from the same parts, for a local commit.
 
-    The caller vouches that ``tree``, ``parents`` and every store's parents are ids of
-    entries it stores: it read them from its backend, which stores nothing unverified.
-    So the pattern of each id is not matched again, nor the author's key (``key``'s
-    own); every other rule of :func:`check_shape` is checked (counts, size, order,
+    The caller vouches that ``parents`` and every store's parents are ids of entries
+    it stores: it read them from its backend, which stores nothing unverified. So
+    their pattern is not matched again, nor the author's key (``key``'s own); every
+    other rule of :func:`check_shape` is checked (counts, size, order, the tree's id,
     store names, a non-root entry's form).
     """
     entry = _signed(
@@ -280,7 +280,7 @@ def check_shape(entry: Entry) -> None:
 
 def _check_shape(entry: Entry, *, parts_checked: bool) -> None:
     """:func:`check_shape`; with ``parts_checked``, less the forms of the author's key
-    and of the ids (see :func:`create_commit_entry`)."""
+    and of the parents' ids (see :func:`create_commit_entry`)."""
     if entry.version != FORMAT_VERSION:
         raise ShapeError(f"unknown entry format version {entry.version}")
     if not parts_checked:
@@ -303,7 +303,7 @@ def _check_shape(entry: Entry, *, parts_checked: bool) -> None:
     if entry.tree is None:
         _check_root(entry)
     else:
-        _check_non_root(entry, parts_checked)
+        _check_non_root(entry)
 
 
 def _check_root(entry: Entry) -> None:
@@ -318,8 +318,8 @@ def _check_root(entry: Entry) -> None:
         raise ShapeError("stores in a root entry have no parents")
 
 
-def _check_non_root(entry: Entry, parts_checked: bool) -> None:
-    if not parts_checked and not is_entry_id(entry.tree):
+def _check_non_root(entry: Entry) -> None:
+    if not is_entry_id(entry.tree):
         raise ShapeError("tree must be the id of the root entry")
     if not entry.parents:
         raise ShapeError("a non-root entry has at least one parent")

@@ -81,9 +81,9 @@ class SigningKey:
     def sign(self, domain: bytes, message: bytes) -> bytes:
         """The 64-byte signature of ``domain + message``.
 
-        Made by libsodium's binding directly: ``nacl.signing.SigningKey.sign`` wraps
-        the same call in a ``SignedMessage`` and copies, a tenth of a local commit's
-        signing time. The signed message is the signature followed by the message.
+        Made by libsodium's binding directly: ``nacl.signing.SigningKey.sign`` makes
+        the same call and wraps its result in a ``SignedMessage`` (about 3 µs of 37
+        here, at every commit). The signed message is the signature, then the message.
         """
         return nacl.bindings.crypto_sign(domain + message, self._secret)[:SIGNATURE_BYTES]
 

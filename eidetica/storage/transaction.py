@@ -147,7 +147,7 @@ def staged_entry(
                 if meta.height < height
             )
         writes.append(StoreWrite(name, store_parents, encode_ops(ops)))
-    # the root, the parents and the store parents are ids the backend holds
+    # the parents and the store parents are ids the backend holds
     return create_commit_entry(
         key, tree=root, parents=[meta.id for meta in parents], height=height, stores=writes
     )

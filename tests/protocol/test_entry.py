@@ -126,6 +126,7 @@ def test_a_commit_entry_reads_back_as_itself_and_as_create_entry_makes_it(
     [
         ({"parents": []}, ShapeError),
         ({"height": 0}, ShapeError),
+        ({"tree": ROOT.id.upper()}, ShapeError),
         (
             {"parents": [f"{i:064x}" for i in range(limits.MAX_PARENTS + 1)]},
             EntryTooLarge,
