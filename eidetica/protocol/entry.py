@@ -138,7 +138,49 @@ def create_entry(
     entropy: bytes = b"",
 ) -> Entry:
     """A signed entry; parents and stores are put in canonical order, then checked."""
-    unsigned = Entry(
+    entry = _signed(
+        key,
+        _unsigned(key, tree=tree, parents=parents, height=height, stores=stores, entropy=entropy),
+    )
+    check_shape(entry)
+    return entry
+
+
+def create_commit_entry(
+    key: SigningKey,
+    *,
+    tree: str,
+    parents: Iterable[str],
+    height: int,
+    stores: Iterable[StoreWrite],
+) -> Entry:
+    """A signed non-root entry made of parts its caller already holds checked: what
+    :func:`create_entry` makes from the same parts, for a local commit.
+
+    The caller vouches that ``parents`` and every store's parents are ids of entries
+    it stores: it read them from its backend, which stores nothing unverified. So
+    their pattern is not matched again, nor the author's key (``key``'s own); every
+    other rule of :func:`check_shape` is checked (counts, size, order, the tree's id,
+    store names, a non-root entry's form).
+    """
+    entry = _signed(
+        key, _unsigned(key, tree=tree, parents=parents, height=height, stores=stores, entropy=b"")
+    )
+    _check_shape(entry, parts_checked=True)
+    return entry
+
+
+def _unsigned(
+    key: SigningKey,
+    *,
+    tree: str | None,
+    parents: Iterable[str],
+    height: int,
+    stores: Iterable[StoreWrite],
+    entropy: bytes,
+) -> Entry:
+    """The entry with an empty signature, its parents and stores in canonical order."""
+    return Entry(
         version=FORMAT_VERSION,
         tree=tree,
         parents=tuple(sorted(set(parents))),
@@ -146,20 +188,31 @@ def create_entry(
         stores=tuple(
             sorted(
                 (StoreWrite(w.name, tuple(sorted(set(w.parents))), w.data) for w in stores),
-                key=lambda w: w.name,
+                key=_store_name,
             )
         ),
         entropy=entropy,
         author=key.public_key,
         signature=b"",
     )
-    unsigned_raw = unsigned.raw
+
+
+def _store_name(write: StoreWrite) -> str:
+    return write.name
+
+
+def _signed(key: SigningKey, unsigned: Entry) -> Entry:
+    """``unsigned`` with its signature, its canonical bytes and its id: the bytes are
+    the unsigned encoding with the empty signature swapped for the real one (the last
+    field), and the id is hashed once here rather than on first use."""
+    unsigned_raw = _ENCODER.encode(unsigned)
     signature = key.sign(ENTRY_DOMAIN, unsigned_raw)
+    raw = unsigned_raw[: -len(_EMPTY_BIN)] + _SIGNED_TAIL + signature
+    if len(raw) > limits.MAX_ENTRY_BYTES:
+        raise EntryTooLarge(f"entry is {len(raw)} bytes, over {limits.MAX_ENTRY_BYTES}")
     entry = msgspec.structs.replace(unsigned, signature=signature)
-    entry.__dict__["raw"] = unsigned_raw[: -len(_EMPTY_BIN)] + _SIGNED_TAIL + signature
-    if len(entry.raw) > limits.MAX_ENTRY_BYTES:
-        raise EntryTooLarge(f"entry is {len(entry.raw)} bytes, over {limits.MAX_ENTRY_BYTES}")
-    check_shape(entry)
+    entry.__dict__["raw"] = raw
+    entry.__dict__["id"] = hashlib.sha256(raw).hexdigest()
     return entry
 
 
@@ -222,13 +275,20 @@ def check_signature(entry: Entry) -> None:
 
 def check_shape(entry: Entry) -> None:
     """Raise :class:`ShapeError` unless the entry keeps every structural rule."""
+    _check_shape(entry, parts_checked=False)
+
+
+def _check_shape(entry: Entry, *, parts_checked: bool) -> None:
+    """:func:`check_shape`; with ``parts_checked``, less the forms of the author's key
+    and of the parents' ids (see :func:`create_commit_entry`)."""
     if entry.version != FORMAT_VERSION:
         raise ShapeError(f"unknown entry format version {entry.version}")
-    try:
-        check_public_key(entry.author)
-    except InvalidKey as exc:
-        raise ShapeError(f"author is not a valid key: {exc}") from exc
-    _check_ids("parent", entry.parents)
+    if not parts_checked:
+        try:
+            check_public_key(entry.author)
+        except InvalidKey as exc:
+            raise ShapeError(f"author is not a valid key: {exc}") from exc
+    _check_ids("parent", entry.parents, parts_checked)
     if len(entry.stores) > limits.MAX_STORES:
         raise EntryTooLarge(f"entry writes {len(entry.stores)} stores, over {limits.MAX_STORES}")
     names = [write.name for write in entry.stores]
@@ -239,7 +299,7 @@ def check_shape(entry: Entry) -> None:
             check_store_name(write.name, allow_reserved=True)
         except InvalidStoreName as exc:
             raise ShapeError(str(exc)) from exc
-        _check_ids(f"store {write.name!r} parent", write.parents)
+        _check_ids(f"store {write.name!r} parent", write.parents, parts_checked)
     if entry.tree is None:
         _check_root(entry)
     else:
@@ -269,11 +329,13 @@ def _check_non_root(entry: Entry) -> None:
         raise ShapeError("only a root entry carries entropy")
 
 
-def _check_ids(what: str, ids: tuple[str, ...]) -> None:
+def _check_ids(what: str, ids: tuple[str, ...], parts_checked: bool) -> None:
     if len(ids) > limits.MAX_PARENTS:
         raise EntryTooLarge(f"{len(ids)} {what}s, over {limits.MAX_PARENTS}")
     if list(ids) != sorted(set(ids)):
         raise ShapeError(f"{what}s must be sorted with no duplicates")
+    if parts_checked:
+        return
     for value in ids:
         if not is_entry_id(value):
             raise ShapeError(f"{what} {value[:40]!r} is not an entry id")

@@ -11,6 +11,7 @@ import base64
 import binascii
 import functools
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -59,13 +60,13 @@ def verify(public_key: str, domain: bytes, message: bytes, signature: bytes) -> 
 class SigningKey:
     """A device's private key: makes signatures, and knows its public key string."""
 
-    __slots__ = ("_key", "public_key")
+    __slots__ = ("_secret", "public_key")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != SEED_BYTES:
             raise InvalidKey(f"a signing key seed is {SEED_BYTES} bytes, got {len(seed)}")
-        self._key = nacl.signing.SigningKey(seed)
-        self.public_key: str = format_public_key(bytes(self._key.verify_key))
+        public, self._secret = nacl.bindings.crypto_sign_seed_keypair(seed)  # seed + public
+        self.public_key: str = format_public_key(public)
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -75,11 +76,16 @@ class SigningKey:
     @property
     def seed(self) -> bytes:
         """The 32 secret bytes the key is made from; keep them private."""
-        return bytes(self._key)
+        return self._secret[:SEED_BYTES]
 
     def sign(self, domain: bytes, message: bytes) -> bytes:
-        """The 64-byte signature of ``domain + message``."""
-        return bytes(self._key.sign(domain + message).signature)
+        """The 64-byte signature of ``domain + message``.
+
+        Made by libsodium's binding directly: ``nacl.signing.SigningKey.sign`` makes
+        the same call and wraps its result in a ``SignedMessage`` (about 3 µs of 37
+        here, at every commit). The signed message is the signature, then the message.
+        """
+        return nacl.bindings.crypto_sign(domain + message, self._secret)[:SIGNATURE_BYTES]
 
     def __repr__(self) -> str:
         return f"SigningKey({self.public_key})"

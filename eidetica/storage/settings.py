@@ -14,11 +14,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
+from eidetica.protocol.auth import check_write
 from eidetica.protocol.entry import SETTINGS_STORE, Entry
 from eidetica.storage.crdt import Document, apply_ops, decode_ops
 
 MAX_STATES = 256
 """Settings states kept; older ones are refolded when asked for again."""
+MAX_WRITERS = 4096
+"""Writers remembered as allowed (see :meth:`SettingsIndex.check_write`); past this
+many the oldest is forgotten and checked again when it next writes."""
 
 Lookup = Callable[[str], Entry]
 """Finds an entry by id among stored ones and those of the batch being verified."""
@@ -51,9 +55,11 @@ class SettingsIndex:
     entry asked about, never by stored closures.
     """
 
-    def __init__(self, max_states: int = MAX_STATES) -> None:
+    def __init__(self, max_states: int = MAX_STATES, max_writers: int = MAX_WRITERS) -> None:
         self._states: OrderedDict[frozenset[str], Document] = OrderedDict()
         self._max_states = max_states
+        self._writers: dict[tuple[tuple[str, ...], str, bool], None] = {}
+        self._max_writers = max_writers
 
     def tips_as_of(self, heads: Sequence[tuple[str, ...]], lookup: Lookup) -> tuple[str, ...]:
         """The settings tips of an entry whose parents have these settings heads."""
@@ -101,6 +107,28 @@ class SettingsIndex:
         self._states[key] = state
         if len(self._states) > self._max_states:
             self._states.popitem(last=False)
+        return state
+
+    def check_write(
+        self, tips: tuple[str, ...], author: str, *, changes_settings: bool, lookup: Lookup
+    ) -> Document:
+        """The settings at ``tips``, once ``author`` is found to hold there the
+        permission its write needs (admin to change settings, else write); raise
+        :class:`~eidetica.errors.PermissionDenied` if it does not.
+
+        An allowed writer is remembered with the tips: the settings at given tips
+        never change (ids name their content), so neither does the answer, and a
+        writer asks it again at every commit until the settings change. A refusal is
+        not remembered. Whether the settings at ``tips`` are the ones that count is
+        the caller's to know (they are where nothing is voided).
+        """
+        state = self.state(tips, lookup)
+        writer = (tips, author, changes_settings)
+        if writer not in self._writers:
+            check_write(state, author, changes_settings=changes_settings)
+            self._writers[writer] = None
+            if len(self._writers) > self._max_writers:
+                del self._writers[next(iter(self._writers))]
         return state
 
     def _extend_parent_state(self, tips: tuple[str, ...], lookup: Lookup) -> Document | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 
 from eidetica.errors import TransactionClosed, TreeNotFound
 from eidetica.protocol import limits
@@ -20,7 +21,7 @@ from eidetica.protocol.entry import (
     Entry,
     StoreWrite,
     check_store_name,
-    create_entry,
+    create_commit_entry,
 )
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.backend import Backend, EntryMeta
@@ -41,6 +42,21 @@ class _Phase(enum.Enum):
     DISCARDED = "discarded"
 
 
+class _Status:
+    """A transaction's phase, shared with its staged documents, which ask it whether
+    they may still stage. They hold this, not the transaction: a document holding its
+    transaction would close a reference cycle, and every commit would leave its
+    transaction for the garbage collector instead of freeing it at once."""
+
+    __slots__ = ("phase",)
+
+    def __init__(self) -> None:
+        self.phase = _Phase.OPEN
+
+    def is_open(self) -> bool:
+        return self.phase is _Phase.OPEN
+
+
 class AtomicOp:
     """Writes staged against one tree. Use through ``async with tree.transaction()``.
 
@@ -54,7 +70,7 @@ class AtomicOp:
         self._load = load
         self._commit = commit
         self._docs: dict[str, StagedDoc] = {}
-        self._phase = _Phase.OPEN
+        self._status = _Status()
 
     def doc(self, name: str) -> DocStore:
         """Document store ``name``, for staging writes and reading them back."""
@@ -65,38 +81,37 @@ class AtomicOp:
         return self._staged(SETTINGS_STORE)
 
     def _staged(self, name: str) -> StagedDoc:
-        if self._phase is not _Phase.OPEN:
-            raise TransactionClosed(f"this transaction has {self._phase.value}")
+        status = self._status
+        if status.phase is not _Phase.OPEN:
+            raise TransactionClosed(f"this transaction has {status.phase.value}")
         doc = self._docs.get(name)
         if doc is None:
-            load = self._load
-            doc = self._docs[name] = StagedDoc(
-                name, lambda: load(name), lambda: self._phase is _Phase.OPEN
-            )
+            doc = self._docs[name] = StagedDoc(name, partial(self._load, name), status.is_open)
         return doc
 
     @property
     def is_open(self) -> bool:
         """Whether writes may still be staged (not yet committed or discarded)."""
-        return self._phase is _Phase.OPEN
+        return self._status.is_open()
 
     def discard(self) -> None:
         """Drop everything staged; the transaction can no longer be used."""
-        if self._phase is _Phase.OPEN:
-            self._phase = _Phase.DISCARDED
+        if self._status.phase is _Phase.OPEN:
+            self._status.phase = _Phase.DISCARDED
 
     async def commit(self) -> Entry | None:
         """Sign and store the staged writes as one entry whose parents are the current
         tips, then run the commit hooks. A transaction that wrote nothing stores nothing."""
-        if self._phase is not _Phase.OPEN:
-            raise TransactionClosed(f"this transaction has {self._phase.value}")
+        status = self._status
+        if status.phase is not _Phase.OPEN:
+            raise TransactionClosed(f"this transaction has {status.phase.value}")
         staged = {name: tuple(doc.ops) for name, doc in self._docs.items() if doc.ops}
         try:
             entry = await self._commit(staged)
         except BaseException:
-            self._phase = _Phase.DISCARDED  # refused or cancelled: nothing was stored
+            status.phase = _Phase.DISCARDED  # refused or cancelled: nothing was stored
             raise
-        self._phase = _Phase.COMMITTED
+        status.phase = _Phase.COMMITTED
         self.entry = entry
         return entry
 
@@ -132,7 +147,8 @@ def staged_entry(
                 if meta.height < height
             )
         writes.append(StoreWrite(name, store_parents, encode_ops(ops)))
-    return create_entry(
+    # the parents and the store parents are ids the backend holds
+    return create_commit_entry(
         key, tree=root, parents=[meta.id for meta in parents], height=height, stores=writes
     )
 
@@ -143,4 +159,7 @@ def _newest(metas: Iterable[EntryMeta]) -> list[EntryMeta]:
     A commit merges every tip it can; past the limit it merges the newest, and the
     next commit merges more, so no number of concurrent branches blocks writing.
     """
+    metas = list(metas)
+    if len(metas) <= limits.MAX_PARENTS:
+        return metas  # all of them: the order is the entry's to make
     return sorted(metas, key=lambda meta: (meta.height, meta.id))[-limits.MAX_PARENTS :]

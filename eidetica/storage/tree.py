@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from functools import partial
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from eidetica.errors import EntryNotFound
@@ -86,20 +86,10 @@ class Tree:
         require_trio()
         return list(self.instance.backend.tree_entries(self.root_id))
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AtomicOp]:
+    def transaction(self) -> AbstractAsyncContextManager[AtomicOp]:
         """Stage writes; a clean exit commits them as one signed entry, an error discards
         them. The entry's parents are the tips at commit time."""
-        require_trio()
-        states = self.instance.doc_states
-        op = AtomicOp(partial(states.state, self.root_id), partial(self.instance.commit, self))
-        try:
-            yield op
-        except BaseException:
-            op.discard()
-            raise
-        if op.is_open:  # the block may have committed or discarded it itself
-            await op.commit()
+        return _Transaction(self)
 
     async def grant(self, key: str, permission: str) -> None:
         """Give ``key`` (or ``"*"`` for anyone) ``read``, ``write`` or ``admin``."""
@@ -124,3 +114,43 @@ class Tree:
 
     def __repr__(self) -> str:
         return f"Tree({self.root_id[:16]}...)"
+
+
+class _Transaction:
+    """``async with tree.transaction() as op``: the transaction is made on entering,
+    discarded if the block raises, and committed on a clean exit unless the block
+    committed or discarded it itself.
+
+    A class rather than an ``@asynccontextmanager``: entering and leaving a generator's
+    context costs about five times as much, and every local commit pays it.
+    """
+
+    __slots__ = ("_op", "_tree")
+
+    def __init__(self, tree: Tree) -> None:
+        self._tree = tree
+        self._op: AtomicOp | None = None
+
+    async def __aenter__(self) -> AtomicOp:
+        require_trio()
+        if self._op is not None:
+            raise RuntimeError("a transaction block is entered once")
+        tree = self._tree
+        instance = tree.instance
+        self._op = AtomicOp(
+            partial(instance.doc_states.state, tree.root_id), partial(instance.commit, tree)
+        )
+        return self._op
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        op = self._op
+        assert op is not None, "left without being entered"
+        if exc_type is not None:
+            op.discard()
+        elif op.is_open:
+            await op.commit()

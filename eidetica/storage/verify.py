@@ -47,7 +47,6 @@ class BatchVerifier:
         self._accepted: dict[str, Record] = {}
         self._metas: dict[str, EntryMeta] = {}
         self._tree_tips: dict[str, tuple[str, ...]] = {}
-        self._allowed: set[tuple[tuple[str, ...], str, bool]] = set()
         self.voided: dict[str, str] = {}
         """Entries accepted that do not count, with the reason."""
 
@@ -75,10 +74,14 @@ class BatchVerifier:
                 for meta in self._parent_metas(entry, write.parents, f"{write.name} parents"):
                     if write.name not in meta.stores or meta.height >= entry.height:
                         raise ShapeError(f"{meta.id} cannot be a {write.name!r} store parent")
-        record = Record(entry, (entry.id,) if entry.store(SETTINGS_STORE) else tips)
+        changes_settings = entry.store(SETTINGS_STORE) is not None
+        record = Record(entry, (entry.id,) if changes_settings else tips)
         self._accepted[entry.id] = record
         self._metas[entry.id] = EntryMeta.of(record)
-        self._judge_new(record, tips, verdict is None or (verdict.trivial and not lowers))
+        if changes_settings or verdict is None:
+            self._judge_new(record, tips, verdict is None or (verdict.trivial and not lowers))
+        else:  # the tree's settings tips, and so its verdict, are as _governing found them
+            self._judge_counts(entry, tips, verdict)
         return record
 
     def _governing(self, entry: Entry) -> _Governing:
@@ -93,18 +96,18 @@ class BatchVerifier:
             raise ShapeError(f"entry {entry.id} has height {entry.height}, not {expected}")
         tips = self._settings.tips_as_of([m.settings_head for m in parents], self.lookup)
         verdict = self._verdict(entry.tree_id)
-        plain = self._settings.state(tips, self.lookup)
         changes_settings = entry.store(SETTINGS_STORE) is not None
         if not verdict.trivial:
+            plain = self._settings.state(tips, self.lookup)
             governing = verdict.state(tips)
             self._check_permission(entry, changes_settings, governing, plain)
             return tips, verdict, governing, plain
-        # Where everything counts, the settings at ``tips`` decide alone: an author
-        # allowed there once in this batch is allowed for every entry with those tips.
-        allowed = (tips, entry.author, changes_settings)
-        if allowed not in self._allowed:
-            self._check_permission(entry, changes_settings, plain, plain)
-            self._allowed.add(allowed)
+        # Where everything counts, the settings at ``tips`` decide alone, and the
+        # settings index remembers who they allow: an author's every entry on the same
+        # settings tips, in this batch or a later one, is checked once.
+        plain = self._settings.check_write(
+            tips, entry.author, changes_settings=changes_settings, lookup=self.lookup
+        )
         return tips, verdict, plain, plain
 
     def _judge_new(self, record: Record, tips: tuple[str, ...], still_trivial: bool) -> None:
@@ -122,8 +125,12 @@ class BatchVerifier:
                 self._judge.assume(new_tips, Verdict.of_history_without_revocations())
             elif (grown := self._judge.verdict(old_tips, self.lookup).extended(entry)) is not None:
                 self._judge.assume(new_tips, grown)
+        self._judge_counts(entry, tips, self._verdict(entry.tree_id))
+
+    def _judge_counts(self, entry: Entry, tips: tuple[str, ...], verdict: Verdict) -> None:
+        """Note in :attr:`voided` why a new entry does not count, if it does not."""
         # a new entry is no stored entry's ancestor, so it is never one of a revocation's
-        reason = self._verdict(entry.tree_id).reason(entry, tips, lambda _e, _r: False)
+        reason = verdict.reason(entry, tips, _never_ancestor)
         if reason is not None:
             self.voided[entry.id] = reason
 
@@ -174,14 +181,23 @@ class BatchVerifier:
         return tips
 
     def _parent_metas(self, entry: Entry, ids: Sequence[str], what: str) -> list[EntryMeta]:
-        metas = [self._metas[i] for i in ids if i in self._metas]
-        if len(metas) < len(ids):
-            metas += self._backend.meta(i for i in ids if i not in self._metas).values()
+        accepted = self._metas
+        metas: list[EntryMeta] = []
+        unknown: list[str] = []
+        for entry_id in ids:
+            meta = accepted.get(entry_id)
+            if meta is None:
+                unknown.append(entry_id)
+            else:
+                metas.append(meta)
+        if unknown:
+            metas += self._backend.meta(unknown).values()
         if len(metas) < len(ids):
             missing = frozenset(ids) - {meta.id for meta in metas}
             raise MissingParents(f"entry {entry.id} lacks {what} {sorted(missing)}", missing)
+        tree = entry.tree_id
         for meta in metas:
-            if meta.tree != entry.tree_id:
+            if meta.tree != tree:
                 raise WrongTree(f"entry {entry.id} names {meta.id} of another tree")
         return metas
 
@@ -194,3 +210,7 @@ class BatchVerifier:
         if entry is None:
             raise MissingParents(f"settings entry {entry_id} is not stored", frozenset())
         return entry
+
+
+def _never_ancestor(_entry: Entry, _revocation: str) -> bool:
+    return False

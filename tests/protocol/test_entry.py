@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import nacl.signing
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,8 +27,10 @@ from eidetica.protocol.entry import (
     Entry,
     StoreWrite,
     check_store_name,
+    create_commit_entry,
     create_entry,
     decode_entry,
+    read_entry,
     validate_entry,
 )
 from eidetica.protocol.keys import SigningKey, check_public_key, verify
@@ -80,6 +83,80 @@ def test_any_flipped_byte_fails_validation(shape: list[list[int]], data: st.Data
     corrupt[index] ^= mask
     with pytest.raises(InvalidEntry):
         validate_entry(bytes(corrupt))
+
+
+entry_ids = st.binary(min_size=32, max_size=32).map(bytes.hex)
+
+
+@given(
+    parents=st.lists(entry_ids, min_size=1, max_size=limits.MAX_PARENTS),
+    store_parents=st.lists(entry_ids, max_size=4),
+    stores=store_writes,
+    height=st.integers(1, 2**40),
+    settings=st.booleans(),
+)
+def test_a_commit_entry_reads_back_as_itself_and_as_create_entry_makes_it(
+    parents: list[str],
+    store_parents: list[str],
+    stores: list[StoreWrite],
+    height: int,
+    settings: bool,
+) -> None:
+    # A local commit's entry skips the id patterns: its bytes must still be exactly
+    # what a peer's read_entry accepts, with the id, signature and fields it has here.
+    writes = [StoreWrite(w.name, tuple(reversed(store_parents)), w.data) for w in stores]
+    if settings:
+        writes.append(StoreWrite("_settings", tuple(store_parents), b"\x90"))
+    parts: dict[str, Any] = {
+        "tree": ROOT.id,
+        "parents": list(reversed(parents)),
+        "height": height,
+        "stores": writes,
+    }
+    entry = create_commit_entry(KEY, **parts)
+    read = read_entry(entry.raw, expected_id=entry.id)
+    assert read == entry
+    assert read.raw == entry.raw
+    assert read.id == entry.id == create_entry(KEY, **parts).id
+    assert validate_entry(entry.raw) == entry
+
+
+@pytest.mark.parametrize(
+    ("parts", "error"),
+    [
+        ({"parents": []}, ShapeError),
+        ({"height": 0}, ShapeError),
+        ({"tree": ROOT.id.upper()}, ShapeError),
+        (
+            {"parents": [f"{i:064x}" for i in range(limits.MAX_PARENTS + 1)]},
+            EntryTooLarge,
+        ),
+        (
+            {"stores": [StoreWrite(f"s{i}", (), b"") for i in range(limits.MAX_STORES + 1)]},
+            EntryTooLarge,
+        ),
+        ({"stores": [StoreWrite("no/slash", (), b"")]}, ShapeError),
+        ({"stores": [StoreWrite("_private", (), b"")]}, ShapeError),
+        ({"stores": [StoreWrite("big", (), b"x" * limits.MAX_ENTRY_BYTES)]}, EntryTooLarge),
+    ],
+)
+def test_a_commit_entry_keeps_every_rule_its_parts_do_not(
+    parts: dict[str, Any], error: type[Exception]
+) -> None:
+    fields: dict[str, Any] = {"tree": ROOT.id, "parents": [ROOT.id], "height": 1, "stores": []}
+    with pytest.raises(error):
+        create_commit_entry(KEY, **{**fields, **parts})
+
+
+@given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=300))
+def test_signatures_are_libsodiums_for_the_same_seed(seed: bytes, message: bytes) -> None:
+    key = SigningKey(seed)
+    signature = key.sign(b"domain\x00", message)
+    expected = nacl.signing.SigningKey(seed).sign(b"domain\x00" + message).signature
+    assert signature == expected
+    assert key.seed == seed
+    assert SigningKey(key.seed).public_key == key.public_key
+    verify(key.public_key, b"domain\x00", message, signature)
 
 
 def test_forged_id_is_rejected() -> None:

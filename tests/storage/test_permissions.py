@@ -223,3 +223,24 @@ async def test_permission_reads_the_settings_as_of_the_tips(
     assert await tree.permission(other.public_key) == Permission.WRITE
     await tree.revoke(other.public_key)
     assert await tree.permission(other.public_key) == Permission.READ  # still through "*"
+
+
+async def test_a_writer_allowed_before_its_revocation_is_refused_after_it(
+    inst: eidetica.Instance, other: eidetica.Instance
+) -> None:
+    # Each node remembers who the settings at given tips allow; a revocation makes new
+    # tips, so what was remembered under the old ones does not let the writer through.
+    tree = await inst.create_tree(name="t")
+    await tree.grant(other.public_key, "write")
+    theirs = await copy_tree(tree, other)
+    for value in range(2):
+        async with theirs.transaction() as op:
+            op.doc("d").set("x", value)
+    await copy_tree(theirs, inst)
+    await tree.revoke(other.public_key)
+    await copy_tree(tree, other)
+    assert await theirs.voided() == {}  # everything counts: the plain path
+    with pytest.raises(PermissionDenied, match="has no permission"):
+        async with theirs.transaction() as op:
+            op.doc("d").set("x", "after revoke")
+    assert (await theirs.doc("d")).get("x") == 1

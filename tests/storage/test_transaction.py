@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -235,3 +239,37 @@ async def test_more_tips_than_an_entry_can_name_still_commit(inst: eidetica.Inst
     assert op.entry is not None
     assert len(await tree.tips()) == 1  # the second commit merged what the first could not
     assert (await tree.doc("d")).get("k0") == 0
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The cyclic garbage collector off: only reference counts free objects."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.usefixtures("no_collector")
+async def test_a_transaction_is_freed_without_the_garbage_collector(
+    inst: eidetica.Instance,
+) -> None:
+    # A transaction in a reference cycle waits for the collector, and a writer's every
+    # commit would leave one: a collection of the young generation every few dozen.
+    tree = await inst.create_tree(name="t")
+    freed = []
+    for end in ("commit", "discard", "error"):
+        with pytest.raises(ValueError) if end == "error" else contextlib.nullcontext():
+            async with tree.transaction() as op:
+                op.doc("d").set("x", 1)
+                op.settings().set("note", end)
+                assert op.doc("d").get("x") == 1
+                if end == "discard":
+                    op.discard()
+                elif end == "error":
+                    raise ValueError(end)
+        freed.append(weakref.ref(op))
+        del op
+    assert [ref() for ref in freed] == [None, None, None]
