@@ -39,7 +39,7 @@ class Tree:
         """A snapshot of document store ``name`` (empty if nothing wrote to it)."""
         require_trio()
         check_store_name(name)
-        return DocStore(name, self.instance.doc_states.state(self.root_id, name))
+        return DocStore(name, self.instance.doc_states.view(self.root_id, name))
 
     async def settings(self) -> dict[str, Any]:
         """The tree's settings document as of its tips: ``name``, ``auth`` and more."""
@@ -92,7 +92,7 @@ class Tree:
         them. The entry's parents are the tips at commit time."""
         require_trio()
         states = self.instance.doc_states
-        op = AtomicOp(partial(states.state, self.root_id), partial(self.instance.commit, self))
+        op = AtomicOp(partial(states.view, self.root_id), partial(self.instance.commit, self))
         try:
             yield op
         except BaseException:
