@@ -25,7 +25,8 @@ Path = tuple[str, ...]
 Document = dict[str, Any]
 Root = Document | Shards
 """A folded document as a fold keeps it: one dict, or its top level in
-:class:`~eidetica.storage.shards.Shards` (a state resumed from a snapshot)."""
+:class:`~eidetica.storage.shards.Shards` (once the fold has been snapshotted, or
+resumed from a snapshot)."""
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
