@@ -207,7 +207,10 @@ def materialized(state: Root) -> Document:
 
 def lookup(state: Root, path: Path) -> Any:
     """The value at ``path`` (not a copy), or :data:`MISSING`."""
-    node: Any = state if isinstance(state, dict) else state.read(path[0])
+    if not path or isinstance(state, dict):
+        node: Any = materialized(state)
+    else:
+        node = state.read(path[0])  # the shard is a dict of the top-level keys in it
     for segment in path:
         if not isinstance(node, dict) or segment not in node:
             return MISSING

@@ -28,10 +28,13 @@ unreadable snapshot costs a refold, never a wrong read.
 A snapshot keeps the document's top level in shards (:mod:`eidetica.storage.shards`),
 so a cold read decodes only the shards it reads, not the whole document. A fold is
 kept in shards from its first snapshot on, so later snapshots encode only the shards
-that changed. :meth:`DocStates.view` hands readers that form; :meth:`DocStates.state`
-hands out one dict (the settings readers want one), merging the shards once.
-Snapshots written before shards (format 1: the whole state as one map) are still
-read, and rewritten in shards when the instance closes.
+that changed (and split it again into more shards once they are crowded).
+:meth:`DocStates.view` hands readers that form; :meth:`DocStates.state` hands out one
+dict (the settings readers want one), merging the shards once. Snapshots written
+before shards (format 1: the whole state as one map) are still read, and rewritten
+in shards when the instance closes. A shard that does not decode when a read first
+needs it raises :class:`StorageError` from that read: shards are decoded lazily, so
+their damage is found late.
 """
 
 from __future__ import annotations
@@ -188,6 +191,8 @@ class DocStates:
             return
         if isinstance(fold.state, dict):
             fold.state = Shards.partition(fold.state)
+        elif fold.state.crowded():
+            fold.state = Shards.partition(fold.state.to_dict())
         persisted = _Sharded(fold.applied, verdict_digest(fold.verdict), fold.state.encoded())
         data = _ENCODER.encode(persisted)
         if len(data) > MAX_SNAPSHOT_BYTES:

@@ -15,6 +15,11 @@ shard, and :meth:`Shards.writable` copies the one shard a write changes. Readers
 other threads may decode a shard of a shared :class:`Shards` at once: each keeps an
 equal dict, and no shard of a shared one is ever changed in place.
 
+The number of shards is chosen when a document is split, for the keys it has then.
+A document that keeps growing is split again when its shards grow crowded
+(:meth:`Shards.crowded`, judged by the shards it has decoded, which cost nothing to
+count), so a read's shard stays small.
+
 The hash is CRC-32 rather than Python's ``hash`` because shards outlive the process.
 Keys chosen to fall in one shard cost what a document without shards costs, no more.
 """
@@ -32,6 +37,8 @@ KEYS_PER_SHARD = 64
 """The mean number of keys a shard is made for: small enough that reading one costs
 microseconds, large enough that a 100,000-key document has a few thousand shards."""
 MAX_SHARDS = 1 << 16
+CROWDED = 4
+"""Shards holding this many times :data:`KEYS_PER_SHARD` on average are split again."""
 
 _ENCODER = msgspec.msgpack.Encoder()
 _SHARD_DECODER = msgspec.msgpack.Decoder(dict[str, Any])
@@ -89,6 +96,17 @@ class Shards:
     def loaded(self) -> int:
         """How many shards are decoded (read or written since the snapshot)."""
         return sum(shard is not None for shard in self._decoded)
+
+    def crowded(self) -> bool:
+        """Whether the shards read or written so far hold :data:`CROWDED` times
+        :data:`KEYS_PER_SHARD` keys on average, so the document should be split into
+        more of them (an estimate from the decoded shards alone)."""
+        decoded = [len(shard) for shard in self._decoded if shard is not None]
+        return (
+            bool(decoded)
+            and len(self._decoded) < MAX_SHARDS
+            and sum(decoded) > CROWDED * KEYS_PER_SHARD * len(decoded)
+        )
 
     def read(self, key: str) -> dict[str, Any]:
         """The shard that holds ``key`` (if anything does). Shared: never change it."""

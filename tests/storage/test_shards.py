@@ -112,3 +112,20 @@ def test_a_shard_that_does_not_decode_is_a_storage_error_when_read(data: bytes) 
     state = Shards.from_encoded([data])
     with pytest.raises(StorageError, match="shard 0 of a document snapshot does not decode"):
         lookup(state, ("a",))
+
+
+def test_a_document_that_grew_is_split_again_when_its_shards_are_crowded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shards_module, "KEYS_PER_SHARD", 4)
+    state: Root = resumed({f"k{i}": i for i in range(8)})
+    assert isinstance(state, Shards)
+    assert state.count == 2
+    owned: Owned = {}
+    state = apply_to_root(state, [SetOp((f"n{i}",), i) for i in range(24)], owned)
+    assert isinstance(state, Shards)
+    assert not state.crowded()  # 32 keys in 2 shards: 16 on average, not over 4 x 4
+    state = apply_to_root(state, [SetOp((f"m{i}",), i) for i in range(40)], owned)
+    assert isinstance(state, Shards)
+    assert state.crowded()  # 72 keys in 2 shards
+    assert Shards.partition(state.to_dict()).count == 32

@@ -309,3 +309,28 @@ async def test_a_cold_read_of_a_large_document_decodes_only_the_shard_it_reads(
         expected = {f"k{i}": "changed" if i == 1 else {"value": i} for i in range(1000)}
         assert doc.to_dict() == expected
         assert node.doc_states.state(tree.root_id, SETTINGS_STORE)["name"] == "t"
+
+
+async def test_a_snapshot_splits_a_document_that_grew_into_more_shards(
+    monkeypatch: pytest.MonkeyPatch, snapshot_often: None
+) -> None:
+    """Shards are counted for the keys a document has when first split; once the ones
+    written to are crowded, the next snapshot splits the document again."""
+    monkeypatch.setattr(shards, "KEYS_PER_SHARD", 2)
+    async with eidetica.open_instance(None) as node:
+        tree = await node.create_tree("t")
+        counts = []
+        for i in range(64):
+            async with tree.transaction() as op:
+                op.doc("d").set(f"k{i}", i)
+            assert (await tree.doc("d")).get(f"k{i}") == i
+            view = node.doc_states.view(tree.root_id, "d")
+            assert isinstance(view, Shards)
+            counts.append(view.count)
+        assert counts == sorted(counts)
+        assert counts[0] == 1
+        assert counts[-1] >= 64 // (shards.CROWDED * 2)
+        cold = DocStates(node.backend).view(tree.root_id, "d")
+        assert isinstance(cold, Shards)
+        assert cold.count == counts[-1]
+        assert materialized(cold) == {f"k{i}": i for i in range(64)}
