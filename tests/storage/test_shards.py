@@ -22,6 +22,7 @@ from eidetica.storage.crdt import (
     lookup,
     materialized,
 )
+from eidetica.storage.docstore import StagedDoc
 from eidetica.storage.shards import Shards, shard_count, shard_of
 from tests.storage.test_crdt import fold, json_values
 
@@ -129,3 +130,25 @@ def test_a_document_that_grew_is_split_again_when_its_shards_are_crowded(
     assert isinstance(state, Shards)
     assert state.crowded()  # 72 keys in 2 shards
     assert Shards.partition(state.to_dict()).count == 32
+
+
+@given(first=ops, staged=ops)
+def test_a_transaction_on_shards_reads_what_it_would_on_one_dict(
+    first: list[Op], staged: list[Op]
+) -> None:
+    """A transaction's document loaded in shards reads its own staged writes, at
+    every path, as one loaded as a dict does, and leaves the loaded state as it was."""
+    shared = resumed(fold(*first))
+    on_shards = StagedDoc("d", lambda: shared, lambda: True)
+    on_dict = StagedDoc("d", lambda: fold(*first), lambda: True)
+    for doc in (on_shards, on_dict):
+        for op in staged:
+            if isinstance(op, SetOp):
+                doc.set(op.path, op.value)
+            else:
+                doc.delete(op.path)
+    assert on_shards.to_dict() == on_dict.to_dict() == fold(*first, *staged)
+    for op in (*first, *staged):
+        assert on_shards.get(op.path, "absent") == on_dict.get(op.path, "absent")
+    assert shared.to_dict() == fold(*first)
+    assert on_shards.ops == on_dict.ops
