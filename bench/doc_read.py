@@ -6,7 +6,9 @@ length (target: under 10 ms). Three cases:
 
 - *cached*: repeated reads with nothing new, the common case;
 - *after a commit*: one commit, then a read, which applies the new entry to the fold;
-- *cold*: the first read on a freshly reopened instance, which refolds every entry.
+- *cold*: the first read on a freshly reopened instance, which starts from the
+  store's snapshot (written when the instance closed) and decodes only the shards of
+  it that the read needs.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from eidetica.protocol.entry import Entry
 from eidetica.protocol.randomness import Randomness
 from eidetica.storage import instance as trio_instance
 from eidetica.storage import tree as trio_tree
-from eidetica.storage.crdt import Document, Op
+from eidetica.storage.crdt import Op, Root
 from eidetica.storage.transaction import AtomicOp
 
 P = ParamSpec("P")
@@ -195,8 +195,8 @@ class Tree(Face):
         tree, node_thread = self._target, self._node
         states = tree.instance.doc_states
 
-        def load(name: str) -> Document:
-            return node_thread.call_sync(partial(states.state, tree.root_id, name))
+        def load(name: str) -> Root:
+            return node_thread.call_sync(partial(states.view, tree.root_id, name))
 
         async def commit(staged: Mapping[str, Sequence[Op]]) -> Entry | None:
             return await _run(node_thread, partial(tree.instance.commit, tree, staged))

@@ -39,7 +39,7 @@ from eidetica.protocol.randomness import Randomness
 from eidetica.storage import instance as trio_instance
 from eidetica.storage import transaction as trio_transaction
 from eidetica.storage import tree as trio_tree
-from eidetica.storage.crdt import Document
+from eidetica.storage.crdt import Root
 from eidetica.storage.docstore import DocStore
 from eidetica.storage.transaction import Commit
 
@@ -216,8 +216,8 @@ class Tree(Face):
         tree, node_thread = self._target, self._node
         states = tree.instance.doc_states
 
-        def load(name: str) -> Document:
-            return node_thread.call_sync(partial(states.state, tree.root_id, name))
+        def load(name: str) -> Root:
+            return node_thread.call_sync(partial(states.view, tree.root_id, name))
 
         commit: Commit = partial(tree.instance.commit, tree)
         op = AtomicOp(node_thread, trio_transaction.AtomicOp(load, commit))

@@ -19,9 +19,14 @@ import msgspec
 from eidetica.errors import InvalidPath, InvalidValue, MalformedEntry
 from eidetica.protocol import limits
 from eidetica.protocol.entry import DECODE_ERRORS
+from eidetica.storage.shards import Shards
 
 Path = tuple[str, ...]
 Document = dict[str, Any]
+Root = Document | Shards
+"""A folded document as a fold keeps it: one dict, or its top level in
+:class:`~eidetica.storage.shards.Shards` (once the fold has been snapshotted, or
+resumed from a snapshot)."""
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
@@ -136,35 +141,55 @@ def apply_ops(state: Document, ops: Iterable[Op], owned: Owned | None = None) ->
     if owned is not None:
         state = _owned(state, owned)
     for op in ops:
-        *parents, leaf = op.path
-        node = state
-        if isinstance(op, SetOp):
-            for segment in parents:
-                child = node.get(segment)
-                if not isinstance(child, dict):
-                    child = {}
-                    if owned is not None:
-                        owned[id(child)] = child
-                elif owned is not None:
-                    child = _owned(child, owned)
-                node[segment] = child
-                node = child
-            node[leaf] = copy_value(op.value)
-        else:
-            for segment in parents:
-                child = node.get(segment)
-                if not isinstance(child, dict):
-                    break
-                if owned is not None:
-                    child = node[segment] = _owned(child, owned)
-                node = child
-            else:
-                node.pop(leaf, None)
+        _apply(state, op, owned)
     return state
 
 
-Owned = dict[int, Document]
-"""The dicts a copy-on-write fold may change in place, by id (holding them keeps ids unique)."""
+def apply_to_root(state: Root, ops: Iterable[Op], owned: Owned | None = None) -> Root:
+    """:func:`apply_ops` on a root that may be in shards: each operation applies to
+    the shard holding its first segment, which is a dict of top-level keys like the
+    document itself. A changed root in shards comes back as a new
+    :class:`~eidetica.storage.shards.Shards` when ``owned`` is given."""
+    if isinstance(state, dict):
+        return apply_ops(state, ops, owned)
+    if owned is not None and id(state) not in owned:
+        state = state.copy()
+        owned[id(state)] = state
+    for op in ops:
+        _apply(state.writable(op.path[0], owned), op, owned)
+    return state
+
+
+def _apply(state: Document, op: Op, owned: Owned | None) -> None:
+    *parents, leaf = op.path
+    node = state
+    if isinstance(op, SetOp):
+        for segment in parents:
+            child = node.get(segment)
+            if not isinstance(child, dict):
+                child = {}
+                if owned is not None:
+                    owned[id(child)] = child
+            elif owned is not None:
+                child = _owned(child, owned)
+            node[segment] = child
+            node = child
+        node[leaf] = copy_value(op.value)
+    else:
+        for segment in parents:
+            child = node.get(segment)
+            if not isinstance(child, dict):
+                break
+            if owned is not None:
+                child = node[segment] = _owned(child, owned)
+            node = child
+        else:
+            node.pop(leaf, None)
+
+
+Owned = dict[int, Document | Shards]
+"""The dicts (and shards) a copy-on-write fold may change in place, by id (holding
+them keeps ids unique)."""
 
 
 def _owned(node: Document, owned: Owned) -> Document:
@@ -175,9 +200,17 @@ def _owned(node: Document, owned: Owned) -> Document:
     return copy
 
 
-def lookup(state: Document, path: Path) -> Any:
+def materialized(state: Root) -> Document:
+    """``state`` as one dict: itself, or its shards merged (sharing their values)."""
+    return state if isinstance(state, dict) else state.to_dict()
+
+
+def lookup(state: Root, path: Path) -> Any:
     """The value at ``path`` (not a copy), or :data:`MISSING`."""
-    node: Any = state
+    if not path or isinstance(state, dict):
+        node: Any = materialized(state)
+    else:
+        node = state.read(path[0])  # the shard is a dict of the top-level keys in it
     for segment in path:
         if not isinstance(node, dict) or segment not in node:
             return MISSING

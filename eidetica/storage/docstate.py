@@ -24,6 +24,17 @@ under. A fold that starts from nothing starts from the snapshot instead when its
 digest matches the verdict now; the backend has dropped any snapshot that an
 earlier-sorting entry stored since made stale, in the same transaction. A lost or
 unreadable snapshot costs a refold, never a wrong read.
+
+A snapshot keeps the document's top level in shards (:mod:`eidetica.storage.shards`),
+so a cold read decodes only the shards it reads, not the whole document. A fold is
+kept in shards from its first snapshot on, so later snapshots encode only the shards
+that changed (and split it again into more shards once they are crowded).
+:meth:`DocStates.view` hands readers that form; :meth:`DocStates.state` hands out one
+dict (the settings readers want one), merging the shards once. Snapshots written
+before shards (format 1: the whole state as one map) are still read, and rewritten
+in shards when the instance closes. A shard that does not decode when a read first
+needs it raises :class:`StorageError` from that read: shards are decoded lazily, so
+their damage is found late.
 """
 
 from __future__ import annotations
@@ -39,9 +50,10 @@ import msgspec
 from eidetica.errors import StorageError
 from eidetica.protocol.entry import Entry
 from eidetica.storage.backend import Backend, OrderKey, Snapshot
-from eidetica.storage.crdt import Document, Owned, apply_ops, decode_ops
+from eidetica.storage.crdt import Document, Owned, Root, apply_to_root, decode_ops
 from eidetica.storage.judge import Judge
 from eidetica.storage.revocation import Fingerprint
+from eidetica.storage.shards import Shards
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +66,28 @@ SNAPSHOT_EVERY = 4096
 snapshot costs the whole document's encoding, so this spreads it over many entries."""
 MAX_SNAPSHOT_BYTES = 32 * 1024 * 1024
 """A document whose snapshot would be larger is refolded on a cold read instead."""
-_FORMAT = 1
 
 
-class _Persisted(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """What a snapshot's data holds, beside the key the backend keeps."""
+class _Whole(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=1):
+    """Format 1 of a snapshot's data (beside the key the backend keeps): the state as
+    one map. No longer written; read so that snapshots from before shards are used."""
 
-    format: int
     applied: int
     verdict: bytes
     state: dict[str, Any]
 
 
+class _Sharded(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag=2):
+    """Format 2 of a snapshot's data: the state's top level as shards, each the
+    msgpack of its map, decoded only when read (:class:`Shards`)."""
+
+    applied: int
+    verdict: bytes
+    shards: list[bytes]
+
+
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(_Persisted)
+_DECODER = msgspec.msgpack.Decoder(_Whole | _Sharded)
 
 
 def verdict_digest(fingerprint: Fingerprint) -> bytes:
@@ -79,10 +99,10 @@ def verdict_digest(fingerprint: Fingerprint) -> bytes:
 
 @dataclass
 class _Fold:
-    state: Document = field(default_factory=dict)
+    state: Root = field(default_factory=dict)
     last: OrderKey | None = None
     applied: int = 0
-    checkpoints: list[tuple[OrderKey, int, Document]] = field(default_factory=list)
+    checkpoints: list[tuple[OrderKey, int, Root]] = field(default_factory=list)
     pending: list[Entry] = field(default_factory=list)
     behind: bool = False
     """Entries after ``last`` were stored but not kept in ``pending``: replay them."""
@@ -93,6 +113,13 @@ class _Fold:
     """The fingerprint of the verdict on what counts that this fold was made under."""
     persisted: int = 0
     """``applied`` as of the last snapshot written or read (or tried)."""
+    outdated: bool = False
+    """The snapshot this fold resumed from is in format 1: write it again in shards."""
+
+    def mark_persisted(self) -> None:
+        """A snapshot was written, or will not be (too large, failed): none is due."""
+        self.persisted = self.applied
+        self.outdated = False
 
 
 class DocStates:
@@ -128,7 +155,20 @@ class DocStates:
                 fold.rewind_to = entry.key
 
     def state(self, tree: str, store: str) -> Document:
-        """The current state of one store. Shared with the cache: never mutate it."""
+        """The current state of one store, as one dict. Shared with the cache: never
+        mutate it. A state in shards is merged (once: the fold keeps the merged one)."""
+        fold = self._fold(tree, store)
+        if isinstance(fold.state, Shards):
+            fold.state = fold.state.to_dict()
+        return fold.state
+
+    def view(self, tree: str, store: str) -> Root:
+        """The current state of one store, in shards if the fold keeps it so (see
+        :func:`~eidetica.storage.crdt.lookup`). Shared with the cache: never mutate it."""
+        return self._fold(tree, store).state
+
+    def _fold(self, tree: str, store: str) -> _Fold:
+        """The store's fold, brought up to date with every entry stored."""
         fold = self._folds.get((tree, store))
         verdict = self._judge.of_tree(tree).fingerprint
         if fold is None or fold.verdict != verdict:
@@ -147,33 +187,39 @@ class DocStates:
         fold.owned.clear()  # the reader shares the state from now on
         if fold.applied - fold.persisted >= SNAPSHOT_EVERY:
             self._persist(tree, store, fold)
-        return fold.state
+        return fold
 
     def persist(self) -> None:
         """Write a snapshot of every fold that applied entries since its last one, so
         the next process to open the backend reads them without refolding. A fold that
         must rewind is not up to date, and is left out."""
         for (tree, store), fold in self._folds.items():
-            if fold.applied > fold.persisted and fold.rewind_to is None:
+            if (fold.applied > fold.persisted or fold.outdated) and fold.rewind_to is None:
                 self._persist(tree, store, fold)
 
     def _persist(self, tree: str, store: str, fold: _Fold) -> None:
+        """Write the fold's snapshot, keeping its state in shards from now on. Called
+        only while no dict of the state is owned (a reader may share any of them)."""
         if self._busy():
-            return  # a later read tries again
+            return  # a write is under way in a thread: a later read tries again
         if fold.last is None or fold.verdict is None:
-            fold.persisted = fold.applied
+            fold.mark_persisted()
             return
-        persisted = _Persisted(_FORMAT, fold.applied, verdict_digest(fold.verdict), fold.state)
+        if isinstance(fold.state, dict):
+            fold.state = Shards.partition(fold.state)
+        elif fold.state.crowded():
+            fold.state = Shards.partition(fold.state.to_dict())
+        persisted = _Sharded(fold.applied, verdict_digest(fold.verdict), fold.state.encoded())
         data = _ENCODER.encode(persisted)
         if len(data) > MAX_SNAPSHOT_BYTES:
             log.info("document %r of tree %s is too large to snapshot", store, tree)
-            fold.persisted = fold.applied
+            fold.mark_persisted()
             return
         try:
             if self._backend.put_snapshot(tree, store, Snapshot(fold.last, data)):
-                fold.persisted = fold.applied  # else a write is under way: a later read tries
+                fold.mark_persisted()  # else a write is under way: a later read tries
         except StorageError as exc:  # a lost snapshot costs a refold, no more
-            fold.persisted = fold.applied
+            fold.mark_persisted()
             log.warning("snapshot of %r in tree %s not stored: %s", store, tree, exc)
 
     def _resume(self, tree: str, store: str, fold: _Fold, verdict: Fingerprint) -> None:
@@ -183,16 +229,19 @@ class DocStates:
             if snapshot is None:
                 return
             persisted = _DECODER.decode(snapshot.data)
+            state: Root
+            match persisted:
+                case _Sharded(shards=shards):
+                    state = Shards.from_encoded(shards)
+                case _Whole(state=whole):
+                    state = whole
         except (msgspec.DecodeError, StorageError) as exc:
             log.warning("snapshot of %r in tree %s is unreadable, refolding: %s", store, tree, exc)
             return
-        if (
-            persisted.format != _FORMAT
-            or persisted.applied < 1
-            or persisted.verdict != verdict_digest(verdict)
-        ):
+        if persisted.applied < 1 or persisted.verdict != verdict_digest(verdict):
             return
-        fold.state, fold.last = persisted.state, snapshot.last
+        fold.state, fold.last = state, snapshot.last
+        fold.outdated = isinstance(persisted, _Whole)
         fold.applied = fold.persisted = persisted.applied
         fold.checkpoints.append((snapshot.last, fold.applied, fold.state))
 
@@ -225,7 +274,7 @@ class DocStates:
             if counts:
                 write = entry.store(store)
                 assert write is not None, "only entries writing the store are folded into it"
-                fold.state = apply_ops(fold.state, decode_ops(write.data), fold.owned)
+                fold.state = apply_to_root(fold.state, decode_ops(write.data), fold.owned)
             fold.last = entry.key
             fold.applied += 1
             if fold.applied % CHECKPOINT_EVERY == 0:

@@ -17,11 +17,13 @@ from eidetica.storage.crdt import (
     Document,
     Op,
     Owned,
+    Root,
     SetOp,
-    apply_ops,
+    apply_to_root,
     check_set,
     copy_value,
     lookup,
+    materialized,
     parse_path,
 )
 
@@ -32,7 +34,7 @@ class DocStore:
     """A document: ``get`` like ``dict.get`` over dotted paths; ``set``/``delete`` only
     inside a transaction."""
 
-    def __init__(self, name: str, state: Document) -> None:
+    def __init__(self, name: str, state: Root) -> None:
         self.name = name
         self._state = state
 
@@ -46,7 +48,7 @@ class DocStore:
 
     def to_dict(self) -> Document:
         """The whole document, as a fresh dict."""
-        result: Document = copy_value(self._state)
+        result: Document = copy_value(materialized(self._state))
         return result
 
     def set(self, path: PathLike, value: Any) -> None:
@@ -68,7 +70,7 @@ class StagedDoc(DocStore):
     with the cache: staged writes copy only the dicts on their paths.
     """
 
-    def __init__(self, name: str, load: Callable[[], Document], is_open: Callable[[], bool]):
+    def __init__(self, name: str, load: Callable[[], Root], is_open: Callable[[], bool]):
         super().__init__(name, {})
         self._load = load
         self._is_open = is_open
@@ -100,9 +102,9 @@ class StagedDoc(DocStore):
             raise TransactionClosed(f"the transaction writing {self.name!r} has ended")
         self.ops.append(op)
         if self._owned is not None:
-            self._state = apply_ops(self._state, [op], self._owned)
+            self._state = apply_to_root(self._state, [op], self._owned)
 
     def _materialize(self) -> None:
         if self._owned is None:
             self._owned = {}
-            self._state = apply_ops(self._load(), self.ops, self._owned)
+            self._state = apply_to_root(self._load(), self.ops, self._owned)

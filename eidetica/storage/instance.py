@@ -210,7 +210,8 @@ class Instance:
             for tree in sorted({entry.tree_id for entry in entries}):  # one order: no deadlock
                 await locks.enter_async_context(self.lock_for(tree))
             records = self._verifier().verify(entries)
-            return await self.writer.put(records, self._on_stored)
+            added = await self.writer.put(records, self._on_stored)
+        return added
 
     async def receive(
         self,
@@ -246,7 +247,8 @@ class Instance:
         )
         async with self.lock_for(tree):
             with trio.CancelScope(shield=True):  # what was released is stored or refused
-                return await self._take(tree, valid, rejected, source)
+                receipt = await self._take(tree, valid, rejected, source)
+        return receipt
 
     async def _take(
         self, tree: str, valid: list[Entry], rejected: list[Rejection], source: str | None

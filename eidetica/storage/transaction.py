@@ -25,7 +25,7 @@ from eidetica.protocol.entry import (
 )
 from eidetica.protocol.keys import SigningKey
 from eidetica.storage.backend import Backend, EntryMeta
-from eidetica.storage.crdt import Document, Op, encode_ops
+from eidetica.storage.crdt import Op, Root, encode_ops
 from eidetica.storage.docstore import DocStore, StagedDoc
 
 Commit = Callable[[Mapping[str, Sequence[Op]]], Awaitable[Entry | None]]
@@ -64,7 +64,7 @@ class AtomicOp:
     transaction first reads that store; ``commit`` stores what was staged.
     """
 
-    def __init__(self, load: Callable[[str], Document], commit: Commit) -> None:
+    def __init__(self, load: Callable[[str], Root], commit: Commit) -> None:
         self.entry: Entry | None = None
         """The committed entry, once committed (``None`` if nothing was written)."""
         self._load = load

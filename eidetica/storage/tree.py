@@ -39,7 +39,7 @@ class Tree:
         """A snapshot of document store ``name`` (empty if nothing wrote to it)."""
         require_trio()
         check_store_name(name)
-        return DocStore(name, self.instance.doc_states.state(self.root_id, name))
+        return DocStore(name, self.instance.doc_states.view(self.root_id, name))
 
     async def settings(self) -> dict[str, Any]:
         """The tree's settings document as of its tips: ``name``, ``auth`` and more."""
@@ -138,7 +138,7 @@ class _Transaction:
         tree = self._tree
         instance = tree.instance
         self._op = AtomicOp(
-            partial(instance.doc_states.state, tree.root_id), partial(instance.commit, tree)
+            partial(instance.doc_states.view, tree.root_id), partial(instance.commit, tree)
         )
         return self._op
 
