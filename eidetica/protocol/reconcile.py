@@ -146,7 +146,13 @@ def lacking(
     view: DagView, tips: Sequence[str], summary: Summary | None, haves: Sequence[str] = ()
 ) -> list[str]:
     """Ids of entries this side holds that a peer with these tips, summary and haves
-    lacks, parents first."""
+    lacks, parents first.
+
+    A peer with no tips holds nothing of the tree, so it lacks all of it: listed in
+    height order, not walked, which for a 100,000-entry tree is a scan of ids where
+    the walk looked up every entry's parents in one step of the loop."""
+    if not tips and not haves:
+        return list(view.ids_from(0))
     known = view.nodes(tips)
     if len(known) == len(tips):  # the peer is behind: the difference is exact
         return walk(view, view.tips(), stop=tips)

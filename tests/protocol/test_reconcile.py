@@ -13,6 +13,7 @@ from eidetica.protocol.dagview import walk
 from eidetica.protocol.entry import Entry, StoreWrite, create_entry
 from eidetica.protocol.keys import SigningKey
 from eidetica.protocol.reconcile import Responder, SyncRound
+from eidetica.protocol.summary import summarize
 from eidetica.storage.crdt import SetOp, encode_ops
 from tests.builders import root_entry
 from tests.protocol.peerpair import Side, sync
@@ -69,6 +70,22 @@ def test_two_diverged_sides_converge_in_two_round_trips(
     assert initiator.redundant == responder.redundant == 0
     # Two round trips, unless a summary's false positive forced a repair.
     assert stats.round_trips <= 2 + stats.repairs
+
+
+@settings(max_examples=60, deadline=None)
+@given(pair=diverged())
+def test_a_peer_with_no_tips_lacks_what_a_walk_from_every_tip_finds(
+    pair: tuple[list[Entry], list[Entry]],
+) -> None:
+    """The fresh peer's short cut (every id, in height order) gives what the walk
+    would: everything this side holds, parents first."""
+    mine, _ = pair
+    side = Side(mine[0].id, mine)
+    walked = walk(side.view, side.view.tips())
+    assert reconcile.lacking(side.view, [], None) == walked
+    empty_summary = summarize(Side(mine[0].id, []).view, min_height=0, salt=b"s" * 16)
+    assert reconcile.lacking(side.view, [], empty_summary) == walked
+    assert len(walked) == len(mine)
 
 
 def test_bootstrap_and_incremental_are_the_same_exchange() -> None:
