@@ -136,7 +136,9 @@ class Backend(Protocol):
         ...
 
     def set_local(self, key: str, value: str) -> None:
-        """Store ``value`` under ``key``, replacing any earlier value; durable at once."""
+        """Store ``value`` under ``key``, replacing any earlier value; durable at once,
+        or, while a write runs in a worker thread (:class:`ThreadedWrites`), as soon as
+        it ends (read back from memory until then)."""
         ...
 
     def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> bool:

@@ -18,7 +18,7 @@ from eidetica.storage.backend import Backend, Record, Snapshot
 from eidetica.storage.memory import MemoryBackend
 from eidetica.storage.sqlite import SCHEMA_VERSION, SqliteBackend
 from eidetica.storage.treeview import TreeView
-from tests.builders import STORE, build_dag, dag_shapes, expected_tips
+from tests.builders import STORE, build_dag, build_entries, dag_shapes, expected_tips
 
 KEY = SigningKey(bytes(range(32)))
 SHAPE = [[0], [1], [1], [2, 3], [4], [4]]  # a fork after 1, merged at 4, forked again
@@ -310,3 +310,18 @@ def test_sqlite_a_schema_it_cannot_upgrade_is_refused(tmp_path: Path, version: s
     db.close()
     with pytest.raises(StorageError, match=f"schema {version} is not {SCHEMA_VERSION}"):
         SqliteBackend(tmp_path / "b.db")
+
+
+def test_has_answers_for_more_ids_than_one_query_asks(tmp_path: Path) -> None:
+    """SQLite asks about ids in chunks (and the recent cache first): a reopened file,
+    whose cache is empty, still answers for all of them."""
+    entries = build_entries(1_200)
+    stranger = [f"{n:064x}" for n in range(700)]
+    backend = SqliteBackend(tmp_path / "b.db")
+    backend.put(records(entries))
+    backend.close()
+    reopened = SqliteBackend(tmp_path / "b.db")
+    asked = [e.id for e in entries] + stranger
+    random.Random(7).shuffle(asked)
+    assert reopened.has(asked) == {e.id for e in entries}
+    reopened.close()

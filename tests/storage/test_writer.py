@@ -208,3 +208,32 @@ def test_a_second_backend_on_the_same_file_is_refused_until_the_first_closes(
 
 def test_writer_constants_keep_small_batches_on_the_loop() -> None:
     assert 1 < writer.THREAD_FROM <= writer.CHUNK
+
+
+async def test_a_local_value_set_while_a_thread_writes_waits_for_it_not_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's lock is held for the thread's whole transaction; a local value set
+    meanwhile is kept (and read back) until the write ends, then written."""
+    backend = SqliteBackend(tmp_path / "w.db")
+    entries = build_entries(THREAD_FROM)
+    inside, go_on = threading.Event(), threading.Event()
+    insert = SqliteBackend._insert
+
+    def held_inside(self: SqliteBackend, batch: object, record: Record) -> None:
+        if record.entry.id == entries[-1].id:
+            inside.set()
+            assert go_on.wait(10), "the loop was blocked by the writer's lock"
+        insert(self, batch, record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqliteBackend, "_insert", held_inside)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Writer(backend).put, records(entries), Told())
+        await trio.to_thread.run_sync(inside.wait)
+        backend.set_local("cursor", "during")  # would wait for the lock
+        assert backend.get_local("cursor") == "during"
+        go_on.set()
+    backend.close()
+    reopened = SqliteBackend(tmp_path / "w.db")
+    assert reopened.get_local("cursor") == "during"
+    reopened.close()
