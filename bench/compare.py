@@ -332,6 +332,22 @@ def fanout_rows(sizes: Sizes, context: Context) -> list[Row]:
                 met=figures["visible_all_ms"] <= 250 if n >= 1_000 else None,
             )
         )
+        rows.append(
+            Row(
+                "fan-out",
+                f"the same: the hub's own task steps in that time, {n:,} peers",
+                figures["hub_ms"],
+                "ms",
+            )
+        )
+        rows.append(
+            Row(
+                "fan-out",
+                f"the same: the peers' task steps in that time, {n:,} peers",
+                figures["peers_ms"],
+                "ms",
+            )
+        )
         idle = figures.get("bytes_per_idle_peer")
         if idle is not None and idle > 0:  # RSS growth: after big sections, memory is reused
             rows.append(

@@ -22,6 +22,15 @@ own work of taking the entry in (verifying, storing, its hooks), not only the hu
 sending: on a real network those run on N machines at once.
 There is no latency on the sim transport.
 
+*Whose time.* To tell the hub's sending from the peers' taking in, a
+:class:`trio.abc.Instrument` adds up, while the commit spreads, the time of every
+task step, split by whether the task descends from one of the ``_peer`` tasks (a
+peer's engine, its links and services: its verifying and storing) or is one of the
+waiting tasks that note a peer's arrival, or neither (the hub, and the sim network's
+delivery tasks it started). The hub's share over N is what one
+more linked peer costs the hub for one commit: the figure a hub on its own machine
+would see, its peers' work being done elsewhere.
+
 *Memory per idle peer.* The process's resident set (``/proc/self/statm``, after a
 garbage collection) is read before the first peer starts and again once all are
 linked, synced and idle; the growth divided by N is what one idle peer costs in all:
@@ -121,6 +130,43 @@ async def _wait_held(
     seen.append(time.perf_counter())
 
 
+class _Shares(trio.abc.Instrument):
+    """Seconds of task steps, split into peers' tasks and the rest (see the module)."""
+
+    def __init__(self) -> None:
+        self.peers = 0.0
+        self.rest = 0.0
+        self._began: float | None = None
+        """When the running step began; None in the step that added the instrument."""
+        self._whose: dict[trio.lowlevel.Task, bool] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._began = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._began is None:
+            return
+        seconds = time.perf_counter() - self._began
+        if self._is_peers(task):
+            self.peers += seconds
+        else:
+            self.rest += seconds
+
+    def _is_peers(self, task: trio.lowlevel.Task) -> bool:
+        whose = self._whose.get(task)
+        if whose is None:
+            whose = False
+            ancestor: trio.lowlevel.Task | None = task
+            while ancestor is not None:
+                if ancestor.name.endswith(("fanout._peer", "fanout._wait_held")):
+                    whose = True
+                    break
+                nursery = ancestor.parent_nursery
+                ancestor = None if nursery is None else nursery.parent_task
+            self._whose[task] = whose
+        return whose
+
+
 async def _fanout(count: int, budget: float) -> dict[str, float]:
     network = SimNetwork()
     stop = trio.Event()
@@ -158,11 +204,14 @@ async def _fanout(count: int, budget: float) -> dict[str, float]:
                     for peer in peers:
                         waiting.start_soon(_wait_held, peer, tree.root_id, wanted, seen)
                     await trio.testing.wait_all_tasks_blocked()
+                    shares = _Shares()
+                    trio.lowlevel.add_instrument(shares)
                     began = time.perf_counter()
                     async with tree.transaction() as op:
                         op.doc("d").set("n", 1)
                     assert op.entry is not None
                     wanted.append(op.entry.id)
+                trio.lowlevel.remove_instrument(shares)
         stop.set()
     figures = {
         "peers": float(len(peers)),
@@ -170,6 +219,8 @@ async def _fanout(count: int, budget: float) -> dict[str, float]:
         "visible_p50_ms": (statistics.median(seen) - began) * 1e3,
         "visible_all_ms": (max(seen) - began) * 1e3,
         "build_seconds": build_seconds,
+        "hub_ms": shares.rest * 1e3,
+        "peers_ms": shares.peers * 1e3,
     }
     if rss_before is not None and rss_after is not None:
         figures["bytes_per_idle_peer"] = (rss_after - rss_before) / len(peers)
@@ -191,6 +242,8 @@ def _row(figures: dict[str, float]) -> list[str]:
         f"{figures['visible_first_ms']:.1f}",
         f"{figures['visible_p50_ms']:.1f}",
         f"{figures['visible_all_ms']:.1f}",
+        f"{figures['hub_ms']:.1f}",
+        f"{figures['peers_ms']:.1f}",
         "-" if memory is None else f"{memory:,.0f}",
         f"{figures['build_seconds']:.1f}",
     ]
@@ -200,7 +253,16 @@ def main() -> None:
     runs = [measure(count) for count in PEERS]
     print_table(
         "One commit on the hub -> held by every linked peer (sim, in-memory nodes, ms)",
-        ["peers", "first", "median", "all", "bytes/idle peer", "setup s"],
+        [
+            "peers",
+            "first",
+            "median",
+            "all",
+            "hub's steps",
+            "peers' steps",
+            "bytes/idle peer",
+            "setup s",
+        ],
         [_row(figures) for figures in runs],
     )
     for asked, figures in zip(PEERS, runs, strict=True):
