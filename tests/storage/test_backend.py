@@ -91,6 +91,33 @@ def test_tips_are_right_in_any_arrival_order(
         backend.close()
 
 
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(shape=dag_shapes(), seed=st.integers(0, 2**32), data=st.data())
+def test_tips_written_per_batch_are_right_after_reopen(
+    tmp_path: Path, shape: list[list[int]], seed: int, data: st.DataObject
+) -> None:
+    """SQLite writes a batch's tips once, as they end up: in batches of any size, in
+    any arrival order, a reopened file (which reads them from the table) agrees."""
+    entries = build_dag(KEY, shape)
+    shuffled = entries[:]
+    random.Random(seed).shuffle(shuffled)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(shuffled)), max_size=len(shuffled))))
+    db = tmp_path / f"{seed}-batches.db"
+    db.unlink(missing_ok=True)
+    backend = SqliteBackend(db)
+    for start, end in zip([0, *cuts], [*cuts, len(shuffled)], strict=True):
+        backend.put(records(shuffled[start:end] + shuffled[start:end]))  # twice: idempotent
+    backend.close()
+    reopened = SqliteBackend(db)
+    root = entries[0].id
+    assert reopened.tips(root) == expected_tips(entries)
+    assert reopened.store_tips(root, STORE) == expected_store_tips(entries)
+    assert reopened.put(records(entries)) == []
+    reopened.close()
+
+
 @given(shape=dag_shapes(), data=st.data())
 def test_walk_matches_reachability(shape: list[list[int]], data: st.DataObject) -> None:
     entries = build_dag(KEY, shape)
