@@ -183,8 +183,8 @@ async def test_checkpoints_run_off_the_loop_when_writes_make_them_due(
 
     monkeypatch.setattr(sqlite._Checkpoints, "_run", spied)
     the_writer = Writer(sqlite_backend)
-    entries = build_entries(30)
-    for entry in entries[:10]:  # about seven rows each
+    entries = build_entries(40)
+    for entry in entries[:10]:  # three rows each: one of entries, two of ordered
         await the_writer.put(records([entry]), Told())
     assert ran == []
     await the_writer.put(records(entries[10:]), Told())
