@@ -212,8 +212,15 @@ class _Checkpoints:
         if self._thread is not None and self._thread.is_alive():
             return
         self._changes, self._bytes = writer.total_changes, 0
-        self._thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            # The write is committed and must be settled: a checkpoint can wait for the
+            # next write (and SQLite's own backstop).
+            log.warning("a WAL checkpoint could not start (the next write tries): %s", exc)
+            return
+        self._thread = thread
 
     def _run(self) -> None:
         try:
