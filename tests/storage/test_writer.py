@@ -183,13 +183,36 @@ async def test_checkpoints_run_off_the_loop_when_writes_make_them_due(
 
     monkeypatch.setattr(sqlite._Checkpoints, "_run", spied)
     the_writer = Writer(sqlite_backend)
-    entries = build_entries(30)
-    for entry in entries[:10]:  # about seven rows each
+    entries = build_entries(40)
+    for entry in entries[:10]:  # three rows each: one of entries, two of ordered
         await the_writer.put(records([entry]), Told())
     assert ran == []
     await the_writer.put(records(entries[10:]), Told())
     sqlite_backend.close()  # waits for the checkpoint's thread
     assert len(ran) == 1 and ran[0] != threading.get_ident()
+
+
+def test_a_checkpoint_thread_that_cannot_start_fails_no_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write whose checkpoint cannot start is committed all the same, so it must
+    be settled: its caller is told of it, and the tips written at closing include it."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_CHANGES", 10)
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    backend = SqliteBackend(tmp_path / "c.db")
+    entries = build_entries(12)
+    for entry in entries:
+        assert backend.put(records([entry])) == [entry.id]
+    assert "could not start" in caplog.text
+    backend.close()
+    monkeypatch.undo()
+    reopened = SqliteBackend(tmp_path / "c.db")
+    assert reopened.tips(entries[0].id) == [entries[-1].id]
+    reopened.close()
 
 
 def test_a_second_backend_on_the_same_file_is_refused_until_the_first_closes(
