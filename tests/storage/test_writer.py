@@ -208,3 +208,41 @@ def test_a_second_backend_on_the_same_file_is_refused_until_the_first_closes(
 
 def test_writer_constants_keep_small_batches_on_the_loop() -> None:
     assert 1 < writer.THREAD_FROM <= writer.CHUNK
+
+
+async def test_a_local_value_set_while_a_thread_writes_is_read_back_at_once(
+    sqlite_backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``set_local`` is durable at once and this node alone writes it, so the loop
+    reads back what it set even while the reader is pinned before a thread's write.
+    A read-modify-write of one key (the peers an operator removed) would otherwise
+    read the old value and lose the first of two changes made during a big write."""
+    entries = build_entries(THREAD_FROM + 4)
+    sqlite_backend.set_local("removed", "[]")
+    started, go_on = threading.Event(), threading.Event()
+    write = sqlite_backend.write
+
+    def held(chunk: Sequence[Record]) -> Callable[[], list[str]]:
+        started.set()
+        go_on.wait()
+        return write(chunk)
+
+    monkeypatch.setattr(sqlite_backend, "write", held)
+    the_writer = Writer(sqlite_backend)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(the_writer.put, records(entries), Told())
+        try:
+            assert await trio.to_thread.run_sync(started.wait, 10)
+            assert the_writer.busy()
+            sqlite_backend.set_local("removed", '["a"]')
+            read_back = sqlite_backend.get_local("removed")
+            unset = sqlite_backend.get_local("never set")
+        finally:
+            go_on.set()  # the thread must end, or the nursery waits for it
+    assert read_back == '["a"]'
+    assert unset is None
+    assert sqlite_backend.get_local("removed") == '["a"]'
+    sqlite_backend.close()
+    reopened = SqliteBackend(sqlite_backend._path)
+    assert reopened.get_local("removed") == '["a"]'
+    reopened.close()
