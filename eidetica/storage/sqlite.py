@@ -274,6 +274,9 @@ class SqliteBackend:
         self._lock = threading.Lock()
         """Held by whoever uses the writer connection: one thread at a time."""
         self._pinned = False
+        self._unseen_locals: dict[str, str] = {}
+        """Local values set while the reader is pinned, which it cannot see yet: a
+        read-modify-write of one (the removed peers) must read back its own write."""
         self._checkpoints = _Checkpoints(self._connect)
         self._dags: dict[tuple[str, str], int] = {}
         self._tip_sets: dict[int, set[str]] = {}
@@ -329,6 +332,7 @@ class SqliteBackend:
     def unpin(self) -> None:
         self._pinned = False
         self._reader.execute("COMMIT")
+        self._unseen_locals.clear()
 
     def write(self, records: Sequence[Record]) -> Callable[[], list[str]]:
         with self._lock:
@@ -569,6 +573,9 @@ class SqliteBackend:
             raise StorageError(f"database holds an unreadable entry: {exc}") from exc
 
     def get_local(self, key: str) -> str | None:
+        unseen = self._unseen_locals.get(key)
+        if unseen is not None:
+            return unseen
         row = self._reader.execute(
             "SELECT value FROM meta WHERE key = ?", (_LOCAL + key,)
         ).fetchone()
@@ -585,6 +592,8 @@ class SqliteBackend:
                 self._checkpoints.wrote(self._writer, len(value))
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"storing local value {key!r} failed: {exc}") from exc
+        if self._pinned:
+            self._unseen_locals[key] = value
 
     def put_snapshot(self, tree: str, store: str, snapshot: Snapshot) -> bool:
         if self._pinned:
