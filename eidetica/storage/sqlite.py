@@ -164,8 +164,10 @@ def _exclusive(lock_path: Path) -> int:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as exc:
         os.close(fd)
+        if not isinstance(exc, BlockingIOError):
+            raise  # no locks on this file system, say: the caller names the file
         database = lock_path.with_name(lock_path.name.removesuffix(_LOCK_FILE))
         raise StorageError(
             f"{database} is in use by another node: stop it, or give this one its own directory"
@@ -260,17 +262,27 @@ class SqliteBackend:
             self._flock = _exclusive(self._path.with_name(self._path.name + _LOCK_FILE))
         except OSError as exc:
             raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+        opened: list[sqlite3.Connection] = []
         try:
             self._writer = self._connect(cache_kib=16 * 1024)
+            opened.append(self._writer)
             self._writer.execute("PRAGMA journal_mode = WAL")
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}")
             self._writer.executescript(_SCHEMA)
             self._check_version()
             self._reader = self._connect(cache_kib=64 * 1024)
+            opened.append(self._reader)
             self._reader.execute("PRAGMA query_only = 1")
-        except sqlite3.DatabaseError as exc:
+            dangling = self._writer.execute("SELECT count(*) FROM dangling").fetchone()
+            self._dangling: int = dangling[0]
+            self._snapshot_keys = self._load_snapshot_keys()
+        except BaseException as exc:  # a refused open keeps neither the file nor its lock
+            for db in opened:
+                db.close()
             os.close(self._flock)
-            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+            raise
         self._lock = threading.Lock()
         """Held by whoever uses the writer connection: one thread at a time."""
         self._pinned = False
@@ -281,15 +293,17 @@ class SqliteBackend:
         self._dags: dict[tuple[str, str], int] = {}
         self._tip_sets: dict[int, set[str]] = {}
         self._recent: OrderedDict[str, EntryMeta] = OrderedDict()
-        self._dangling: int = self._writer.execute("SELECT count(*) FROM dangling").fetchone()[0]
-        self._snapshot_keys = self._load_snapshot_keys()
 
     def _connect(self, *, cache_kib: int) -> sqlite3.Connection:
         db = sqlite3.connect(
             self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS
         )
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute(f"PRAGMA cache_size = -{cache_kib}")
+        try:
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{cache_kib}")
+        except BaseException:  # a file that is no database fails here
+            db.close()
+            raise
         return db
 
     def _check_version(self) -> None:
