@@ -246,3 +246,27 @@ async def test_a_local_value_set_while_a_thread_writes_is_read_back_at_once(
     reopened = SqliteBackend(sqlite_backend._path)
     assert reopened.get_local("removed") == '["a"]'
     reopened.close()
+
+
+def test_a_checkpoint_that_cannot_start_fails_no_write(
+    sqlite_backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint is started after a write commits: if its thread cannot start (too
+    many threads), the write stays stored and told, the caches say so, and a snapshot
+    written then is one the backend knows of, to drop when it goes stale."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_CHANGES", 1)
+
+    def cannot_start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(sqlite.threading.Thread, "start", cannot_start)
+    entries = build_entries(4)
+    root = entries[0].id
+    assert sqlite_backend.put(records(entries[:3])) == [e.id for e in entries[:3]]
+    assert sqlite_backend.tips(root) == [entries[2].id]
+    assert sqlite_backend.put_snapshot(root, STORE, Snapshot(entries[2].key, b"state")) is True
+    assert sqlite_backend.get_snapshot(root, STORE) is not None
+    sqlite_backend.set_local("key", "value")
+    assert sqlite_backend.get_local("key") == "value"
+    monkeypatch.undo()
+    sqlite_backend.close()
