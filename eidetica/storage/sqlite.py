@@ -201,8 +201,13 @@ class _Checkpoints:
         if self._thread is not None and self._thread.is_alive():
             return
         self._changes, self._bytes = writer.total_changes, 0
-        self._thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the write it follows is committed: never fail it
+            log.warning("WAL checkpoint not started (a later write tries again): %s", exc)
+            return
+        self._thread = thread
 
     def _run(self) -> None:
         try:
@@ -357,7 +362,6 @@ class SqliteBackend:
                 for record in records:
                     self._insert(batch, record)
                 db.execute("COMMIT")
-                self._checkpoints.wrote(db, sum(len(r.entry.raw) for r in records))
             except BaseException as exc:
                 try:
                     db.execute("ROLLBACK")
@@ -366,6 +370,7 @@ class SqliteBackend:
                 if isinstance(exc, sqlite3.DatabaseError):
                     raise StorageError(f"storing {len(records)} entries failed: {exc}") from exc
                 raise
+            self._checkpoints.wrote(db, sum(len(r.entry.raw) for r in records))
         return functools.partial(self._settle, batch)
 
     def _settle(self, batch: _Batch) -> list[str]:
