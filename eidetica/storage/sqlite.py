@@ -257,7 +257,7 @@ class SqliteBackend:
     Checkpoints run in a thread of their own, on a third connection (SQLite's
     automatic checkpoint, which ran inside the commit that filled the WAL and stalled
     the loop, is only a backstop). No other process may open the file while this one
-    has it: an ``flock`` on the database file says so.
+    has it: an ``flock`` on a lock file beside it says so.
     """
 
     def __init__(self, path: str | Path) -> None:
