@@ -3,6 +3,7 @@ what was stored before them; small ones, and every one under a MockClock, on the
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -270,3 +271,68 @@ def test_a_checkpoint_that_cannot_start_fails_no_write(
     assert sqlite_backend.get_local("key") == "value"
     monkeypatch.undo()
     sqlite_backend.close()
+
+
+@pytest.mark.parametrize("closed", ["before the thread writes", "after it commits"])
+async def test_closing_the_backend_under_a_thread_write_ends_it_typed(
+    sqlite_backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch, closed: str
+) -> None:
+    """A node may be closed while a big write is in a thread (a blocking caller's
+    import, whose task outlives the instance's block). A write that had not begun
+    fails with StorageError saying so, not sqlite3's ProgrammingError; one already
+    committed is settled and told, though the reader it had pinned is closed."""
+    entries = build_entries(THREAD_FROM + 4)
+    reached, go_on = threading.Event(), threading.Event()
+    write = sqlite_backend.write
+
+    def held(chunk: Sequence[Record]) -> Callable[[], list[str]]:
+        if closed == "before the thread writes":
+            reached.set()
+            go_on.wait()
+            return write(chunk)
+        settle = write(chunk)
+        reached.set()
+        go_on.wait()
+        return settle
+
+    monkeypatch.setattr(sqlite_backend, "write", held)
+    told = Told()
+    outcome: list[object] = []
+
+    async def put() -> None:
+        try:
+            outcome.append(await Writer(sqlite_backend).put(records(entries), told))
+        except Exception as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        try:
+            assert await trio.to_thread.run_sync(reached.wait, 10)
+            sqlite_backend.close()
+        finally:
+            go_on.set()
+    if closed == "before the thread writes":
+        assert len(outcome) == 1 and isinstance(outcome[0], StorageError), outcome
+        assert "closed" in str(outcome[0])
+        assert told.chunks == []
+    else:
+        assert outcome == [[e.id for e in entries]]
+        assert told.chunks == [(len(entries), [e.id for e in entries])]
+    reopened = SqliteBackend(sqlite_backend._path)
+    stored = reopened.has(e.id for e in entries)
+    assert stored == (set() if closed == "before the thread writes" else {e.id for e in entries})
+    reopened.close()
+
+
+def test_no_checkpoint_starts_once_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that was under way when the backend closed may still count itself:
+    it must not start a checkpoint on a connection nobody will close."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_CHANGES", 1)
+    backend = SqliteBackend(tmp_path / "c.db")
+    checkpoints = backend._checkpoints
+    backend.close()
+    other = sqlite3.connect(":memory:")  # the writer, still open in the race, is closed here
+    checkpoints.wrote(other, 1 << 30)
+    other.close()
+    assert checkpoints._thread is None
