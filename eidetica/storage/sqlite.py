@@ -189,6 +189,9 @@ class _Checkpoints:
         self._changes = 0
         self._bytes = 0
         self._thread: threading.Thread | None = None
+        self._closed = False
+        self._guard = threading.Lock()
+        """Held to start a checkpoint, and by :meth:`close`, so none starts after it."""
 
     def wrote(self, writer: sqlite3.Connection, size: int) -> None:
         """After a write committed on ``writer`` (under its lock, in any thread): count
@@ -198,16 +201,17 @@ class _Checkpoints:
             self._bytes < CHECKPOINT_BYTES
         ):
             return
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._changes, self._bytes = writer.total_changes, 0
-        thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:  # the write it follows is committed: never fail it
-            log.warning("WAL checkpoint not started (a later write tries again): %s", exc)
-            return
-        self._thread = thread
+        with self._guard:
+            if self._closed or (self._thread is not None and self._thread.is_alive()):
+                return
+            self._changes, self._bytes = writer.total_changes, 0
+            thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # the write it follows is committed: never fail it
+                log.warning("WAL checkpoint not started (a later write tries again): %s", exc)
+                return
+            self._thread = thread
 
     def _run(self) -> None:
         try:
@@ -218,8 +222,11 @@ class _Checkpoints:
             log.warning("WAL checkpoint failed (the next one tries again): %s", exc)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        with self._guard:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            thread.join()
         if self._db is not None:
             self._db.close()
 
@@ -291,6 +298,8 @@ class SqliteBackend:
         self._lock = threading.Lock()
         """Held by whoever uses the writer connection: one thread at a time."""
         self._pinned = False
+        self._closed = False
+        """Set as :meth:`close` begins: a write not yet begun fails, typed."""
         self._unseen_locals: dict[str, str] = {}
         """Local values set while the reader is pinned, which it cannot see yet: a
         read-modify-write of one (the removed peers) must read back its own write."""
@@ -344,17 +353,25 @@ class SqliteBackend:
         return self.write(records)()
 
     def pin(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._path} is closed: the node stopped")
         self._reader.execute("BEGIN")
         self._reader.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # the snapshot starts
         self._pinned = True
 
     def unpin(self) -> None:
         self._pinned = False
-        self._reader.execute("COMMIT")
+        if not self._closed:  # closing ended the read transaction with the reader
+            self._reader.execute("COMMIT")
         self._unseen_locals.clear()
 
     def write(self, records: Sequence[Record]) -> Callable[[], list[str]]:
         with self._lock:
+            if self._closed:
+                raise StorageError(
+                    f"storing {len(records)} entries failed: {self._path} was closed"
+                    " (the node stopped while they were under way)"
+                )
             batch = _Batch(self._dangling)
             db = self._writer
             try:
@@ -668,6 +685,7 @@ class SqliteBackend:
         """Close the connections, then let go of the file; closing again does nothing."""
         if self._flock < 0:
             return
+        self._closed = True
         self._checkpoints.close()
         try:
             self._reader.close()
