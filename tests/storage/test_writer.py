@@ -260,7 +260,7 @@ def test_a_checkpoint_that_cannot_start_fails_no_write(
     def cannot_start(self: threading.Thread) -> None:
         raise RuntimeError("can't start new thread")
 
-    monkeypatch.setattr(sqlite.threading.Thread, "start", cannot_start)
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
     entries = build_entries(4)
     root = entries[0].id
     assert sqlite_backend.put(records(entries[:3])) == [e.id for e in entries[:3]]
