@@ -314,11 +314,6 @@ async def test_a_voucher_still_held_vouches_for_nothing_stored() -> None:
         assert inst.backend.has([BAD.id, other.id, waiting.id]) == {BAD.id, other.id, waiting.id}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a thread's write stores a page in chunks of 256, each its own transaction:"
-    " a write cut after the first keeps entries whose only voucher is in a later chunk",
-)
 async def test_a_write_cut_between_chunks_keeps_no_entry_without_its_voucher(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
