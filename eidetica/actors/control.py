@@ -1,6 +1,6 @@
 """The control socket: how the ``eidetica`` commands reach a node that is running.
 
-A running node owns its data directory (SQLite is opened with an exclusive lock),
+A running node owns its data directory (an ``flock`` on the database's lock file),
 so ``eidetica put`` or ``eidetica sync`` cannot open the directory while
 ``eidetica serve`` runs. Instead the node listens on a Unix socket in the directory,
 ``control.sock``, made readable and writable by its owner only: whoever may use the

@@ -179,8 +179,10 @@ def _exclusive(lock_path: Path) -> int:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as exc:
         os.close(fd)
+        if not isinstance(exc, BlockingIOError):
+            raise  # no locks on this file system, say: the caller names the file
         database = lock_path.with_name(lock_path.name.removesuffix(_LOCK_FILE))
         raise StorageError(
             f"{database} is in use by another node: stop it, or give this one its own directory"
@@ -202,6 +204,9 @@ class _Checkpoints:
         self._changes = 0
         self._bytes = 0
         self._thread: threading.Thread | None = None
+        self._closed = False
+        self._guard = threading.Lock()
+        """Held to start a checkpoint, and by :meth:`close`, so none starts after it."""
 
     def wrote(self, writer: sqlite3.Connection, size: int) -> None:
         """After a write committed on ``writer`` (under its lock, in any thread): count
@@ -211,18 +216,17 @@ class _Checkpoints:
             self._bytes < CHECKPOINT_BYTES
         ):
             return
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._changes, self._bytes = writer.total_changes, 0
-        thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:
-            # The write is committed and must be settled: a checkpoint can wait for the
-            # next write (and SQLite's own backstop).
-            log.warning("a WAL checkpoint could not start (the next write tries): %s", exc)
-            return
-        self._thread = thread
+        with self._guard:
+            if self._closed or (self._thread is not None and self._thread.is_alive()):
+                return
+            self._changes, self._bytes = writer.total_changes, 0
+            thread = threading.Thread(target=self._run, name="eidetica-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # the write it follows is committed: never fail it
+                log.warning("WAL checkpoint not started (a later write tries again): %s", exc)
+                return
+            self._thread = thread
 
     def _run(self) -> None:
         try:
@@ -233,8 +237,11 @@ class _Checkpoints:
             log.warning("WAL checkpoint failed (the next one tries again): %s", exc)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        with self._guard:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            thread.join()
         if self._db is not None:
             self._db.close()
 
@@ -320,7 +327,7 @@ class SqliteBackend:
     Checkpoints run in a thread of their own, on a third connection (SQLite's
     automatic checkpoint, which ran inside the commit that filled the WAL and stalled
     the loop, is only a backstop). No other process may open the file while this one
-    has it: an ``flock`` on the database file says so.
+    has it: an ``flock`` on a lock file beside it says so.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -330,28 +337,39 @@ class SqliteBackend:
             self._flock = _exclusive(self._path.with_name(self._path.name + _LOCK_FILE))
         except OSError as exc:
             raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+        opened: list[sqlite3.Connection] = []
         try:
             self._writer = self._connect(cache_kib=16 * 1024)
+            opened.append(self._writer)
             self._writer.execute("PRAGMA journal_mode = WAL")
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}")
             self._writer.executescript(_SCHEMA)
             self._check_version()
             self._reader = self._connect(cache_kib=64 * 1024)
+            opened.append(self._reader)
             self._reader.execute("PRAGMA query_only = 1")
-        except sqlite3.DatabaseError as exc:
+            dangling = self._writer.execute("SELECT count(*) FROM dangling").fetchone()
+            self._dangling: int = dangling[0]
+            self._snapshot_keys = self._load_snapshot_keys()
+        except BaseException as exc:  # a refused open keeps neither the file nor its lock
+            for db in opened:
+                db.close()
             os.close(self._flock)
-            raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StorageError(f"cannot open SQLite database {path}: {exc}") from exc
+            raise
         self._lock = threading.Lock()
         """Held by whoever uses the writer connection: one thread at a time."""
         self._pinned = False
+        self._closed = False
+        """Set as :meth:`close` begins: a write not yet begun fails, typed."""
         self._local_pending: dict[str, str] = {}
-        """Local values set while a thread writes: written when it ends."""
+        """Local values set while a thread writes: written when it ends, read back
+        from here until then (the removed peers are read, changed and written back)."""
         self._checkpoints = _Checkpoints(self._connect)
         self._dags: dict[tuple[str, str], int] = {}
         self._tip_sets: dict[int, set[str]] = {}
         self._recent: OrderedDict[str, EntryMeta] = OrderedDict()
-        self._dangling: int = self._writer.execute("SELECT count(*) FROM dangling").fetchone()[0]
-        self._snapshot_keys = self._load_snapshot_keys()
         self._lagging = _LaggingTips()
         try:
             self._replay_tips()
@@ -364,8 +382,12 @@ class SqliteBackend:
         db = sqlite3.connect(
             self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS
         )
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute(f"PRAGMA cache_size = -{cache_kib}")
+        try:
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{cache_kib}")
+        except BaseException:  # a file that is no database fails here
+            db.close()
+            raise
         return db
 
     def _check_version(self) -> None:
@@ -401,12 +423,16 @@ class SqliteBackend:
         return self.write(records)()
 
     def pin(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._path} is closed: the node stopped")
         self._reader.execute("BEGIN")
         self._reader.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # the snapshot starts
         self._pinned = True
 
     def unpin(self) -> None:
         self._pinned = False
+        if self._closed:  # closing ended the read, and writes what is pending
+            return
         self._reader.execute("COMMIT")
         if self._local_pending:
             pending, self._local_pending = self._local_pending, {}
@@ -418,6 +444,11 @@ class SqliteBackend:
 
     def write(self, records: Sequence[Record]) -> Callable[[], list[str]]:
         with self._lock:
+            if self._closed:
+                raise StorageError(
+                    f"storing {len(records)} entries failed: {self._path} was closed"
+                    " (the node stopped while they were under way)"
+                )
             batch = _Batch(self._dangling)
             db = self._writer
             try:
@@ -426,7 +457,6 @@ class SqliteBackend:
                     self._insert(batch, record)
                 self._write(batch)
                 db.execute("COMMIT")
-                self._checkpoints.wrote(db, sum(len(r.entry.raw) for r in records))
             except BaseException as exc:
                 try:
                     db.execute("ROLLBACK")
@@ -435,6 +465,7 @@ class SqliteBackend:
                 if isinstance(exc, sqlite3.DatabaseError):
                     raise StorageError(f"storing {len(records)} entries failed: {exc}") from exc
                 raise
+            self._checkpoints.wrote(db, sum(len(r.entry.raw) for r in records))
         return functools.partial(self._settle, batch)
 
     def _settle(self, batch: _Batch) -> list[str]:
@@ -846,11 +877,13 @@ class SqliteBackend:
         """Close the connections, then let go of the file; closing again does nothing."""
         if self._flock < 0:
             return
+        self._closed = True
         if self._local_pending:
-            self._write_local(self._local_pending)
+            pending, self._local_pending = self._local_pending, {}
+            self._write_local(pending)
         self._checkpoints.close()
-        if self._lagging.written:
-            try:
+        if self._lagging.written and not self._pinned:  # pinned: a write is unsettled,
+            try:  # so the caches miss it: the tips stay as they were, and opening replays
                 with self._lock:
                     self._writer.execute("BEGIN IMMEDIATE")
                     try:

@@ -15,7 +15,11 @@ A write's records are visible to the loop's reads once it is durable, chunk by c
 and ``on_stored`` is told of each chunk in the same step: nothing is read that the
 backend may yet lose, and the caches the instance keeps over storage never run ahead
 of it. A crash keeps a prefix of a batch's chunks: parents first, each verified, a
-state the node could have reached; nobody was told of the rest.
+state the node could have reached; nobody was told of the rest. Each chunk is
+authentic alone (:func:`~eidetica.protocol.hashchain.unauthentic`): an entry whose
+only voucher is in a later chunk must not be stored without it, so a chunk that is
+not takes the rest of the batch with it (one signature per author per chunk is
+checked to know; an honest page has each chunk's run heads signed well).
 
 A thread's write cannot be cancelled half-way (the task waits for it); a cancelled
 batch keeps the chunks already written.
@@ -28,6 +32,7 @@ from collections.abc import Callable, Sequence
 import trio
 import trio.testing
 
+from eidetica.protocol.hashchain import unauthentic
 from eidetica.storage.backend import Backend, Record, ThreadedWrites
 
 THREAD_FROM = 16
@@ -76,8 +81,10 @@ class Writer:
         self, backend: ThreadedWrites, records: Sequence[Record], on_stored: Stored
     ) -> list[str]:
         added: list[str] = []
-        for start in range(0, len(records), CHUNK):
-            chunk = records[start : start + CHUNK]
+        start = 0
+        while start < len(records):
+            end = _chunk_end(records, start)
+            chunk, start = records[start:end], end
             await trio.lowlevel.checkpoint_if_cancelled()
             backend.pin()
             self._in_thread = True
@@ -90,3 +97,13 @@ class Writer:
             on_stored(chunk, new)
             added.extend(new)
         return added
+
+
+def _chunk_end(records: Sequence[Record], start: int) -> int:
+    """Where the chunk from ``start`` ends: :data:`CHUNK` records on, or at the end of
+    the batch if what vouches for an entry of those is further on (the batch as a
+    whole is authentic: its caller made sure)."""
+    end = min(start + CHUNK, len(records))
+    if end < len(records) and unauthentic([record.entry for record in records[start:end]]):
+        return len(records)
+    return end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import tempfile
@@ -447,3 +448,30 @@ def test_has_answers_for_more_ids_than_one_query_asks(tmp_path: Path) -> None:
     random.Random(7).shuffle(asked)
     assert reopened.has(asked) == {e.id for e in entries}
     reopened.close()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("damage", ["newer schema", "not a database"])
+def test_sqlite_a_refused_open_lets_go_of_the_file(tmp_path: Path, damage: str) -> None:
+    """An open that fails keeps no lock and no descriptor: asked again in the same
+    process it fails for the same reason, not as "in use by another node"."""
+    path = tmp_path / "b.db"
+    if damage == "newer schema":
+        SqliteBackend(path).close()
+        db = sqlite3.connect(path)
+        with db:
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+        db.close()
+        reason = "schema 99 is not"
+    else:
+        path.write_bytes(b"this is not a database at all, " * 64)
+        reason = "cannot open SQLite database"
+    before = _open_descriptors()
+    for _ in range(2):
+        with pytest.raises(StorageError, match=reason):
+            SqliteBackend(path)
+    assert _open_descriptors() == before

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,11 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eidetica
-from eidetica.errors import BadSignature, PermissionDenied
+from eidetica.errors import BadSignature, PermissionDenied, StorageError
 from eidetica.protocol.entry import SETTINGS_STORE, Entry, StoreWrite, create_entry
 from eidetica.protocol.hashchain import named
 from eidetica.protocol.keys import SigningKey
+from eidetica.storage import writer
+from eidetica.storage.backend import Record
 from eidetica.storage.crdt import SetOp, encode_ops
+from eidetica.storage.sqlite import SqliteBackend
 from tests.builders import child_entry
 
 OWNER = SigningKey(bytes(range(32)))
@@ -307,3 +312,33 @@ async def test_a_voucher_still_held_vouches_for_nothing_stored() -> None:
         assert inst.backend.has([BAD.id]) == set()
         await inst.receive(TREE, [other.raw])
         assert inst.backend.has([BAD.id, other.id, waiting.id]) == {BAD.id, other.id, waiting.id}
+
+
+async def test_a_write_cut_between_chunks_keeps_no_entry_without_its_voucher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of the writer's, every entry badly signed but the last, whose good
+    signature vouches for them all (only the key's holder can make one). The page is
+    written in a thread in chunks; if a later chunk fails (a full disk, a crash, the
+    node closing), what the earlier ones stored must be authentic as stored: entries
+    with nothing stored that vouches for them are what other nodes refuse."""
+    run = [BAD]
+    for index in range(writer.CHUNK + 40):
+        child = child_entry(WRITER, ROOT, [run[-1]], f"k{index}", index)
+        run.append(child if index == writer.CHUNK + 39 else badly_signed(child))
+    insert = SqliteBackend._insert
+
+    def failing_last(self: SqliteBackend, batch: object, record: Record) -> None:
+        if record.entry.id == run[-1].id:
+            raise sqlite3.OperationalError("disk full")
+        insert(self, batch, record)  # type: ignore[arg-type]
+
+    async with eidetica.open_instance(tmp_path / "node") as inst:
+        await inst.receive(TREE, [ROOT.raw])
+        monkeypatch.setattr(SqliteBackend, "_insert", failing_last)
+        with pytest.raises(StorageError):
+            await inst.receive(TREE, [e.raw for e in run])
+        monkeypatch.undo()
+        assert inst.backend.has(e.id for e in run) == set()
+        stored = await inst.receive(TREE, [e.raw for e in run])
+        assert stored.stored == [e.id for e in run]
