@@ -245,9 +245,16 @@ class Instance:
             limiter=self._checkers,
             vouched=lambda failed: self._vouched(tree, failed),
         )
-        async with self.lock_for(tree):
+        lock = self.lock_for(tree)
+        if lock.locked():
+            await lock.acquire()
+        else:  # a push of one entry to a tree nobody writes: no trip round the scheduler
+            lock.acquire_nowait()
+        try:
             with trio.CancelScope(shield=True):  # what was released is stored or refused
                 receipt = await self._take(tree, valid, rejected, source)
+        finally:
+            lock.release()
         return receipt
 
     async def _take(

@@ -62,13 +62,17 @@ class Writer:
 
     async def put(self, records: Sequence[Record], on_stored: Stored) -> list[str]:
         """Store ``records`` (verified, parents first); return the ids that were new."""
+        threaded = self._threaded
+        if (
+            threaded is None
+            or len(records) < THREAD_FROM
+            or isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        ):
+            threaded = None
+            if not self._lock.locked():  # nothing to wait for: no trip round the scheduler
+                return self._inline(records, on_stored)
         async with self._lock:
-            threaded = self._threaded
-            if (
-                threaded is None
-                or len(records) < THREAD_FROM
-                or isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-            ):
+            if threaded is None:
                 return self._inline(records, on_stored)
             return await self._in_chunks(threaded, records, on_stored)
 
