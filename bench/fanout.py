@@ -59,6 +59,7 @@ import trio.testing
 
 import eidetica
 from bench._table import print_table
+from bench.stalls import TimedSteps
 from bench.transports import QUIET
 from eidetica.actors.sync import open_sync
 from eidetica.actors.transports.sim import SimNetwork
@@ -130,23 +131,16 @@ async def _wait_held(
     seen.append(time.perf_counter())
 
 
-class _Shares(trio.abc.Instrument):
+class _Shares(TimedSteps):
     """Seconds of task steps, split into peers' tasks and the rest (see the module)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.peers = 0.0
         self.rest = 0.0
-        self._began: float | None = None
-        """When the running step began; None in the step that added the instrument."""
         self._whose: dict[trio.lowlevel.Task, bool] = {}
 
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._began = time.perf_counter()
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self._began is None:
-            return
-        seconds = time.perf_counter() - self._began
+    def took(self, task: trio.lowlevel.Task, seconds: float) -> None:
         if self._is_peers(task):
             self.peers += seconds
         else:

@@ -52,13 +52,10 @@ SYNC_WITHIN = 600.0
 """Seconds the pull may take before the benchmark gives up."""
 
 
-class _Steps(trio.abc.Instrument):
-    """Every task step's duration in seconds, and the longest step's task."""
+class TimedSteps(trio.abc.Instrument):
+    """Times every task step (real time) and hands each to :meth:`took`."""
 
     def __init__(self) -> None:
-        self.durations = array("d")
-        self.longest = 0.0
-        self.longest_task = ""
         self._began: float | None = None
         """When the step running now began; None in the step that added us."""
 
@@ -66,9 +63,24 @@ class _Steps(trio.abc.Instrument):
         self._began = time.perf_counter()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self._began is None:
-            return
-        seconds = time.perf_counter() - self._began
+        if self._began is not None:
+            self.took(task, time.perf_counter() - self._began)
+
+    def took(self, task: trio.lowlevel.Task, seconds: float) -> None:
+        """One step of ``task`` took ``seconds``."""
+        raise NotImplementedError
+
+
+class _Steps(TimedSteps):
+    """Every task step's duration in seconds, and the longest step's task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.durations = array("d")
+        self.longest = 0.0
+        self.longest_task = ""
+
+    def took(self, task: trio.lowlevel.Task, seconds: float) -> None:
         self.durations.append(seconds)
         if seconds > self.longest:
             self.longest = seconds
