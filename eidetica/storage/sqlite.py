@@ -398,7 +398,10 @@ class SqliteBackend:
             )
         elif row[0] != str(SCHEMA_VERSION):
             if not row[0].isdigit() or int(row[0]) not in UPGRADES:
-                raise StorageError(f"database schema {row[0]} is not {SCHEMA_VERSION}")
+                raise StorageError(
+                    f"database schema {row[0]} is not {SCHEMA_VERSION}: open it with the"
+                    " eidetica that wrote it (or a newer one), or give this node another directory"
+                )
             log.info("upgrading database schema %s to %s", row[0], SCHEMA_VERSION)
             self._writer.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
